@@ -1,0 +1,397 @@
+"""Configuration: NeMo-style YAML in, validated dataclasses out.
+
+YAML is read with a safe loader that rejects duplicated keys (naming both lines), then handed to
+OmegaConf for its semantics: ``???`` marks a required value, ``${a.b}`` interpolates, and dotted
+overrides such as ``model.train_ds.max_duration=20`` are merged on top. Dataset sections
+(``train_ds``, ``validation_ds``, ``test_ds``) are checked key by key against
+:class:`DatasetConfig`: an unknown key gets a "did you mean", a wrong type names the key, a
+required key left ``???`` names its full path.
+
+Example::
+
+    >>> cfg = load_config("salm.yaml", ["model.train_ds.max_duration=20"])
+    >>> ds = dataset_config(cfg, "train_ds")
+    >>> ds.max_duration
+    20.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from speechdata.errors import ConfigError
+
+TRUNCATION_FIELDS = ("context", "answer")
+BUCKETING_STRATEGIES = ("fully_randomized", "synced_randomized", "fixed_order")
+CONCAT_TECHNIQUES = ("random", "temperature", "round-robin")
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class FeatureConfig:
+    """On-device log-mel features (``features:`` in a dataset section).
+
+    Defaults follow NeMo's ASR preprocessor: 80 mel bins, 25 ms window, 10 ms hop, log with a
+    small guard, per-feature normalisation over the valid frames of each audio.
+    """
+
+    n_mels: int = 80
+    window_size: float = 0.025
+    window_stride: float = 0.01
+    n_fft: int | None = None
+    normalize: str = "per_feature"
+    log_zero_guard: float = 2.0**-24
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset section. Field names and defaults follow the NeMo SpeechLLM configuration page;
+    the keys after ``audio_locator`` are speechdata's additions (named as in NeMo's lhotse path
+    where one exists). See ``docs/configuration.md`` for every key's meaning."""
+
+    manifest_filepath: str | list[str] | None = None
+    global_batch_size: int = 4
+    micro_batch_size: int = 2
+    shuffle: bool = True
+    num_workers: int = 0
+    pin_memory: bool = True
+    max_seq_length: int = 2048
+    min_seq_length: int = 1
+    drop_last: bool = True
+    concat_sampling_probabilities: list[float] | None = None
+    context_key: str = "context"
+    answer_key: str = "answer"
+    add_eos: bool = True
+    end_string: str | None = None
+    add_sep: bool = False
+    add_bos: bool = False
+    separate_prompt_and_response_with_newline: bool = False
+    truncation_field: str = "context"
+    prompt_template: str | None = None
+    sample_rate: int = 16000
+    max_duration: float | None = 24.0
+    min_duration: float | None = 0.1
+    is_tarred: bool = False
+    tarred_audio_filepaths: str | list[str] | list[list[str]] | None = None
+    shuffle_n: int = 2048
+    bucketing_strategy: str = "fully_randomized"
+    bucketing_batch_size: int | list[int] | None = None
+    audio_locator: str | None = None
+    # speechdata additions
+    seed: int = 0
+    batch_duration: float | None = None
+    quadratic_duration: float | None = None
+    num_buckets: int | None = None
+    bucket_duration_bins: list[float] | None = None
+    concat_sampling_technique: str = "random"
+    concat_sampling_temperature: float = 1.0
+    default_context: str | None = None
+    answer_only_loss: bool = True
+    tokens_to_generate: int = 128
+    pad_to_multiple: int = 8
+    on_error: str = "raise"
+    streaming: bool | str = "auto"
+    bucket_buffer_size: int = 10000
+    features: FeatureConfig | None = None
+    #: Manifest paths as a list (filled from ``manifest_filepath`` by :func:`dataset_config`).
+    manifests: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the user-facing keys (``manifests`` excluded)."""
+        d = dataclasses.asdict(self)
+        d.pop("manifests")
+        return d
+
+
+#: Keys whose default differs for evaluation sets (``validation_ds`` / ``test_ds``).
+EVAL_DEFAULTS: dict[str, Any] = {"shuffle": False, "drop_last": False}
+
+_DATASET_SECTIONS = ("train_ds", "validation_ds", "test_ds")
+
+
+# --------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader with YAML 1.2 floats (``1e-8``) and duplicate-key detection."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            src = key_node.start_mark.name
+            raise ConfigError(f"{src}:{line}: duplicate key {key!r} (first defined on line {seen[key]})")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(source: str | Path, *, text: str | None = None) -> DictConfig:
+    """Read YAML from a file (or ``text``, with ``source`` naming it in errors) into a DictConfig.
+
+    Raises :class:`ConfigError` for a missing file, a YAML syntax error or a duplicated key.
+    """
+    name = str(source)
+    if text is None:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{name}: config file not found") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{name}: not UTF-8 text ({e.reason})") from None
+    try:
+        loader = _Loader(text)
+        loader.name = name
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()  # type: ignore[no-untyped-call]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        raise ConfigError(f"{where}: YAML error: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: YAML error: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Load a config file (or take a mapping) and apply dotted ``key=value`` overrides."""
+    if isinstance(source, DictConfig):
+        cfg = source.copy()
+    elif isinstance(source, Mapping):
+        cfg = OmegaConf.create(dict(source))
+    else:
+        cfg = load_yaml(source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. model.train_ds.max_duration=20")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+            OmegaConf.update(cfg, key.strip(), value, merge=True, force_add=True)
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
+    return cfg
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def find_section(cfg: DictConfig, name: str) -> tuple[DictConfig, str]:
+    """Return a dataset section and its dotted path: ``model.<name>``, else top-level ``<name>``."""
+    for path in (f"model.{name}", name):
+        node = OmegaConf.select(cfg, path, throw_on_missing=False, throw_on_resolution_failure=False)
+        if isinstance(node, DictConfig):
+            return node, path
+    raise ConfigError(f"config has no '{name}' section (looked for model.{name} and {name})")
+
+
+def dataset_config(
+    cfg: DictConfig | Mapping[str, Any], name: str = "train_ds", *, evaluation: bool | None = None
+) -> DatasetConfig:
+    """Validate one dataset section into a :class:`DatasetConfig`.
+
+    ``cfg`` is a whole config (the section is found by :func:`find_section`) or the section itself
+    (when it has no ``train_ds``/``model`` key). Evaluation sections (``validation_ds``,
+    ``test_ds``, or ``evaluation=True``) default to no shuffling and no ``drop_last``.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    if "model" in cfg or any(k in cfg for k in _DATASET_SECTIONS):
+        node, path = find_section(cfg, name)
+    else:
+        node, path = cfg, name
+    if evaluation is None:
+        evaluation = name != "train_ds"
+    values: dict[str, Any] = {}
+    known = [f.name for f in dataclasses.fields(DatasetConfig) if f.name != "manifests"]
+    for key in node:
+        key = str(key)
+        if key not in known:
+            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, known)}")
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(f"{path}.{key}: required value is missing (still '???')")
+        try:
+            raw = OmegaConf.to_container(node, resolve=True)[key]  # type: ignore[index]
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}.{key}: cannot resolve: {e}".splitlines()[0]) from None
+        values[key] = raw
+    defaults = dict(EVAL_DEFAULTS) if evaluation else {}
+    defaults.update(values)
+    return make_dataset_config(defaults, path)
+
+
+def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> DatasetConfig:
+    """Build a :class:`DatasetConfig` from plain values, checking types and choices."""
+    hints = typing.get_type_hints(DatasetConfig)
+    known = [f.name for f in dataclasses.fields(DatasetConfig) if f.name != "manifests"]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, known)}")
+        if key == "features":
+            kwargs[key] = _features(value, f"{path}.features")
+            continue
+        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
+    ds = DatasetConfig(**kwargs)
+    _check_choices(ds, path)
+    ds.manifests = split_paths(ds.manifest_filepath)
+    return ds
+
+
+def split_paths(value: str | Sequence[str] | None) -> list[str]:
+    """``manifest_filepath`` as a list: one path, a comma-separated string, or a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return [str(p) for p in value]
+
+
+def _features(value: Any, path: str) -> FeatureConfig | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return FeatureConfig()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of feature settings, true, or null")
+    hints = typing.get_type_hints(FeatureConfig)
+    known = [f.name for f in dataclasses.fields(FeatureConfig)]
+    kwargs = {}
+    for key, v in value.items():
+        if key not in known:
+            raise ConfigError(f"{path}.{key}: unknown key{_suggest(str(key), known)}")
+        kwargs[key] = _coerce(v, hints[key], f"{path}.{key}")
+    fc = FeatureConfig(**kwargs)
+    if fc.normalize not in ("per_feature", "none"):
+        raise ConfigError(f"{path}.normalize: must be 'per_feature' or 'none', got {fc.normalize!r}")
+    return fc
+
+
+def _check_choices(ds: DatasetConfig, path: str) -> None:
+    choices = {
+        "truncation_field": TRUNCATION_FIELDS,
+        "bucketing_strategy": BUCKETING_STRATEGIES,
+        "concat_sampling_technique": CONCAT_TECHNIQUES,
+        "on_error": ON_ERROR,
+    }
+    for key, allowed in choices.items():
+        v = getattr(ds, key)
+        if v not in allowed:
+            raise ConfigError(f"{path}.{key}: must be one of {', '.join(allowed)}; got {v!r}{_suggest(str(v), allowed)}")
+    if ds.streaming not in (True, False, "auto"):
+        raise ConfigError(f"{path}.streaming: must be true, false or 'auto'; got {ds.streaming!r}")
+    positive = ("global_batch_size", "micro_batch_size", "max_seq_length", "sample_rate", "pad_to_multiple")
+    for key in positive:
+        if getattr(ds, key) <= 0:
+            raise ConfigError(f"{path}.{key}: must be positive; got {getattr(ds, key)}")
+    for key in ("batch_duration", "quadratic_duration", "num_buckets"):
+        v = getattr(ds, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{path}.{key}: must be positive or null; got {v}")
+    if ds.num_workers < 0:
+        raise ConfigError(f"{path}.num_workers: must be >= 0; got {ds.num_workers}")
+    if ds.min_duration is not None and ds.max_duration is not None and ds.min_duration > ds.max_duration:
+        raise ConfigError(f"{path}: min_duration {ds.min_duration} is larger than max_duration {ds.max_duration}")
+    if ds.bucket_duration_bins is not None and list(ds.bucket_duration_bins) != sorted(ds.bucket_duration_bins):
+        raise ConfigError(f"{path}.bucket_duration_bins: must be increasing; got {ds.bucket_duration_bins}")
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against annotation ``tp``; ints become floats where a float is expected."""
+    ok, out = _try_coerce(value, tp)
+    if not ok:
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {shown}")
+    return out
+
+
+def _try_coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _try_coerce(value, arg)
+            if ok:
+                return True, out
+        return False, None
+    if origin is list:
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False, None
+        (inner,) = typing.get_args(tp)
+        out = []
+        for v in value:
+            ok, c = _try_coerce(v, inner)
+            if not ok:
+                return False, None
+            out.append(c)
+        return True, out
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
