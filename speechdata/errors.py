@@ -58,6 +58,9 @@ class DataError(SpeechDataError):
         self.detail = message
         super().__init__(f"{where}: {message}" if where else message)
 
+    def __reduce__(self) -> tuple[type[DataError], tuple[str, str, str]]:
+        return (type(self), (self.reason, self.where, self.detail))
+
 
 class DropCounter:
     """Counts dropped examples by reason and keeps the first few messages of each.
