@@ -66,7 +66,11 @@ def _open(source: AudioSource, where: str) -> sf.SoundFile:
 def _name(source: AudioSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
-    return getattr(source, "name", "<bytes>") if not isinstance(source, (bytes, bytearray, memoryview)) else "<bytes>"
+    return (
+        getattr(source, "name", "<bytes>")
+        if not isinstance(source, (bytes, bytearray, memoryview))
+        else "<bytes>"
+    )
 
 
 def _short(e: BaseException) -> str:
@@ -107,7 +111,9 @@ def load_audio(
             raise DataError("decode_error", name, "audio is empty (0 samples)")
         if start >= total:
             raise DataError(
-                "decode_error", name, f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)"
+                "decode_error",
+                name,
+                f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)",
             )
         want = total - start if duration is None else round(duration * sr)
         if duration is not None and start + want > total + round(DURATION_TOLERANCE * sr):
@@ -119,7 +125,9 @@ def load_audio(
             )
         want = min(want, total - start)
         if channel is not None and not 0 <= channel < f.channels:
-            raise DataError("decode_error", name, f"channel {channel} requested but the audio has {f.channels}")
+            raise DataError(
+                "decode_error", name, f"channel {channel} requested but the audio has {f.channels}"
+            )
         try:
             if start:
                 f.seek(start)
@@ -132,7 +140,9 @@ def load_audio(
             raise DataError("decode_error", name, f"audio is truncated: {missing:.3f} s of samples missing")
     if data.shape[0] == 0:
         raise DataError("decode_error", name, "no samples decoded")
-    mono = data[:, channel] if channel is not None else (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1))
+    mono = (
+        data[:, channel] if channel is not None else (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1))
+    )
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if sample_rate is not None and sample_rate != sr:
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)

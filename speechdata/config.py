@@ -319,7 +319,9 @@ def _check_choices(ds: DatasetConfig, path: str) -> None:
     for key, allowed in choices.items():
         v = getattr(ds, key)
         if v not in allowed:
-            raise ConfigError(f"{path}.{key}: must be one of {', '.join(allowed)}; got {v!r}{_suggest(str(v), allowed)}")
+            raise ConfigError(
+                f"{path}.{key}: must be one of {', '.join(allowed)}; got {v!r}{_suggest(str(v), allowed)}"
+            )
     if ds.streaming not in (True, False, "auto"):
         raise ConfigError(f"{path}.streaming: must be true, false or 'auto'; got {ds.streaming!r}")
     positive = ("global_batch_size", "micro_batch_size", "max_seq_length", "sample_rate", "pad_to_multiple")
@@ -333,8 +335,12 @@ def _check_choices(ds: DatasetConfig, path: str) -> None:
     if ds.num_workers < 0:
         raise ConfigError(f"{path}.num_workers: must be >= 0; got {ds.num_workers}")
     if ds.min_duration is not None and ds.max_duration is not None and ds.min_duration > ds.max_duration:
-        raise ConfigError(f"{path}: min_duration {ds.min_duration} is larger than max_duration {ds.max_duration}")
-    if ds.bucket_duration_bins is not None and list(ds.bucket_duration_bins) != sorted(ds.bucket_duration_bins):
+        raise ConfigError(
+            f"{path}: min_duration {ds.min_duration} is larger than max_duration {ds.max_duration}"
+        )
+    if ds.bucket_duration_bins is not None and list(ds.bucket_duration_bins) != sorted(
+        ds.bucket_duration_bins
+    ):
         raise ConfigError(f"{path}.bucket_duration_bins: must be increasing; got {ds.bucket_duration_bins}")
 
 

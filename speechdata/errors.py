@@ -125,4 +125,3 @@ def handle(err: DataError, on_error: str, drops: DropCounter) -> None:
     if on_error == "raise":
         raise err
     drops.add_error(err)
-

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -136,7 +137,9 @@ def _number_list(value: Any, n: int, key: str, default: float | None) -> list[fl
     return out
 
 
-def parse_line(obj: Any, keys: ManifestKeys) -> tuple[list[str], list[float] | None, list[float], str | None, str]:
+def parse_line(
+    obj: Any, keys: ManifestKeys
+) -> tuple[list[str], list[float] | None, list[float], str | None, str]:
     """Resolve one decoded manifest line: ``(audio, duration|None, offset, context, answer)``.
 
     Raises ``ValueError`` with a short message for anything malformed (the caller adds file:line).
@@ -209,7 +212,11 @@ class Index:
     shard_id: np.ndarray
 
     def __init__(
-        self, columns: dict[str, np.ndarray], datasets: list[DatasetInfo], keys: ManifestKeys, drops: DropCounter
+        self,
+        columns: dict[str, np.ndarray],
+        datasets: list[DatasetInfo],
+        keys: ManifestKeys,
+        drops: DropCounter,
     ) -> None:
         for name, dtype in _COLUMNS.items():
             setattr(self, name, np.ascontiguousarray(columns[name], dtype=dtype))
@@ -282,11 +289,23 @@ class Index:
         if dur is None:
             d = float(self.duration[i])
             dur = [d] if len(audio) == 1 else _measure(audio, off, where)
-        used = {self.keys.answer_key, "text" if self.keys.answer_key not in obj else "",
-                self.keys.context_key if self.keys.context_key in obj else "question"}
+        used = {
+            self.keys.answer_key,
+            "text" if self.keys.answer_key not in obj else "",
+            self.keys.context_key if self.keys.context_key in obj else "question",
+        }
         extra = {k: v for k, v in obj.items() if k not in _RESERVED and k not in used}
-        return Record(audio, off, dur, context, answer, extra, where, pack_sample_id(ds, self.line_no[i]),
-                      int(self.shard_id[i]))
+        return Record(
+            audio,
+            off,
+            dur,
+            context,
+            answer,
+            extra,
+            where,
+            pack_sample_id(ds, self.line_no[i]),
+            int(self.shard_id[i]),
+        )
 
     def close(self) -> None:
         """Close the manifest file handles opened by :meth:`record` (reopened on demand)."""
@@ -316,7 +335,9 @@ def _measure(audio: list[str], offsets: list[float], where: str) -> list[float]:
         info = audio_info(path, where=f"{where}: {path}")
         d = info.duration - off
         if d <= 0:
-            raise DataError("decode_error", where, f"offset {off} s is past the end of {path} ({info.duration:.3f} s)")
+            raise DataError(
+                "decode_error", where, f"offset {off} s is past the end of {path} ({info.duration:.3f} s)"
+            )
         out.append(d)
     return out
 
@@ -363,8 +384,10 @@ def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_dir: Pa
     root = str(path.parent.resolve())
     procs = min(os.cpu_count() or 1, 8) if n >= PARALLEL_LINES else 1
     bounds = np.linspace(0, n, procs + 1).astype(np.int64)
-    jobs = [(str(path), source, starts[a:b], ends[a:b], int(a), keys, on_error, root)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    jobs = [
+        (str(path), source, starts[a:b], ends[a:b], int(a), keys, on_error, root)
+        for a, b in itertools.pairwise(bounds)
+    ]
     del data, buf
     if procs > 1:
         ctx = multiprocessing.get_context("fork")
@@ -414,7 +437,11 @@ def _index_range(
         except orjson.JSONDecodeError as err:
             if not bytes(line).strip():
                 continue  # blank line
-            _bad(DataError("bad_line", f"{name}:{first + j + 1}", f"not valid JSON ({err.msg})"), on_error, drops)
+            _bad(
+                DataError("bad_line", f"{name}:{first + j + 1}", f"not valid JSON ({err.msg})"),
+                on_error,
+                drops,
+            )
             continue
         # Fast path: one audio path, a numeric duration, string texts, no shard id.
         if type(obj) is dict:
@@ -426,10 +453,15 @@ def _index_range(
                 c = default_ctx
             off = obj.get("offset", 0)
             if (
-                type(a) is str and a and (type(d) is float or type(d) is int) and 0 < d < inf
-                and type(ans) is str and (type(c) is str or (c is None and not need_ctx))
+                type(a) is str
+                and a
+                and (type(d) is float or type(d) is int)
+                and 0 < d < inf
+                and type(ans) is str
+                and (type(c) is str or (c is None and not need_ctx))
                 and (off == 0 or ((type(off) is float or type(off) is int) and 0 < off < inf))
-                and "shard_id" not in obj and "question" not in obj
+                and "shard_id" not in obj
+                and "question" not in obj
             ):
                 rows.append(j)
                 dur.append(d)
@@ -463,13 +495,33 @@ def _index_range(
         tl.append(len(answer) + (len(context) if context else 0))
         sid.append(shard)
     idx = np.asarray(rows, dtype=np.int64)
-    return _columns(dur, mn, mx, na, (idx + first + 1), starts[idx] if n else [], (ends - starts)[idx] if n else [],
-                    tl, sid, np.zeros(len(rows))), drops
+    return _columns(
+        dur,
+        mn,
+        mx,
+        na,
+        (idx + first + 1),
+        starts[idx] if n else [],
+        (ends - starts)[idx] if n else [],
+        tl,
+        sid,
+        np.zeros(len(rows)),
+    ), drops
 
 
 def _columns(*cols: Any) -> dict[str, np.ndarray]:
-    names = ("duration", "min_clip", "max_clip", "num_audios", "line_no", "line_offset", "line_length",
-             "text_len", "shard_id", "dataset")
+    names = (
+        "duration",
+        "min_clip",
+        "max_clip",
+        "num_audios",
+        "line_no",
+        "line_offset",
+        "line_length",
+        "text_len",
+        "shard_id",
+        "dataset",
+    )
     dtypes = {**_COLUMNS, "dataset": np.uint16}
     return {k: np.asarray(c, dtype=dtypes[k]) for k, c in zip(names, cols, strict=True)}
 
