@@ -1,0 +1,5 @@
+import sys
+
+from speechdata.cli import main
+
+sys.exit(main())
