@@ -479,8 +479,8 @@ def _index_range(
             shard = obj.get("shard_id", -1)
             if shard is None:
                 shard = -1
-            if isinstance(shard, bool) or not isinstance(shard, int):
-                raise ValueError(f"shard_id must be an integer, got {shard!r}")
+            if isinstance(shard, bool) or not isinstance(shard, int) or not -1 <= shard < 2**31:
+                raise ValueError(f"shard_id must be an integer >= 0, got {shard!r}")
         except ValueError as err:
             _bad(DataError("bad_line", where, str(err)), on_error, drops)
             continue
