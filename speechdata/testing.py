@@ -20,9 +20,11 @@ through ``offset``/``duration``. Same arguments give byte-identical files.
 Example::
 
     >>> corpus = make_corpus(tmp_path, n=20, seed=1)
-    >>> line = corpus.entries[0]
-    >>> audio, sr = soundfile.read(corpus.root / line["audio_filepath"])
-    >>> decode_tones(audio, sr) == line["answer"]   # for a single-audio line with offset 0
+    >>> line = corpus.entries[0]            # a single-audio line: one path, offset, duration
+    >>> sr = soundfile.info(corpus.root / line["audio_filepath"]).samplerate
+    >>> audio, sr = soundfile.read(corpus.root / line["audio_filepath"],
+    ...     start=round(line["offset"] * sr), frames=round(line["duration"] * sr))
+    >>> decode_tones(audio, sr) == line["answer"]
     True
 """
 
@@ -274,6 +276,15 @@ def write_manifest(path: str | Path, entries: Iterable[Mapping[str, Any]]) -> Pa
 # ------------------------------------------------------------------------------------ corpus
 
 
+def _seconds(samples: int, rate: int) -> float:
+    """``samples / rate``, nudged up an ulp where needed so ``int(x * rate)`` and ``round(x * rate)``
+    both give back ``samples`` (NeMo truncates ``offset * sr``; a float a hair low would lose one)."""
+    x = samples / rate
+    while x * rate < samples:
+        x = math.nextafter(x, math.inf)
+    return x
+
+
 def _make_text(rng: np.random.Generator, n_chars: int) -> str:
     """Words from :data:`WORDS` joined by single spaces, exactly ``n_chars`` characters long."""
     words: list[str] = []
@@ -382,7 +393,9 @@ def make_corpus(
     single-audio examples are segments of long source files (2-4 segments per file, back to back)
     addressed by ``offset``/``duration``; those need a duration, so there are none when
     ``with_duration`` is false (then no line has ``duration``). Every line also has ``lang`` and
-    ``speaker``. ``gzip`` appends ``.gz`` to ``manifest_name`` and compresses it.
+    ``speaker``. ``gzip`` appends ``.gz`` to ``manifest_name`` and compresses it. Offsets and
+    durations are exact sample counts over the file's rate. Files are named by number under
+    ``audio_subdir``; existing files of those names are overwritten, other files are left alone.
     """
     fractions = {
         "stereo_fraction": stereo_fraction,
@@ -485,8 +498,8 @@ def make_corpus(
         for c in range(clips_per[i]):
             rel, start, length, rate = spans[(i, c)]
             paths.append(rel)
-            offsets.append(start / rate)
-            durs.append(length / rate)
+            offsets.append(_seconds(start, rate))
+            durs.append(_seconds(length, rate))
         seconds += sum(durs)
         entry: dict[str, Any] = {"audio_filepath": paths if len(paths) > 1 else paths[0]}
         if with_duration:
