@@ -1,0 +1,234 @@
+"""The batch contract (SPEC §6) in two halves.
+
+* :func:`pack` runs in a DataLoader worker: it reads and decodes every audio of the batch's
+  examples, formats and tokenizes the text, and hands over *flat* buffers plus lengths
+  (:class:`Packed`), which cross the process boundary as shared-memory tensors and are pinned in
+  one call.
+* :func:`finalize` runs on the target device: padding, masks, position ids and (optionally) log-mel
+  features are computed there by vectorised torch ops, so the CPU path and the GPU path give the
+  same batch.
+
+Example::
+
+    >>> packed = pack(ids, reader, builder, sample_rate=16000, on_error="skip")
+    >>> batch = finalize(packed, device="cuda", pad_id=0, pad_to_multiple=8)
+    >>> batch["tokens"].shape, batch["audio_signal"].shape
+    (torch.Size([4, 48]), torch.Size([5, 131200]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from speechdata.config import FeatureConfig
+from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter
+from speechdata.manifest import Record
+from speechdata.text.prompt import PromptBuilder
+
+#: Reads one record's audio: returns one float32 mono array per clip, at the target sample rate.
+AudioReader = Callable[[Record], list[np.ndarray]]
+
+
+@dataclass
+class Packed:
+    """One batch as flat CPU buffers (what a worker sends to the main process).
+
+    ``audio`` holds every clip's samples back to back (``audio_lengths`` per clip); ``ids`` every
+    example's full token sequence back to back (``ids_lengths`` per example); ``answer_start`` is
+    where each example's answer part begins. ``drops`` counts the examples of the planned batch
+    that were dropped, by reason.
+    """
+
+    audio: torch.Tensor
+    audio_lengths: torch.Tensor
+    num_audios: torch.Tensor
+    audio_positions: torch.Tensor
+    ids: torch.Tensor
+    ids_lengths: torch.Tensor
+    answer_start: torch.Tensor
+    sample_ids: torch.Tensor
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    drops: DropCounter = field(default_factory=DropCounter)
+    truncated: int = 0
+    error: DataError | None = None
+
+    _TENSORS = (
+        "audio",
+        "audio_lengths",
+        "num_audios",
+        "audio_positions",
+        "ids",
+        "ids_lengths",
+        "answer_start",
+        "sample_ids",
+    )
+
+    def __len__(self) -> int:
+        return int(self.ids_lengths.shape[0])
+
+    @classmethod
+    def empty(cls, error: DataError | None = None) -> Packed:
+        """A batch with no examples (carrying ``error`` when a data error stopped it)."""
+        z = torch.zeros(0, dtype=torch.int64)
+        return cls(torch.zeros(0), z, z, z, z, z, z, z, error=error)
+
+    def pin_memory(self) -> Packed:
+        """A copy with every tensor in page-locked memory (called by the DataLoader's pin thread)."""
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in self._TENSORS:
+            pinned[name] = pinned[name].pin_memory()
+        return Packed(**pinned)
+
+
+def pack(
+    records: Sequence[Record],
+    read_audio: AudioReader,
+    builder: PromptBuilder,
+    *,
+    on_error: str = "raise",
+) -> Packed:
+    """Decode and tokenize ``records`` into one :class:`Packed` batch.
+
+    Data errors (bad line, missing or undecodable audio, locator mismatch) raise with
+    ``on_error="raise"`` and are counted drops with ``"skip"``; filter drops from the text stage
+    (``too_long_text``, ``too_short_text``) are always counted, never raised.
+    """
+    drops = DropCounter()
+    clips: list[np.ndarray] = []
+    n_audio: list[int] = []
+    positions: list[int] = []
+    ids: list[int] = []
+    lengths: list[int] = []
+    starts: list[int] = []
+    sample_ids: list[int] = []
+    metadata: list[dict[str, Any]] = []
+    truncated = 0
+    for rec in records:
+        try:
+            prompt = builder.build(rec.context, rec.answer, len(rec.audio), rec.where)
+            audio = read_audio(rec)
+        except DataError as err:
+            if err.reason in DATA_ERROR_REASONS and on_error == "raise":
+                raise
+            drops.add_error(err)
+            continue
+        clips.extend(audio)
+        n_audio.append(len(audio))
+        positions.extend(prompt.audio_positions)
+        ids.extend(prompt.input_ids)
+        lengths.append(len(prompt.input_ids))
+        starts.append(prompt.answer_start)
+        sample_ids.append(rec.sample_id)
+        truncated += prompt.truncated
+        metadata.append(
+            {
+                "audio_filepath": rec.audio,
+                "offset": rec.offset,
+                "duration": rec.duration,
+                "where": rec.where,
+                "context": rec.context,
+                "answer": rec.answer,
+                **rec.extra,
+            }
+        )
+    flat = np.concatenate(clips) if clips else np.zeros(0, np.float32)
+    return Packed(
+        audio=torch.from_numpy(flat),
+        audio_lengths=torch.tensor([len(c) for c in clips], dtype=torch.int64),
+        num_audios=torch.tensor(n_audio, dtype=torch.int64),
+        audio_positions=torch.tensor(positions, dtype=torch.int64),
+        ids=torch.tensor(ids, dtype=torch.int64),
+        ids_lengths=torch.tensor(lengths, dtype=torch.int64),
+        answer_start=torch.tensor(starts, dtype=torch.int64),
+        sample_ids=torch.tensor(sample_ids, dtype=torch.int64),
+        metadata=metadata,
+        drops=drops,
+        truncated=truncated,
+    )
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def _rows(
+    flat: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int, pad: float | int
+) -> torch.Tensor:
+    """Gather ``flat[starts[b] : starts[b] + lengths[b]]`` into row ``b`` of a ``[B, width]`` tensor."""
+    col = torch.arange(width, device=flat.device)
+    valid = col.unsqueeze(0) < lengths.unsqueeze(1)
+    if flat.numel() == 0:
+        return torch.full(valid.shape, pad, dtype=flat.dtype, device=flat.device)
+    idx = (starts.unsqueeze(1) + col.unsqueeze(0)).clamp_(max=flat.numel() - 1)
+    return torch.where(valid, flat[idx], torch.as_tensor(pad, dtype=flat.dtype, device=flat.device))
+
+
+def _offsets(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(lengths, 0) - lengths
+
+
+def finalize(
+    packed: Packed,
+    *,
+    device: torch.device | str | None = None,
+    pad_id: int = 0,
+    pad_to_multiple: int = 8,
+    answer_only_loss: bool = True,
+    features: FeatureConfig | None = None,
+    sample_rate: int = 16000,
+) -> dict[str, Any]:
+    """Pad a :class:`Packed` batch on ``device`` into the SPEC §6 batch dict."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    nb = dev.type == "cuda"
+    t = {name: getattr(packed, name).to(dev, non_blocking=nb) for name in Packed._TENSORS}
+
+    alen = t["audio_lengths"]
+    width_audio = int(alen.max()) if alen.numel() else 0
+    audio_signal = _rows(t["audio"], _offsets(alen), alen, width_audio, 0.0)
+
+    n = t["ids_lengths"]
+    start = _offsets(n)
+    tokens_length = (n - 1).clamp_(min=0)
+    width = _round_up(int(tokens_length.max()) if n.numel() else 0, pad_to_multiple)
+    tokens = _rows(t["ids"], start, tokens_length, width, pad_id)
+    labels = _rows(t["ids"], start + 1, tokens_length, width, pad_id)
+    col = torch.arange(width, device=dev).unsqueeze(0)
+    valid = col < tokens_length.unsqueeze(1)
+    if answer_only_loss:
+        # label j is input_ids[j + 1]: a target when it lies in the answer part
+        valid = valid & (col + 1 >= t["answer_start"].unsqueeze(1))
+    loss_mask = valid.to(torch.float32)
+    ctx_len = t["answer_start"]
+    ans_len = n - ctx_len
+    contexts = _rows(t["ids"], start, ctx_len, int(ctx_len.max()) if n.numel() else 0, pad_id)
+    answers = _rows(t["ids"], start + ctx_len, ans_len, int(ans_len.max()) if n.numel() else 0, pad_id)
+
+    batch: dict[str, Any] = {
+        "audio_signal": audio_signal,
+        "audio_signal_length": alen,
+        "num_audios": t["num_audios"],
+        "audio_positions": t["audio_positions"],
+        "tokens": tokens,
+        "tokens_length": tokens_length,
+        "labels": labels,
+        "loss_mask": loss_mask,
+        "position_ids": col.expand(len(packed), width).contiguous(),
+        "contexts": contexts,
+        "context_lengths": ctx_len,
+        "answers": answers,
+        "answer_lengths": ans_len,
+        "sample_ids": t["sample_ids"],
+        "metadata": packed.metadata,
+    }
+    if features is not None:
+        from speechdata.features import log_mel
+
+        feats, feat_len = log_mel(audio_signal, alen, sample_rate, features)
+        batch["audio_features"] = feats
+        batch["audio_features_length"] = feat_len
+    return batch

@@ -1,0 +1,300 @@
+"""``build_dataloader``: config in, resumable loader of GPU-ready SALM/BESTOW batches out.
+
+The loader assembles the one-way flow: Index (manifests or tarred shards) -> filters -> the
+batch sampler (a pure per-epoch plan) -> DataLoader workers that read, decode and tokenize into
+flat buffers (:func:`speechdata.collate.pack`) -> padding on the target device
+(:func:`speechdata.collate.finalize`).
+
+Its position is the number of batches *consumed* by the caller, not the number prefetched by the
+workers, so ``state_dict()`` taken at any step and given to a fresh loader's
+``load_state_dict()`` continues with exactly the batches an uninterrupted run would have seen.
+
+Example::
+
+    >>> loader = build_dataloader("salm.yaml", tokenizer="tok/tokenizer.model", device="cuda")
+    >>> for batch in loader:
+    ...     loss = model(batch)
+    >>> loader.report()
+    {'too_long_audio': 12}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from speechdata.audio import load_audio
+from speechdata.collate import Packed, finalize, pack
+from speechdata.config import DatasetConfig, dataset_config, load_config
+from speechdata.errors import ConfigError, DataError, DropCounter
+from speechdata.manifest import Index, ManifestKeys, Record, load_index
+from speechdata.sampling.filters import filter_mask
+from speechdata.sampling.plan import BatchSampler
+from speechdata.text.prompt import PromptBuilder
+from speechdata.text.tokenizer import Tokenizer
+
+log = logging.getLogger("speechdata")
+
+
+def manifest_keys(cfg: DatasetConfig) -> ManifestKeys:
+    """The manifest key settings implied by a dataset config."""
+    template = cfg.prompt_template
+    needs_context = template is None or "{" + cfg.context_key + "}" in template or "{input}" in template
+    return ManifestKeys(
+        answer_key=cfg.answer_key,
+        context_key=cfg.context_key,
+        default_context=cfg.default_context,
+        tarred=cfg.is_tarred,
+        require_context=needs_context,
+    )
+
+
+class _FileAudio:
+    """Reads a record's clips from files on disk (plain manifests)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+
+    def __call__(self, rec: Record) -> list[np.ndarray]:
+        return [
+            load_audio(p, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {p}")
+            for p, o, d in zip(rec.audio, rec.offset, rec.duration, strict=True)
+        ]
+
+
+class _TarAudio:
+    """Reads a record's clips from tar shards by byte offset."""
+
+    def __init__(self, tarred: Any, sample_rate: int) -> None:
+        self.tarred = tarred
+        self.sample_rate = sample_rate
+
+    def __call__(self, rec: Record) -> list[np.ndarray]:
+        blobs = self.tarred.read_audio_bytes(rec)
+        return [
+            load_audio(b, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {name}")
+            for b, name, o, d in zip(blobs, rec.audio, rec.offset, rec.duration, strict=True)
+        ]
+
+
+class BatchDataset(torch.utils.data.Dataset[Packed]):
+    """Map-style dataset whose item is a whole batch: ``ds.__getitems__(ids) -> Packed``."""
+
+    def __init__(self, index: Index, read_audio: Any, builder: PromptBuilder, on_error: str) -> None:
+        self.index = index
+        self.read_audio = read_audio
+        self.builder = builder
+        self.on_error = on_error
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, ids: Sequence[int]) -> Packed:
+        """Read, decode and tokenize the examples ``ids`` into one packed batch.
+
+        A data error under ``on_error: raise`` travels back inside the batch (``Packed.error``)
+        so that the main process re-raises it as the original one-line error.
+        """
+        records = []
+        drops = DropCounter()
+        try:
+            for i in ids:
+                try:
+                    records.append(self.index.record(i))
+                except DataError as err:
+                    if self.on_error == "raise":
+                        raise
+                    drops.add_error(err)
+            packed = pack(records, self.read_audio, self.builder, on_error=self.on_error)
+        except DataError as err:
+            return Packed.empty(error=err)
+        packed.drops.merge(drops)
+        return packed
+
+    def __getitem__(self, i: int) -> Packed:
+        return self.__getitems__([i])
+
+
+def _identity(x: Packed) -> Packed:
+    return x
+
+
+class SpeechDataLoader:
+    """Iterable of SPEC §6 batch dicts; one ``iter()`` is the rest of the current epoch.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the exact position (epoch and
+    batches consumed), ``set_epoch()`` jumps to the start of an epoch, ``report()`` returns the
+    dropped examples by reason (indexing, filters and workers together).
+    """
+
+    def __init__(
+        self,
+        cfg: DatasetConfig,
+        tokenizer: Tokenizer,
+        *,
+        device: torch.device | str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        cache: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if not cfg.manifests:
+            raise ConfigError("manifest_filepath: no manifest given")
+        keys = manifest_keys(cfg)
+        buckets = None
+        if cfg.is_tarred:
+            from speechdata.shards.read import TarredDataset
+
+            self.tarred = TarredDataset(cfg, keys)
+            self.index = self.tarred.index
+            buckets = self.tarred.buckets
+            reader: Any = _TarAudio(self.tarred, cfg.sample_rate)
+        else:
+            self.tarred = None
+            self.index = load_index(cfg.manifests, keys, on_error=cfg.on_error, cache=cache)
+            reader = _FileAudio(cfg.sample_rate)
+        self.filter_drops = DropCounter()
+        self.keep = filter_mask(self.index, cfg, self.filter_drops)
+        self.sampler = BatchSampler(
+            self.index, self.keep, cfg, rank=rank, world_size=world_size, buckets=buckets
+        )
+        self.builder = PromptBuilder(cfg, tokenizer)
+        self.dataset = BatchDataset(self.index, reader, self.builder, cfg.on_error)
+        self.worker_drops = DropCounter()
+        self._epoch = 0
+        self._consumed = 0
+        workers = cfg.num_workers
+        self._pin = bool(cfg.pin_memory and self.device.type == "cuda" and torch.cuda.is_available())
+        self._loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=_identity,
+            pin_memory=self._pin,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
+        )
+
+    @property
+    def rank(self) -> int:
+        """This loader's data-parallel rank."""
+        return self.sampler.rank
+
+    @property
+    def world_size(self) -> int:
+        """The data-parallel world size the plan was dealt for."""
+        return self.sampler.world_size
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch comes from."""
+        return self._epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler.plan(self._epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (no-op when it is the current epoch)."""
+        if epoch != self._epoch:
+            self._epoch, self._consumed = int(epoch), 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.sampler.load_state_dict({"epoch": self._epoch, "batch": self._consumed})
+        epoch_drops = DropCounter()
+        for packed in self._loader:
+            if packed.error is not None:
+                raise packed.error
+            self._consumed += 1
+            self.worker_drops.merge(packed.drops)
+            epoch_drops.merge(packed.drops)
+            if len(packed) == 0:
+                continue
+            yield self.finalize(packed)
+        if epoch_drops.total():
+            log.warning("epoch %d: %s", self._epoch, epoch_drops.summary())
+        self._epoch, self._consumed = self._epoch + 1, 0
+
+    def finalize(self, packed: Packed) -> dict[str, Any]:
+        """Pad one packed batch on this loader's device."""
+        cfg = self.cfg
+        return finalize(
+            packed,
+            device=self.device,
+            pad_id=self.tokenizer.pad_id,
+            pad_to_multiple=cfg.pad_to_multiple,
+            answer_only_loss=cfg.answer_only_loss,
+            features=cfg.features,
+            sample_rate=cfg.sample_rate,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The exact position: ``{"epoch", "batch", "seed", "rank", "world_size"}``."""
+        pos = self.sampler.position_state(self._epoch, self._consumed)
+        return {**pos, "seed": self.cfg.seed, "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (same config, seed and world size)."""
+        for key in ("seed", "world_size"):
+            if key in state and state[key] != getattr(self.cfg if key == "seed" else self, key):
+                raise ConfigError(
+                    f"loader state: saved {key}={state[key]} differs from this loader's "
+                    f"{getattr(self.cfg if key == 'seed' else self, key)}; the saved position would not match"
+                )
+        self.sampler.load_state_dict(state)
+        self._epoch, self._consumed = int(state["epoch"]), int(state["batch"])
+
+    def report(self) -> dict[str, int]:
+        """Dropped examples so far by reason: indexing, filters and workers together."""
+        total = DropCounter()
+        total.merge(self.index.drops)
+        total.merge(self.filter_drops)
+        total.merge(self.worker_drops)
+        return total.to_dict()
+
+
+def build_dataloader(
+    cfg: DatasetConfig | DictConfig | Mapping[str, Any] | str | Path,
+    tokenizer: Tokenizer | str | Path | None = None,
+    *,
+    name: str = "train_ds",
+    overrides: Sequence[str] = (),
+    device: torch.device | str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> SpeechDataLoader:
+    """Build the loader for one dataset section.
+
+    ``cfg`` is a :class:`DatasetConfig`, a whole config (YAML path, DictConfig or mapping; the
+    section ``name`` is found under ``model.`` or at the top level) or the section itself.
+    ``tokenizer`` is a :class:`Tokenizer` or the path of a SentencePiece model; when omitted, the
+    config's ``model.tokenizer.model`` is used. ``rank``/``world_size`` default to
+    torch.distributed's when it is initialised.
+    """
+    whole: DictConfig | None = None
+    if isinstance(cfg, DatasetConfig):
+        ds = cfg
+    else:
+        whole = load_config(cfg, overrides)
+        ds = dataset_config(whole, name)
+    if tokenizer is None:
+        path = None
+        if whole is not None:
+            from omegaconf import OmegaConf
+
+            path = OmegaConf.select(whole, "model.tokenizer.model", default=None)
+        if path is None:
+            raise ConfigError("no tokenizer: pass tokenizer= or set model.tokenizer.model in the config")
+        tokenizer = path
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = Tokenizer.load(tokenizer)
+    return SpeechDataLoader(ds, tokenizer, device=device, rank=rank, world_size=world_size)
