@@ -1,0 +1,64 @@
+"""Sampling: metadata filters, duration buckets, the epoch planner and streaming buffers.
+
+Everything here works on Index columns (durations, dataset ids), never on audio (SPEC §3, §5):
+
+* :func:`filter_mask` — ``min/max_duration`` and ``min_seq_length`` filters with counted drops;
+* :func:`make_buckets` — duration bins (explicit, estimated, or a pre-bucketed dataset's) and
+  per-bucket batch sizes;
+* :func:`plan_epoch` — one rank's batches of example ids for one epoch, pure and vectorised;
+* :class:`BatchSampler` — a resumable DataLoader ``batch_sampler`` built on :func:`plan_epoch`;
+* :func:`bucketed_stream`, :func:`shuffle_buffer` — the same batching for non-seekable streams.
+
+Example::
+
+    >>> drops = DropCounter()
+    >>> keep = filter_mask(index, cfg, drops)
+    >>> sampler = BatchSampler(index, keep, cfg)
+    >>> next(iter(sampler))
+    [40213, 99120, 5121, ...]
+"""
+
+from speechdata.sampling.buckets import (
+    DEFAULT_NUM_BUCKETS,
+    Buckets,
+    assign_buckets,
+    bucket_batch_sizes,
+    effective_duration,
+    estimate_bins,
+    make_buckets,
+)
+from speechdata.sampling.filters import IndexColumns, filter_mask, num_datasets
+from speechdata.sampling.plan import (
+    BatchSampler,
+    BatchTable,
+    Plan,
+    epoch_entries,
+    epoch_rng,
+    form_batches,
+    mixing_weights,
+    plan_epoch,
+)
+from speechdata.sampling.stream import bucketed_stream, shuffle_buffer
+
+__all__ = [
+    "DEFAULT_NUM_BUCKETS",
+    "BatchSampler",
+    "BatchTable",
+    "Buckets",
+    "IndexColumns",
+    "Plan",
+    "assign_buckets",
+    "bucket_batch_sizes",
+    "bucketed_stream",
+    "effective_duration",
+    "epoch_entries",
+    "epoch_rng",
+    "estimate_bins",
+    "filter_mask",
+    "form_batches",
+    "make_buckets",
+    "mixing_weights",
+    "num_datasets",
+    "plan_epoch",
+    "shuffle_buffer",
+]

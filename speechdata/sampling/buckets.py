@@ -1,0 +1,202 @@
+"""Duration buckets (SPEC §5): bins, per-bucket batch sizes, and assignment of examples.
+
+Buckets group examples of similar duration so that a batch wastes little padding. Bins are
+*boundaries* between buckets, as in lhotse's ``duration_bins``: ``K - 1`` increasing values give
+``K`` buckets, bucket ``0`` the shortest, and an example of duration ``d`` goes to bucket
+``searchsorted(bins, d, side="right")`` (a duration equal to a boundary belongs to the upper one).
+
+Bins come from, in order of precedence:
+
+1. a ``bucket`` column given by the caller (a pre-bucketed tarred dataset: ``tarred_audio_filepaths``
+   is a list of lists, one per bucket, in NeMo's layout);
+2. ``bucket_duration_bins``;
+3. ``num_buckets`` bins estimated from the kept durations with equal *total* duration per bucket;
+4. 30 estimated bins when ``batch_duration`` (dynamic batches) is set or ``bucketing_batch_size``
+   is given (its length when it is a list);
+5. otherwise no bucketing: one bucket.
+
+Batch sizes for fixed-size batching come from ``bucketing_batch_size``: an int ``b`` gives the
+bucket numbered ``i`` counting from the longest (``1`` = longest) the size ``i * b`` (NeMo's
+linear scaling: the longest bucket gets ``b``, the shortest ``K * b``); a list gives one size per
+bucket, shortest bucket first (for a pre-bucketed dataset: in the order of
+``tarred_audio_filepaths``). Without it every bucket uses ``micro_batch_size``.
+
+Example::
+
+    >>> b = make_buckets(index, keep, cfg)          # Buckets(num_buckets=30, ...)
+    >>> b.assignment[:5]
+    array([12,  3, 29,  0,  7], dtype=uint16)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from speechdata.config import DatasetConfig
+from speechdata.errors import ConfigError
+from speechdata.sampling.filters import IndexColumns
+
+__all__ = [
+    "DEFAULT_NUM_BUCKETS",
+    "Buckets",
+    "assign_buckets",
+    "bucket_batch_sizes",
+    "configured_num_buckets",
+    "effective_duration",
+    "estimate_bins",
+    "make_buckets",
+]
+
+#: Buckets estimated for dynamic batches when neither bins nor ``num_buckets`` are configured.
+DEFAULT_NUM_BUCKETS = 30
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Bucket of every Index row plus what batching needs to know about the buckets.
+
+    ``assignment`` has one entry per Index row (rows that are filtered out get a bucket too; the
+    planner ignores them). ``bins`` are the duration boundaries (``None`` for a pre-bucketed
+    dataset or when there is a single bucket). ``sizes`` are the per-bucket batch sizes for
+    fixed-size batching (``None`` in dynamic ``batch_duration`` mode).
+    """
+
+    assignment: np.ndarray
+    num_buckets: int
+    bins: np.ndarray | None
+    sizes: np.ndarray | None
+    pre_bucketed: bool = False
+
+    def counts(self, keep_mask: np.ndarray | None = None) -> np.ndarray:
+        """Number of (kept) examples per bucket."""
+        a = self.assignment if keep_mask is None else self.assignment[keep_mask]
+        return np.bincount(a, minlength=self.num_buckets)
+
+
+def effective_duration(duration: np.ndarray, quadratic_duration: float | None = None) -> np.ndarray:
+    """Batch cost of each duration in seconds: ``d + d**2 / quadratic_duration`` (or ``d``).
+
+    The quadratic term models self-attention cost: a ``d`` equal to ``quadratic_duration`` counts
+    double. Returns float64.
+    """
+    d = np.asarray(duration, dtype=np.float64)
+    if quadratic_duration is None:
+        return d
+    return d + d * d / float(quadratic_duration)
+
+
+def estimate_bins(durations: np.ndarray, num_buckets: int) -> np.ndarray:
+    """``num_buckets - 1`` boundaries that split ``durations`` into buckets of equal total duration.
+
+    Boundary ``j`` is the duration at which the running total of the sorted durations first
+    reaches ``j / num_buckets`` of the grand total. Without durations every boundary is 0.
+    """
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    d = np.sort(np.asarray(durations, dtype=np.float64))
+    if num_buckets == 1:
+        return np.zeros(0, dtype=np.float64)
+    if d.size == 0:
+        return np.zeros(num_buckets - 1, dtype=np.float64)
+    total = np.cumsum(d)
+    targets = total[-1] * np.arange(1, num_buckets, dtype=np.float64) / num_buckets
+    pos = np.minimum(np.searchsorted(total, targets, side="left"), d.size - 1)
+    return d[pos]
+
+
+def assign_buckets(durations: np.ndarray, bins: np.ndarray | None) -> np.ndarray:
+    """Bucket of each duration (uint16): ``searchsorted(bins, d, side="right")``."""
+    d = np.asarray(durations)
+    if bins is None or len(bins) == 0:
+        return np.zeros(d.shape, dtype=np.uint16)
+    # Compare in the precision of the durations so that a duration equal to a configured boundary
+    # (e.g. 16.7 stored as float32) lands in the upper bucket as documented.
+    edges = np.asarray(bins, dtype=d.dtype if d.dtype.kind == "f" else np.float64)
+    return np.searchsorted(edges, d, side="right").astype(np.uint16)
+
+
+def bucket_batch_sizes(cfg: DatasetConfig, num_buckets: int) -> np.ndarray | None:
+    """Per-bucket batch sizes for fixed-size batching (bucket 0 = shortest), or ``None`` for
+    dynamic ``batch_duration`` batching. See the module docstring for the rules."""
+    if cfg.batch_duration is not None:
+        if cfg.bucketing_batch_size is not None:
+            raise ConfigError(
+                "bucketing_batch_size and batch_duration are both set: use batch_duration for dynamic "
+                "batches or bucketing_batch_size for fixed per-bucket sizes, not both"
+            )
+        return None
+    b = cfg.bucketing_batch_size
+    if b is None:
+        return np.full(num_buckets, cfg.micro_batch_size, dtype=np.int64)
+    if isinstance(b, int):
+        if b <= 0:
+            raise ConfigError(f"bucketing_batch_size: must be positive; got {b}")
+        return b * np.arange(num_buckets, 0, -1, dtype=np.int64)
+    sizes = np.asarray(list(b), dtype=np.int64)
+    if sizes.size != num_buckets:
+        raise ConfigError(
+            f"bucketing_batch_size: {sizes.size} sizes given for {num_buckets} buckets; give one per bucket "
+            f"(shortest first) or an int for linear scaling"
+        )
+    if (sizes <= 0).any():
+        raise ConfigError(f"bucketing_batch_size: every size must be positive; got {list(b)}")
+    return sizes
+
+
+def configured_num_buckets(cfg: DatasetConfig) -> int | None:
+    """How many buckets to estimate from data (rules 3-5 of the module docstring), or ``None``
+    when the config asks for no bucketing."""
+    if cfg.num_buckets is not None:
+        return int(cfg.num_buckets)
+    if isinstance(cfg.bucketing_batch_size, list):
+        return len(cfg.bucketing_batch_size)
+    if cfg.batch_duration is not None or cfg.bucketing_batch_size is not None:
+        return DEFAULT_NUM_BUCKETS
+    return None
+
+
+def make_buckets(
+    index: IndexColumns,
+    keep_mask: np.ndarray | None,
+    cfg: DatasetConfig,
+    bucket_column: np.ndarray | None = None,
+) -> Buckets:
+    """Decide the buckets for ``index`` under ``cfg`` (see the module docstring for precedence).
+
+    ``bucket_column`` (one int per row, 0-based, in the order of ``tarred_audio_filepaths``)
+    marks a pre-bucketed dataset and overrides duration bins. Estimated bins use only the rows of
+    ``keep_mask``.
+    """
+    duration = np.asarray(index.duration)
+    n = duration.shape[0]
+    if bucket_column is not None:
+        col = np.asarray(bucket_column)
+        if col.shape != (n,):
+            raise ValueError(f"bucket column has shape {col.shape}, expected ({n},)")
+        if n and (col.min() < 0 or col.max() >= np.iinfo(np.uint16).max):
+            raise ValueError("bucket column values must be in [0, 65535)")
+        k = int(col.max()) + 1 if n else 1
+        if isinstance(cfg.bucketing_batch_size, list):
+            k = max(k, len(cfg.bucketing_batch_size))
+        return Buckets(col.astype(np.uint16), k, None, bucket_batch_sizes(cfg, k), pre_bucketed=True)
+    if cfg.bucket_duration_bins is not None:
+        bins = np.asarray(cfg.bucket_duration_bins, dtype=np.float64)
+        if bins.size and np.any(np.diff(bins) < 0):
+            raise ConfigError(
+                f"bucket_duration_bins: must be increasing; got {list(cfg.bucket_duration_bins)}"
+            )
+        if bins.size + 1 >= np.iinfo(np.uint16).max:
+            raise ConfigError(f"bucket_duration_bins: too many bins ({bins.size})")
+    else:
+        k = configured_num_buckets(cfg)
+        if k is None or k == 1:
+            sizes = bucket_batch_sizes(cfg, 1)
+            return Buckets(np.zeros(n, dtype=np.uint16), 1, None, sizes)
+        if k >= np.iinfo(np.uint16).max:
+            raise ConfigError(f"num_buckets: too many buckets ({k})")
+        kept = duration if keep_mask is None else duration[np.asarray(keep_mask, dtype=bool)]
+        bins = estimate_bins(kept, k)
+    k = int(bins.size) + 1
+    return Buckets(assign_buckets(duration, bins), k, bins, bucket_batch_sizes(cfg, k))

@@ -1,0 +1,108 @@
+"""Metadata filters (SPEC §3): which examples of an Index take part in sampling.
+
+Everything here reads numpy columns only; no audio or text is touched. Every example that a
+filter removes is counted in a :class:`~speechdata.errors.DropCounter` under its reason, so
+nothing disappears silently.
+
+Example::
+
+    >>> drops = DropCounter()
+    >>> keep = filter_mask(index, cfg, drops)       # durations only
+    >>> keep = filter_mask(index, cfg, drops, token_lengths=lengths)  # plus min_seq_length
+    >>> drops.to_dict()
+    {'too_short_audio': 12, 'too_long_audio': 3}
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from speechdata.config import DatasetConfig
+from speechdata.errors import DropCounter
+
+__all__ = ["IndexColumns", "filter_mask", "num_datasets"]
+
+
+@runtime_checkable
+class IndexColumns(Protocol):
+    """The columns of an Index that sampling needs (``speechdata.manifest.Index`` has them).
+
+    All arrays have one row per example: ``duration`` (float32, total seconds over the example's
+    clips), ``min_clip`` / ``max_clip`` (float32, shortest / longest clip), ``num_audios`` (uint8),
+    ``dataset`` (uint16, which manifest). ``num_datasets`` is the number of manifests, which may
+    exceed ``dataset.max() + 1`` when a manifest has no rows.
+    """
+
+    duration: np.ndarray
+    min_clip: np.ndarray
+    max_clip: np.ndarray
+    num_audios: np.ndarray
+    dataset: np.ndarray
+    num_datasets: int
+
+
+def num_datasets(index: object) -> int:
+    """Number of datasets (manifests) of ``index``.
+
+    Uses ``index.num_datasets`` when present, else ``len(index.datasets)``, else one more than the
+    largest value of the ``dataset`` column.
+    """
+    n = getattr(index, "num_datasets", None)
+    if n is None:
+        datasets = getattr(index, "datasets", None)
+        if datasets is not None:
+            n = len(datasets)
+        else:
+            col = np.asarray(index.dataset)  # type: ignore[attr-defined]
+            n = int(col.max()) + 1 if col.size else 0
+    return int(n)
+
+
+def filter_mask(
+    index: IndexColumns,
+    cfg: DatasetConfig,
+    drops: DropCounter,
+    token_lengths: np.ndarray | None = None,
+) -> np.ndarray:
+    """Boolean mask of the examples that pass ``min_duration``/``max_duration``/``min_seq_length``.
+
+    * Audio: ``min_duration <= d <= max_duration`` must hold for *every* clip of an example, so
+      the check uses the ``min_clip`` and ``max_clip`` columns. A null bound is not checked.
+      Bounds are compared in float32, the precision of the Index, so that an example whose
+      manifest duration equals a bound (say ``16.7``) is kept.
+    * Text: when ``token_lengths`` (formatted sequence lengths, one per example) is given, an
+      example shorter than ``min_seq_length`` is dropped. Over-long text is not a filter: the
+      text stage truncates it (or drops it as ``too_long_text`` when it cannot).
+
+    Each dropped example is counted once, under the first failing reason in the order
+    ``too_short_audio``, ``too_long_audio``, ``too_short_text``.
+    """
+    min_clip = np.asarray(index.min_clip)
+    max_clip = np.asarray(index.max_clip)
+    n = len(min_clip)
+    if len(max_clip) != n:
+        raise ValueError(f"index columns differ in length: min_clip {n}, max_clip {len(max_clip)}")
+    keep = np.ones(n, dtype=bool)
+    if cfg.min_duration is not None:
+        short = min_clip < np.float32(cfg.min_duration)
+        _drop(keep, short, "too_short_audio", drops)
+    if cfg.max_duration is not None:
+        long = max_clip > np.float32(cfg.max_duration)
+        _drop(keep, long, "too_long_audio", drops)
+    if token_lengths is not None:
+        lengths = np.asarray(token_lengths)
+        if lengths.shape != (n,):
+            raise ValueError(f"token_lengths has shape {lengths.shape}, expected ({n},)")
+        _drop(keep, lengths < cfg.min_seq_length, "too_short_text", drops)
+    return keep
+
+
+def _drop(keep: np.ndarray, failed: np.ndarray, reason: str, drops: DropCounter) -> None:
+    """Clear ``keep`` where ``failed`` and count the examples that were still kept."""
+    newly = failed & keep
+    count = int(np.count_nonzero(newly))
+    if count:
+        keep &= ~newly
+        drops.add(reason, n=count)

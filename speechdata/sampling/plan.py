@@ -1,0 +1,635 @@
+"""The epoch planner (SPEC §5): (Index columns, config, seed, epoch, rank, world) -> batches of ids.
+
+Planning is pure and vectorised (numpy): the same inputs give the same plan on any machine, and
+an epoch of a million examples is planned in a fraction of a second. One epoch is built in four
+steps, all driven by one generator ``numpy.random.default_rng([seed, epoch])`` that every rank
+seeds identically:
+
+1. **Mixing** (several manifests, see :func:`epoch_entries`). Without weights the epoch is the
+   kept examples, each once. With weights ``w`` (``concat_sampling_probabilities``, or
+   ``temperature``: ``w_i ∝ n_i ** (1 / T)``, or ``round-robin``: equal) the epoch still has
+   ``N`` entries (``N`` = kept examples over all datasets); dataset ``i`` contributes exactly
+   ``c_i`` of them, ``c_i`` being ``w_i * N`` rounded by largest remainder (so ``sum c_i = N``
+   and ``|c_i / N - w_i| <= 1 / N``). A dataset is drawn without replacement from a fresh
+   permutation; a dataset with fewer than ``c_i`` examples is re-cycled with another fresh
+   permutation each time it runs out (up-sampling), one with more gives a fresh random subset
+   each epoch (down-sampling).
+2. **Bucketing and batch forming** (:func:`form_batches`). Entries are shuffled (``shuffle``),
+   then stably grouped by bucket, so each bucket keeps a random order. A bucket is cut into
+   consecutive batches: of its fixed size, or, with ``batch_duration``, of
+   ``n = floor(batch_duration / e_max)`` examples where ``e_max`` is the longest effective
+   duration (``d + d**2 / quadratic_duration``) in the bucket this epoch. The padding-aware cost
+   ``n × longest`` of every batch is therefore at most ``batch_duration``; an example longer than
+   ``batch_duration`` on its own becomes a batch of one. Buckets make ``e_max`` close to each
+   batch's own longest example, so batches are nearly full and padding is small.
+3. **Ordering** (``bucketing_strategy``): ``fully_randomized`` puts all batches in one random
+   order; ``synced_randomized`` groups each bucket's batches ``world_size`` at a time and shuffles
+   the groups, so at every step all ranks hold a batch of the same bucket; ``fixed_order`` keeps
+   buckets in increasing duration. ``shuffle: false`` disables every random step (index order
+   within buckets, buckets in order); strategies then only differ in how ranks are dealt.
+4. **Dealing to ranks**. Step ``k`` of rank ``r`` is slot ``k * world_size + r`` of the ordered
+   list, so every rank has the same number of batches and no batch (hence, without mixing
+   repeats, no example) is on two ranks. When the batches do not divide evenly, ``drop_last``
+   drops the tail, otherwise the first batches are repeated to fill the last step; both are
+   counted in :class:`Plan` (``dropped``, ``repeated``, in examples over all ranks). With fixed
+   batch sizes ``drop_last`` also drops the incomplete last batch of each bucket (PyTorch/NeMo
+   meaning of the key).
+
+Example::
+
+    >>> plan = plan_epoch(index, keep, cfg, epoch=3, rank=1, world_size=8)
+    >>> len(plan), plan.batch(0)
+    (1250, array([ 40213, 99120, ...]))
+    >>> sampler = BatchSampler(index, keep, cfg)        # rank/world from torch.distributed
+    >>> loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from speechdata.config import DatasetConfig
+from speechdata.errors import ConfigError
+from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
+from speechdata.sampling.filters import IndexColumns, num_datasets
+
+__all__ = [
+    "BatchSampler",
+    "BatchTable",
+    "Plan",
+    "epoch_entries",
+    "epoch_rng",
+    "form_batches",
+    "mixing_weights",
+    "plan_epoch",
+]
+
+
+# ----------------------------------------------------------------------------- batch forming
+
+
+@dataclass(frozen=True)
+class BatchTable:
+    """Batches cut from a sequence of entries, as index arrays (no Python lists).
+
+    ``order`` are positions into the input sequence, grouped by bucket. Batch ``j`` is
+    ``order[start[j] : start[j] + length[j]]``; batches are sorted by ``bucket``. ``full`` is
+    false for a batch that may have room left: with fixed sizes one shorter than its size, with
+    dynamic batches the last batch of each bucket.
+    """
+
+    order: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    bucket: np.ndarray
+    full: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.length.size)
+
+    def positions(self, batches: np.ndarray) -> np.ndarray:
+        """Input positions of the given batches, concatenated in the given order."""
+        return self.order[_gather_ranges(self.start[batches], self.length[batches])]
+
+
+def _gather_ranges(start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + l)`` for each ``(s, l)``, vectorised."""
+    length = length.astype(np.int64, copy=False)
+    total = int(length.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    seg_begin = np.cumsum(length) - length
+    return np.repeat(start.astype(np.int64) - seg_begin, length) + np.arange(total, dtype=np.int64)
+
+
+#: Relative width of the random window in which entries of one bucket are sorted: an entry's sort
+#: key is its effective duration times ``1 + SOFT_SORT * u`` (``u`` uniform in [0, 1)). Neighbours
+#: in a batch then differ by about this fraction at most, which keeps padding around 1%, while
+#: entries within the window still change places (and batch mates) every epoch.
+SOFT_SORT = 0.02
+
+
+def _soft_keys(effective: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """Sort keys ``>= effective`` (so a cost bound from the key also bounds the duration)."""
+    if rng is None:
+        return effective
+    return effective * (1.0 + SOFT_SORT * rng.random(effective.size))
+
+
+def _caps(key: np.ndarray, batch_duration: float, limit: int) -> np.ndarray:
+    """Largest batch size whose longest entry has sort key ``key``: ``floor(B / key)``, >= 1."""
+    with np.errstate(divide="ignore"):
+        n = np.floor(batch_duration / key)
+    n = np.where(n * key > batch_duration, n - 1, n)  # guard the rounding of the division
+    return np.clip(n, 1, max(1, limit)).astype(np.int64)
+
+
+def _greedy_starts(cap: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
+    """Greedy batch starts on ``[begin, end)`` where ``cap`` is non-increasing: each batch
+    ``[s, e)`` is as long as possible with ``e - s <= cap[e - 1]``.
+
+    ``cap`` is constant on runs; inside a run batches are cut every ``cap`` entries (one numpy
+    call per run), and only a batch crossing runs is resolved run by run. The loop is over runs,
+    whose number is the number of distinct batch sizes in the bucket (a handful to a few hundred).
+    """
+    seg = cap[begin:end]
+    bounds = np.flatnonzero(np.diff(seg)) + 1 + begin
+    run_a = np.concatenate(([begin], bounds)).tolist()
+    run_b = np.concatenate((bounds, [end])).tolist()
+    run_c = cap[np.asarray(run_a, dtype=np.int64)].tolist()
+    out: list[np.ndarray] = []
+    s, r, n_runs = begin, 0, len(run_a)
+    while s < end:
+        while run_b[r] <= s:
+            r += 1
+        b, c = run_b[r], run_c[r]
+        k = (b - s) // c
+        if k:
+            out.append(np.arange(s, s + k * c, c, dtype=np.int64))
+            s += k * c
+            if s == b:
+                continue
+        out.append(np.array([s], dtype=np.int64))
+        e = b
+        for q in range(r + 1, n_runs):
+            limit = s + run_c[q]
+            if limit <= run_a[q]:
+                break
+            e = min(run_b[q], limit)
+            if e < run_b[q]:
+                break
+        s = e
+    return out
+
+
+def form_batches(
+    bucket: np.ndarray,
+    num_buckets: int,
+    effective: np.ndarray | None = None,
+    *,
+    sizes: np.ndarray | None = None,
+    batch_duration: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> BatchTable:
+    """Cut a sequence of entries into batches, bucket by bucket. Shared by the epoch planner and
+    the streaming bucketer.
+
+    Either ``sizes`` (a fixed batch size per bucket) or ``batch_duration`` (dynamic batches)
+    must be given. Within a bucket, entries are ordered by a soft sort key: their
+    ``effective`` duration widened by a random factor of at most ``1 + SOFT_SORT`` drawn from
+    ``rng`` (``rng=None``: exact duration order, ties in input order). Dynamic batches are cut
+    greedily along that order with the padding-aware cost ``n × largest key <= batch_duration``;
+    since every key is at least the effective duration, ``n × longest effective duration`` is
+    within the budget too, and an entry over ``batch_duration`` forms a batch of one.
+
+    Without ``effective`` (or with one bucket and fixed sizes) the input order is kept within
+    each bucket: a single bucket means the caller asked for no duration grouping.
+    """
+    bucket = np.asarray(bucket)
+    m = bucket.size
+    dynamic = sizes is None
+    if dynamic and (effective is None or batch_duration is None):
+        raise ValueError("form_batches needs sizes, or effective durations and batch_duration")
+    small = np.uint16 if num_buckets <= np.iinfo(np.uint16).max else np.int64
+    # A stable sort of 16-bit keys is a radix sort in numpy: linear time.
+    order = np.argsort(bucket.astype(small), kind="stable")
+    counts = np.bincount(bucket.astype(np.int64), minlength=num_buckets).astype(np.int64)
+    gstart = np.cumsum(counts) - counts
+    if effective is not None and (dynamic or num_buckets > 1):
+        key = _soft_keys(np.asarray(effective, dtype=np.float64), rng)[order]
+        # Random keys have no ties, so an unstable sort is as deterministic as a stable one.
+        kind = "stable" if rng is None else "quicksort"
+        for g in np.flatnonzero(counts > 1).tolist():
+            seg = slice(int(gstart[g]), int(gstart[g] + counts[g]))
+            within = np.argsort(key[seg], kind=kind)
+            order[seg] = order[seg][within]
+            key[seg] = key[seg][within]
+    if dynamic:
+        assert batch_duration is not None
+        cap = _caps(key, batch_duration, m)
+        starts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        for g in np.flatnonzero(counts).tolist():
+            starts += _greedy_starts(cap, int(gstart[g]), int(gstart[g] + counts[g]))
+        start = np.concatenate(starts)
+        length = np.diff(np.append(start, m)).astype(np.int64)
+        batch_bucket = np.repeat(np.arange(num_buckets, dtype=np.int64), counts)[start] if m else start
+        last = np.ones(start.size, dtype=bool)
+        if start.size:
+            last[:-1] = batch_bucket[1:] != batch_bucket[:-1]
+        return BatchTable(order, start, length, batch_bucket, ~last)
+    g_cap = np.asarray(sizes, dtype=np.int64)
+    if g_cap.size != num_buckets:
+        raise ValueError(f"{g_cap.size} batch sizes for {num_buckets} buckets")
+    per_group = -(-counts // g_cap)
+    batch_bucket = np.repeat(np.arange(num_buckets, dtype=np.int64), per_group)
+    first = np.cumsum(per_group) - per_group
+    within = np.arange(batch_bucket.size, dtype=np.int64) - np.repeat(first, per_group)
+    b_cap = g_cap[batch_bucket]
+    start = gstart[batch_bucket] + within * b_cap
+    length = np.minimum(b_cap, gstart[batch_bucket] + counts[batch_bucket] - start)
+    return BatchTable(order, start, length, batch_bucket, length == b_cap)
+
+
+# ------------------------------------------------------------------------------------ mixing
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator that drives every random choice of one epoch (same on every rank)."""
+    if seed < 0:
+        raise ConfigError(f"seed: must be >= 0; got {seed}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+def mixing_weights(counts: np.ndarray, cfg: DatasetConfig) -> np.ndarray | None:
+    """Per-dataset weights (summing to 1) for an epoch, or ``None`` for natural proportions.
+
+    ``counts`` are the kept examples per dataset. ``concat_sampling_probabilities`` applies with
+    technique ``random``; ``temperature`` gives ``w_i ∝ n_i ** (1 / T)``; ``round-robin`` gives
+    equal weights to the datasets that have examples.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    probs = cfg.concat_sampling_probabilities
+    technique = cfg.concat_sampling_technique
+    if probs is not None:
+        if technique != "random":
+            raise ConfigError(
+                f"concat_sampling_probabilities is only used with concat_sampling_technique 'random'; "
+                f"set it to null for {technique!r}"
+            )
+        w = np.asarray(probs, dtype=np.float64)
+        if w.size != counts.size:
+            raise ConfigError(
+                f"concat_sampling_probabilities: {w.size} weights for {counts.size} manifests; give one per manifest"
+            )
+        if (w < 0).any() or not np.isfinite(w).all():
+            raise ConfigError(f"concat_sampling_probabilities: weights must be >= 0; got {list(probs)}")
+        if abs(w.sum() - 1.0) > 1e-3:
+            raise ConfigError(
+                f"concat_sampling_probabilities: weights must sum to 1; they sum to {w.sum():.6g}"
+            )
+        empty = np.flatnonzero((w > 0) & (counts == 0))
+        if empty.size:
+            raise ConfigError(
+                f"concat_sampling_probabilities: manifest #{int(empty[0])} has weight {w[empty[0]]:g} "
+                f"but no examples left after filtering"
+            )
+        return w / w.sum()
+    if technique == "temperature":
+        t = cfg.concat_sampling_temperature
+        if t <= 0:
+            raise ConfigError(f"concat_sampling_temperature: must be positive; got {t}")
+        if t == 1.0:
+            return None
+        w = counts ** (1.0 / t)
+    elif technique == "round-robin":
+        w = (counts > 0).astype(np.float64)
+    else:
+        return None
+    total = w.sum()
+    return w / total if total > 0 else None
+
+
+def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts proportional to ``weights`` that sum exactly to ``total``."""
+    raw = weights * total
+    base = np.floor(raw).astype(np.int64)
+    short = total - int(base.sum())
+    if short > 0:
+        frac = raw - base
+        base[np.argsort(-frac, kind="stable")[:short]] += 1
+    return base
+
+
+def epoch_entries(
+    index: IndexColumns, keep_mask: np.ndarray, cfg: DatasetConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The example ids (int64, repeats allowed when up-sampling) that make up one epoch.
+
+    See the module docstring (step 1) for the exact definition. Ids come grouped by dataset;
+    with ``round-robin`` and no shuffling they are interleaved one per dataset in turn.
+    """
+    ids = np.flatnonzero(keep_mask).astype(np.int64)
+    n_ds = num_datasets(index)
+    if n_ds <= 1 or ids.size == 0:
+        return ids
+    ds = np.asarray(index.dataset)[ids].astype(np.int64)
+    counts = np.bincount(ds, minlength=n_ds)
+    w = mixing_weights(counts, cfg)
+    if w is None:
+        return ids
+    target = _largest_remainder(w, ids.size)
+    by_ds = ids[np.argsort(ds, kind="stable")]
+    first = np.cumsum(counts) - counts
+    parts: list[np.ndarray] = []
+    for i in np.flatnonzero(target):
+        c, n = int(target[i]), int(counts[i])
+        own = by_ds[first[i] : first[i] + n]
+        if not cfg.shuffle:
+            pick = np.arange(c) % n
+        elif c <= n:
+            pick = rng.permutation(n)[:c]
+        else:
+            reps = -(-c // n)
+            pick = np.argsort(rng.random((reps, n)), axis=1).ravel()[:c]
+        parts.append(own[pick])
+    entries = np.concatenate(parts)
+    if cfg.concat_sampling_technique == "round-robin" and not cfg.shuffle:
+        turn = np.concatenate([np.arange(p.size) for p in parts])
+        src = np.repeat(np.arange(len(parts)), [p.size for p in parts])
+        entries = entries[np.lexsort((src, turn))]
+    return entries
+
+
+# ------------------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One rank's batches for one epoch, stored flat: batch ``k`` is
+    ``ids[offsets[k]:offsets[k + 1]]`` and comes from bucket ``bucket[k]``.
+
+    ``repeated`` / ``dropped`` count examples (over all ranks) that were repeated to even out the
+    ranks or dropped by ``drop_last`` (incomplete batches and the uneven tail).
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    bucket: np.ndarray
+    repeated: int
+    dropped: int
+    epoch: int
+    rank: int
+    world_size: int
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def num_batches_per_rank(self) -> int:
+        """Batches of this epoch on every rank."""
+        return len(self)
+
+    def batch(self, k: int) -> np.ndarray:
+        """Example ids of batch ``k`` (int64)."""
+        if not 0 <= k < len(self):
+            raise IndexError(f"batch {k} out of range for a plan of {len(self)} batches")
+        return self.ids[self.offsets[k] : self.offsets[k + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.batch(k) for k in range(len(self)))
+
+    @property
+    def batches(self) -> list[np.ndarray]:
+        """All batches as a list of int64 arrays."""
+        return np.split(self.ids, self.offsets[1:-1]) if len(self) else []
+
+
+def _deal(
+    table: BatchTable,
+    selected: np.ndarray,
+    cfg: DatasetConfig,
+    world_size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, int, int]:
+    """Order the selected batches by strategy and make their number a multiple of ``world_size``.
+
+    Returns the slots (batch ids; slot ``k * world_size + r`` is rank ``r``'s step ``k``) and the
+    numbers of repeated and dropped examples.
+    """
+    t = selected.size
+    if t == 0:
+        return selected, 0, 0
+    w = world_size
+    lengths = table.length
+    if cfg.bucketing_strategy == "synced_randomized":
+        bucket = table.bucket[selected]  # non-decreasing: batches are grouped by bucket
+        counts = np.bincount(bucket).astype(np.int64)
+        starts = np.cumsum(counts) - counts
+        per = (counts // w) * w if cfg.drop_last else -(-counts // w) * w
+        within = np.arange(int(per.sum()), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
+        cnt = np.repeat(counts, per)
+        pos = np.repeat(starts, per) + within % np.maximum(cnt, 1)
+        repeated = int(lengths[selected[pos[within >= cnt]]].sum())
+        rank_of = np.arange(t, dtype=np.int64) - np.repeat(starts, counts)
+        dropped = int(lengths[selected[rank_of >= np.repeat(per, counts)]].sum())
+        rows = selected[pos].reshape(-1, w)
+        if cfg.shuffle and rows.shape[0] > 1:
+            rows = rows[rng.permutation(rows.shape[0])]
+        return rows.ravel(), repeated, dropped
+    if cfg.bucketing_strategy == "fully_randomized" and cfg.shuffle:
+        order = selected[rng.permutation(t)]
+    else:
+        order = selected
+    rest = t % w
+    if rest == 0:
+        return order, 0, 0
+    if cfg.drop_last:
+        keep = t - rest
+        return order[:keep], 0, int(lengths[order[keep:]].sum())
+    slots = np.resize(order, t + w - rest)
+    return slots, int(lengths[slots[t:]].sum()), 0
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+
+
+def plan_epoch(
+    index: IndexColumns,
+    keep_mask: np.ndarray,
+    cfg: DatasetConfig,
+    *,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    buckets: Buckets | np.ndarray | None = None,
+) -> Plan:
+    """Plan this rank's batches of example ids for ``epoch`` (see the module docstring).
+
+    ``keep_mask`` is the boolean filter mask (:func:`~speechdata.sampling.filters.filter_mask`).
+    ``buckets`` is a precomputed :class:`Buckets` (saves estimating bins every epoch), or a
+    per-row bucket column of a pre-bucketed dataset, or ``None`` to derive buckets from ``cfg``.
+    """
+    _check_rank(rank, world_size)
+    keep = np.asarray(keep_mask, dtype=bool)
+    duration = np.asarray(index.duration)
+    if keep.shape != duration.shape:
+        raise ValueError(f"keep_mask has shape {keep.shape}, index has {duration.shape[0]} rows")
+    if not isinstance(buckets, Buckets):
+        buckets = make_buckets(index, keep, cfg, bucket_column=buckets)
+    rng = epoch_rng(cfg.seed, epoch)
+    entries = epoch_entries(index, keep, cfg, rng)
+    if cfg.shuffle and entries.size > 1:
+        entries = entries[rng.permutation(entries.size)]
+    bucket = buckets.assignment[entries]
+    eff = effective_duration(duration[entries], cfg.quadratic_duration)
+    soft = rng if cfg.shuffle else None
+    if buckets.sizes is None:
+        assert cfg.batch_duration is not None
+        table = form_batches(bucket, buckets.num_buckets, eff, batch_duration=cfg.batch_duration, rng=soft)
+        selected = np.arange(len(table), dtype=np.int64)
+        dropped = 0
+    else:
+        table = form_batches(bucket, buckets.num_buckets, eff, sizes=buckets.sizes, rng=soft)
+        if cfg.drop_last:
+            selected = np.flatnonzero(table.full)
+            dropped = int(table.length[~table.full].sum())
+        else:
+            selected = np.arange(len(table), dtype=np.int64)
+            dropped = 0
+    slots, repeated, tail_dropped = _deal(table, selected, cfg, world_size, rng)
+    mine = slots[rank::world_size]
+    ids = entries[table.positions(mine)]
+    offsets = np.zeros(mine.size + 1, dtype=np.int64)
+    np.cumsum(table.length[mine], out=offsets[1:])
+    return Plan(
+        ids=ids,
+        offsets=offsets,
+        bucket=table.bucket[mine],
+        repeated=repeated,
+        dropped=dropped + tail_dropped,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+# ----------------------------------------------------------------------------------- sampler
+
+
+def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Fill a missing rank / world size from torch.distributed when initialised, else 0 / 1."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return (dist.get_rank() if rank is None else rank), (
+            dist.get_world_size() if world_size is None else world_size
+        )
+    return (0 if rank is None else rank), (1 if world_size is None else world_size)
+
+
+class BatchSampler:
+    """Stateful, resumable batch sampler over an Index; use it as a DataLoader ``batch_sampler``.
+
+    Iterating yields this rank's batches (lists of example ids) from the current position to the
+    end of the epoch, then moves to the next epoch. ``len()`` is the number of batches per rank
+    in the current epoch. The position is ``{"epoch": e, "batch": k}``: :meth:`state_dict`
+    returns it, :meth:`load_state_dict` restores it (the next iteration starts at batch ``k`` of
+    epoch ``e``, by slicing that epoch's plan). Since a DataLoader prefetches, a loader that knows
+    how many batches it *consumed* builds the state with :meth:`position_state` instead.
+
+    ``rank`` / ``world_size`` default to torch.distributed's when a process group is
+    initialised, else 0 / 1. The plan of an epoch depends only on (cfg, seed, epoch, rank,
+    world size), so ranks agree without communicating and DataLoader workers, which receive
+    batches from the main process, never duplicate work.
+
+    Example::
+
+        >>> sampler = BatchSampler(index, keep, cfg)
+        >>> sampler.set_epoch(2)
+        >>> loader = DataLoader(ds, batch_sampler=sampler, num_workers=4, collate_fn=...)
+        >>> sampler.load_state_dict({"epoch": 2, "batch": 117})   # resume mid-epoch
+    """
+
+    def __init__(
+        self,
+        index: IndexColumns,
+        keep_mask: np.ndarray,
+        cfg: DatasetConfig,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        buckets: Buckets | np.ndarray | None = None,
+    ) -> None:
+        self.rank, self.world_size = _distributed_rank_world(rank, world_size)
+        _check_rank(self.rank, self.world_size)
+        self.index = index
+        self.keep_mask = np.asarray(keep_mask, dtype=bool)
+        self.cfg = cfg
+        if not isinstance(buckets, Buckets):
+            buckets = make_buckets(index, self.keep_mask, cfg, bucket_column=buckets)
+        self.buckets = buckets
+        self._epoch = 0
+        self._batch = 0
+        self._plans: dict[int, Plan] = {}
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch comes from."""
+        return self._epoch
+
+    def plan(self, epoch: int) -> Plan:
+        """This rank's plan for ``epoch`` (the two most recent plans are cached)."""
+        plan = self._plans.get(epoch)
+        if plan is None:
+            plan = plan_epoch(
+                self.index,
+                self.keep_mask,
+                self.cfg,
+                epoch=epoch,
+                rank=self.rank,
+                world_size=self.world_size,
+                buckets=self.buckets,
+            )
+            if len(self._plans) >= 2:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[epoch] = plan
+        return plan
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch; a call with the current epoch keeps the position
+        (so a trainer calling ``set_epoch`` after a resume does not lose it)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self._epoch:
+            self._epoch, self._batch = int(epoch), 0
+
+    def __len__(self) -> int:
+        return len(self.plan(self._epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        plan = self.plan(self._epoch)
+        while self._batch < len(plan):
+            k = self._batch
+            self._batch = k + 1
+            yield plan.batch(k).tolist()
+        self._epoch, self._batch = self._epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """The sampler's own position: ``{"epoch": e, "batch": k}`` (next batch to yield)."""
+        return {"epoch": self._epoch, "batch": self._batch}
+
+    def position_state(self, epoch: int, consumed_batches: int) -> dict[str, int]:
+        """The state after ``consumed_batches`` batches of ``epoch`` were consumed; a finished
+        epoch rolls over to ``{"epoch": epoch + 1, "batch": 0}``."""
+        if consumed_batches < 0:
+            raise ValueError(f"consumed_batches must be >= 0, got {consumed_batches}")
+        if consumed_batches >= len(self.plan(epoch)):
+            return {"epoch": epoch + 1, "batch": 0}
+        return {"epoch": epoch, "batch": consumed_batches}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue at batch ``state["batch"]`` of epoch ``state["epoch"]``."""
+        try:
+            epoch, batch = int(state["epoch"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"sampler state: expected {{'epoch': int, 'batch': int}}, got {dict(state)!r}"
+            ) from None
+        if epoch < 0 or batch < 0:
+            raise ConfigError(f"sampler state: epoch and batch must be >= 0, got {dict(state)!r}")
+        n = len(self.plan(epoch))
+        if batch > n:
+            raise ConfigError(f"sampler state: batch {batch} is past the end of epoch {epoch} ({n} batches)")
+        self._epoch, self._batch = epoch, batch
