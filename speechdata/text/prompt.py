@@ -80,6 +80,10 @@ class PromptBuilder:
     ``min_seq_length > max_seq_length``. :meth:`build` raises :class:`DataError` for one bad
     example: reason ``bad_line`` (missing context, locator count mismatch) or the filter reasons
     ``too_long_text`` / ``too_short_text``.
+
+    ``needs_context`` tells whether an example without a context (and no ``default_context``) is
+    an error: true when ``prompt_template`` has a context slot. Without a template, an example with
+    no context is its answer alone.
     """
 
     def __init__(self, cfg: DatasetConfig, tokenizer: Tokenizer) -> None:
@@ -115,9 +119,6 @@ class PromptBuilder:
             self._mid_moved = "\n" if cfg.separate_prompt_and_response_with_newline else " "
         self._has_slot = has_slot
         self._pre = pre
-        if self._locator is not None:
-            self._pre_split = pre.split(self._locator)
-            self._mid_split = self._mid_kept.split(self._locator)
 
     # ------------------------------------------------------------------------ construction
 
