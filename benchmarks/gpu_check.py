@@ -1,0 +1,144 @@
+"""GPU check of the collator (issue #6): CUDA batches equal CPU batches; device finalisation timed.
+
+Builds a synthetic corpus (FLAC/WAV, several rates, multi-audio), trains a small tokenizer, then
+runs one epoch through two loaders of the same config and seed, one padding on the CPU and one on
+CUDA, and compares every tensor of every batch: exact for ids, lengths, masks and audio; within
+float tolerance for log-mel features. Then it times :func:`speechdata.collate.finalize` on both
+devices for a ~600 s batch (median of repeated runs, CUDA synchronised), and writes a JSON report.
+
+Usage (on a machine with CUDA)::
+
+    python benchmarks/gpu_check.py --out results/gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from speechdata import build_dataloader
+from speechdata.collate import finalize
+from speechdata.config import make_dataset_config
+from speechdata.testing import make_corpus
+from speechdata.text.tokenizer import train_tokenizer
+
+
+def _compare(cpu: dict, gpu: dict, device: str) -> dict[str, float]:
+    worst: dict[str, float] = {}
+    for key, want in cpu.items():
+        if not isinstance(want, torch.Tensor):
+            assert gpu[key] == want, key
+            continue
+        got = gpu[key]
+        assert got.device.type == device, f"{key} is on {got.device}"
+        got = got.cpu()
+        assert got.dtype == want.dtype and got.shape == want.shape, key
+        if key == "audio_features":
+            diff = (got - want).abs().max().item() if want.numel() else 0.0
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3, msg=key)
+        else:
+            diff = float((got != want).sum().item())
+            assert diff == 0, f"{key}: {int(diff)} elements differ"
+        worst[key] = max(worst.get(key, 0.0), diff)
+    return worst
+
+
+def _time(fn, repeats: int, cuda: bool) -> float:
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; exit code 0 when every batch matched."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="gpu_check.json")
+    p.add_argument("--n", type=int, default=160, help="examples in the corpus")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--device", default="cuda", help="the device to check against the CPU ('cpu' = dry run)")
+    args = p.parse_args(argv)
+    dev_b = args.device
+    if dev_b == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 2
+    torch.set_num_threads(4)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    corpus = make_corpus(work, n=args.n, seed=5, max_duration=20.0)
+    texts = [e["answer"] for e in corpus.entries] + [e["context"] for e in corpus.entries]
+    tok = train_tokenizer(texts, work / "tok", vocab_size=200, user_symbols=["|audio|"], byte_fallback=False)
+    base = {
+        "manifest_filepath": str(corpus.manifest),
+        "audio_locator": "|audio|",
+        "prompt_template": "Q: {context}\nA: {answer}",
+        "batch_duration": 120.0,
+        "min_duration": None,
+        "max_duration": None,
+        "add_bos": True,
+        "num_workers": 2,
+        "features": {"n_mels": 80},
+        "seed": 3,
+    }
+    cfg = make_dataset_config(base)
+    cpu_batches = list(build_dataloader(cfg, tok, device="cpu"))
+    gpu_loader = build_dataloader(cfg, tok, device=dev_b)
+    worst: dict[str, float] = {}
+    n_batches = 0
+    for cpu_b, gpu_b in zip(cpu_batches, gpu_loader, strict=True):
+        for k, v in _compare(cpu_b, gpu_b, dev_b).items():
+            worst[k] = max(worst.get(k, 0.0), v)
+        n_batches += 1
+
+    # Time device finalisation of one ~600 s packed batch (features on and off).
+    big = make_dataset_config({**base, "batch_duration": 600.0, "features": None, "num_workers": 0})
+    loader = build_dataloader(big, tok, device="cpu")
+    plan = loader.sampler.plan(0)
+    biggest = max(range(len(plan)), key=lambda k: float(loader.index.duration[plan.batch(k)].sum()))
+    ids = plan.batch(biggest).tolist()
+    packed = loader.dataset.__getitems__(ids)
+    pinned = packed.pin_memory() if dev_b == "cuda" else packed
+    timings = {}
+    for label, feats in (("pad", None), ("pad+logmel", cfg.features)):
+        for tag, dev, src in (("cpu", "cpu", packed), ("dev", dev_b, pinned)):
+
+            def run(dev: str = dev, src=src, feats=feats) -> None:
+                finalize(src, device=dev, pad_id=tok.pad_id, features=feats, sample_rate=16000)
+
+            run()
+            timings[f"{label}_{tag}_ms"] = 1000 * _time(run, args.repeats, dev == "cuda")
+    audio_seconds = float(packed.audio_lengths.sum()) / 16000
+    report = {
+        "device": torch.cuda.get_device_name(0) if dev_b == "cuda" else "cpu (dry run)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batches_compared": n_batches,
+        "examples": len(corpus.entries),
+        "max_abs_diff": worst,
+        "timed_batch_audio_seconds": round(audio_seconds, 2),
+        "timed_batch_examples": len(packed),
+        **{k: round(v, 3) for k, v in timings.items()},
+        "speedup_pad": round(timings["pad_cpu_ms"] / timings["pad_dev_ms"], 2),
+        "speedup_pad_logmel": round(timings["pad+logmel_cpu_ms"] / timings["pad+logmel_dev_ms"], 2),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
