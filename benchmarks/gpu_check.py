@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         n_batches += 1
 
     # Time device finalisation of one ~600 s packed batch (features on and off).
-    big = make_dataset_config({**base, "batch_duration": 600.0, "features": None, "num_workers": 0})
+    big = make_dataset_config(
+        {**base, "batch_duration": 600.0, "num_buckets": 1, "features": None, "num_workers": 0}
+    )
     loader = build_dataloader(big, tok, device="cpu")
     plan = loader.sampler.plan(0)
     biggest = max(range(len(plan)), key=lambda k: float(loader.index.duration[plan.batch(k)].sum()))
