@@ -1,0 +1,152 @@
+"""Sampling benchmark: planning speed and padding against lhotse's DynamicBucketingSampler.
+
+Run: ``python benchmarks/bench_sampling.py [--n 1000000] [--n-padding 100000] [--repeats 5]``
+
+Durations are LibriSpeech-like: a gamma distribution (shape 6, scale 2.1: mean ~12.6 s) clipped to
+[1, 35] s. The numbers it imitates are LibriSpeech's published ones (Panayotov et al., ICASSP 2015:
+segments of at most 35 s; train-clean-100 holds 28,539 utterances in 100.6 h, i.e. 12.7 s on
+average, most of them between 10 and 17 s). It is an approximation of the spread, not the exact
+histogram.
+
+1. Planning speed: one epoch of ``--n`` examples (dynamic batches, batch_duration=600 s, 30
+   estimated buckets, 8 ranks) with :func:`speechdata.sampling.plan_epoch`, median of
+   ``--repeats`` runs; reported in examples per second.
+2. Padding on ``--n-padding`` examples at batch_duration=600 s and 30 buckets, for speechdata and
+   for lhotse's ``DynamicBucketingSampler`` (max_duration=600, num_buckets=30, on an in-memory
+   CutSet of MonoCuts with dummy recordings: no audio is read), with lhotse's defaults and with
+   lhotse given the whole set for its bin estimate and buffer (its best case). Padding fraction
+   is ``1 - sum(d) / sum(n × max d)`` over batches; fullness is the mean of ``n × max d`` over the
+   budget. Both samplers are also timed (examples per second) in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+from speechdata.config import make_dataset_config
+from speechdata.sampling import make_buckets, plan_epoch
+
+BUDGET = 600.0
+BUCKETS = 30
+
+
+class Columns:
+    """The Index columns the planner reads, for one dataset of the given durations."""
+
+    def __init__(self, durations: np.ndarray) -> None:
+        d = durations.astype(np.float32)
+        self.duration = self.min_clip = self.max_clip = d
+        self.num_audios = np.ones(d.size, np.uint8)
+        self.dataset = np.zeros(d.size, np.uint16)
+        self.num_datasets = 1
+
+
+def librispeech_like(n: int, seed: int) -> np.ndarray:
+    """``n`` LibriSpeech-like utterance durations in seconds (see the module docstring)."""
+    return np.clip(np.random.default_rng(seed).gamma(6.0, 2.1, n), 1.0, 35.0)
+
+
+def batch_stats(batches: list[np.ndarray]) -> tuple[float, float, int]:
+    """(padding fraction, mean fullness, number of batches) of batches of durations."""
+    lengths = np.array([b.size for b in batches], dtype=np.float64)
+    longest = np.array([b.max() for b in batches])
+    useful = sum(float(b.sum()) for b in batches)
+    padded = float((lengths * longest).sum())
+    return 1.0 - useful / padded, float((lengths * longest).mean() / BUDGET), len(batches)
+
+
+def speechdata_batches(d: np.ndarray) -> tuple[list[np.ndarray], float]:
+    cols = Columns(d)
+    keep = np.ones(d.size, bool)
+    cfg = make_dataset_config({"batch_duration": BUDGET, "num_buckets": BUCKETS, "max_duration": None})
+    t0 = time.perf_counter()
+    plan = plan_epoch(cols, keep, cfg, epoch=0)
+    elapsed = time.perf_counter() - t0
+    d32 = cols.duration.astype(np.float64)
+    return [d32[b] for b in plan], elapsed
+
+
+def lhotse_batches(d: np.ndarray, best_case: bool) -> tuple[list[np.ndarray], float]:
+    from lhotse import CutSet, MonoCut, Recording
+    from lhotse.audio import AudioSource
+    from lhotse.dataset import DynamicBucketingSampler
+
+    d32 = d.astype(np.float32).astype(np.float64)  # the same values speechdata's Index holds
+    cuts = []
+    for i, x in enumerate(d32.tolist()):
+        rec = Recording(
+            id=f"r{i}",
+            sources=[AudioSource(type="file", channels=[0], source="/dev/null")],
+            sampling_rate=16000,
+            num_samples=round(x * 16000),
+            duration=x,
+        )
+        cuts.append(MonoCut(id=f"c{i}", start=0.0, duration=x, channel=0, recording=rec))
+    cutset = CutSet.from_cuts(cuts)
+    # lhotse warns that an eager CutSet brings no memory benefit; irrelevant for this comparison.
+    warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+    extra = {"num_cuts_for_bins_estimate": d.size, "buffer_size": d.size} if best_case else {}
+    sampler = DynamicBucketingSampler(
+        cutset, max_duration=BUDGET, num_buckets=BUCKETS, shuffle=True, seed=0, world_size=1, rank=0, **extra
+    )
+    t0 = time.perf_counter()
+    batches = [np.array([c.duration for c in batch], dtype=np.float64) for batch in sampler]
+    return batches, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="examples for the planning-speed run")
+    ap.add_argument("--n-padding", type=int, default=100_000, help="examples for the padding comparison")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    big = Columns(librispeech_like(args.n, seed=1))
+    keep = np.ones(args.n, bool)
+    cfg = make_dataset_config({"batch_duration": BUDGET, "max_duration": None})
+    t0 = time.perf_counter()
+    buckets = make_buckets(big, keep, cfg)
+    t_bins = time.perf_counter() - t0
+    times = []
+    for epoch in range(args.repeats):
+        t0 = time.perf_counter()
+        plan_epoch(big, keep, cfg, epoch=epoch, rank=3, world_size=8, buckets=buckets)
+        times.append(time.perf_counter() - t0)
+    t_plan = statistics.median(times)
+    print(f"planning {args.n:,} examples (batch_duration={BUDGET:g} s, {BUCKETS} buckets, 8 ranks)")
+    print(f"  bin estimate (once): {t_bins * 1e3:.0f} ms")
+    print(
+        f"  plan one epoch (median of {args.repeats}): {t_plan * 1e3:.0f} ms = {args.n / t_plan:,.0f} examples/s"
+    )
+
+    d = librispeech_like(args.n_padding, seed=2)
+    rows = [("speechdata", *speechdata_batches(d))]
+    rows.append(("lhotse (defaults)", *lhotse_batches(d, best_case=False)))
+    rows.append(("lhotse (whole-set bins/buffer)", *lhotse_batches(d, best_case=True)))
+    print(
+        f"\npadding at batch_duration={BUDGET:g} s, {BUCKETS} buckets, {args.n_padding:,} LibriSpeech-like examples"
+    )
+    print("| sampler | padding | vs speechdata | fullness | batches | examples/s | speed vs lhotse |")
+    print("|---|---|---|---|---|---|---|")
+    ours_pad = batch_stats(rows[0][1])[0]
+    lhotse_speed = args.n_padding / rows[1][2]
+    for name, batches, elapsed in rows:
+        pad, full, count = batch_stats(batches)
+        assert sum(b.size for b in batches) == args.n_padding, name
+        speed = args.n_padding / elapsed
+        print(
+            f"| {name} | {pad:.2%} | {pad / ours_pad:.2f}x | {full:.1%} | {count} | {speed:,.0f} | "
+            f"{speed / lhotse_speed:.1f}x |"
+        )
+    print(
+        f"\ntargets: speechdata padding <= lhotse and <= 3%: {'met' if ours_pad <= min(0.03, batch_stats(rows[1][1])[0]) else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
