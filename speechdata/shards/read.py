@@ -1,0 +1,495 @@
+"""Reading tarred datasets: shard path expansion, member lookup by offset, and streaming.
+
+* :func:`expand_tar_paths` turns ``tarred_audio_filepaths`` into shard lists: brace expansion
+  (``audio_{0..127}.tar``), NeMo's ``_OP_``/``_CL_`` spelling of ``{``/``}``, comma-separated lists,
+  and a list of lists for pre-bucketed datasets. ``pipe:`` commands and URLs are kept as they are;
+  they only ever come from the config, never from a manifest.
+* :class:`TarredDataset` opens a tarred dataset from a :class:`~speechdata.config.DatasetConfig`.
+  Local (or mounted) shards are read by byte offset with ``os.pread``: from the entry's
+  ``tar_offset``/``tar_size`` when speechdata wrote it, else from a header scan of the tar (done
+  once, cached beside the tar keyed by its size and mtime) for datasets written by NeMo's script,
+  whose entries name members by their flattened basename (``-subN`` suffixes of repeated entries
+  are resolved to the member they repeat).
+* :func:`stream_tarred` reads non-seekable shards (``pipe:`` commands, http(s) URLs) front to
+  back through webdataset's URL openers, with a per-epoch shard order, shards dealt evenly to
+  ranks and workers (repeating a few, never dropping any) and a ``shuffle_n`` sample buffer.
+
+Example::
+
+    >>> ds = TarredDataset(cfg)        # cfg.manifest_filepath = tarred_audio_manifest.json
+    >>> rec = ds.index.record(0)
+    >>> [len(b) for b in ds.read_audio_bytes(rec)]
+    [96044]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from braceexpand import braceexpand
+
+from speechdata.config import DatasetConfig, split_paths
+from speechdata.errors import ConfigError, DataError
+from speechdata.manifest import AUDIO_KEYS, Index, ManifestKeys, Record, load_index, unpack_sample_id
+from speechdata.shards.tarfmt import Member, scan_members
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SHARD_NUMBER = re.compile(r"(\d+)\.tar(?![A-Za-z0-9])")
+_SUB = re.compile(r"-sub\d+(?=\.[^./]*$|$)")
+_CACHE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------ expansion
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas that are not inside braces."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _expand_one(spec: str) -> list[str]:
+    spec = spec.replace("_OP_", "{").replace("_CL_", "}")
+    items = [spec.strip()] if spec.lstrip().startswith("pipe:") else _split_top_level(spec)
+    out: list[str] = []
+    for item in items:
+        if item.count("{") != item.count("}"):
+            raise ConfigError(f"tarred_audio_filepaths: unbalanced braces in {item!r}")
+        out.extend(braceexpand(item))
+    return out
+
+
+def expand_tar_paths(spec: str | Sequence[str] | Sequence[Sequence[str]]) -> list[str] | list[list[str]]:
+    """Expand ``tarred_audio_filepaths`` into shard paths (or one list per bucket).
+
+    >>> expand_tar_paths("d/audio__OP_0..2_CL_.tar")
+    ['d/audio_0.tar', 'd/audio_1.tar', 'd/audio_2.tar']
+    >>> expand_tar_paths([["b1/audio_{0..1}.tar"], ["b2/audio_0.tar"]])
+    [['b1/audio_0.tar', 'b1/audio_1.tar'], ['b2/audio_0.tar']]
+    """
+    if isinstance(spec, str):
+        return _expand_one(spec)
+    items = list(spec)
+    if items and all(not isinstance(x, str) for x in items):
+        return [[p for s in inner for p in _expand_one(str(s))] for inner in items]
+    if any(not isinstance(x, str) for x in items):
+        raise ConfigError("tarred_audio_filepaths: mix of strings and lists; use one or the other")
+    return [p for s in items for p in _expand_one(str(s))]
+
+
+def shard_ids(paths: Sequence[str]) -> list[int]:
+    """Shard number of each path: the ``N`` of ``..._N.tar`` when every path has a distinct one
+    (NeMo's ``audio_N.tar`` naming), else the position in the list."""
+    found = [_SHARD_NUMBER.findall(p) for p in paths]
+    nums = [int(f[-1]) if f else -1 for f in found]
+    if all(n >= 0 for n in nums) and len(set(nums)) == len(nums):
+        return nums
+    return list(range(len(paths)))
+
+
+def local_path(url: str) -> str | None:
+    """The file system path of a shard, or None for a ``pipe:`` command or a URL."""
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    if url.startswith("pipe:") or _SCHEME.match(url):
+        return None
+    return url
+
+
+def strip_sub(name: str) -> str:
+    """``x-sub2.wav`` -> ``x.wav``: NeMo's name for the 2nd repeat of member ``x.wav``."""
+    return _SUB.sub("", name)
+
+
+# ------------------------------------------------------------------------- member tables
+
+
+def _cache_file(tar: Path, cache_dir: str | Path | None) -> Path:
+    digest = hashlib.sha1(str(tar.resolve()).encode()).hexdigest()[:12]
+    name = f"{tar.name}.{digest}.members.v{_CACHE_VERSION}.json"
+    if cache_dir is not None:
+        return Path(cache_dir) / name
+    local = tar.parent / ".speechdata_cache"
+    try:
+        local.mkdir(exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local / name
+    except OSError:
+        pass
+    home = Path(os.environ.get("SPEECHDATA_CACHE", Path.home() / ".cache" / "speechdata")) / "tar_members"
+    home.mkdir(parents=True, exist_ok=True)
+    return home / name
+
+
+def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = None) -> dict[str, Member]:
+    """``{member name: Member(offset, size)}`` of a tar, from a header scan cached beside it.
+
+    The cache (``.speechdata_cache/<tar>.<digest>.members.v1.json``, or under
+    ``~/.cache/speechdata`` when the folder is read-only) is keyed by the tar's size and mtime.
+    """
+    path = Path(tar)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError("missing_audio", str(path), "tar shard not found") from None
+    cfile = _cache_file(path, cache_dir)
+    try:
+        cached = orjson.loads(cfile.read_bytes())
+        if cached["size"] == st.st_size and cached["mtime_ns"] == st.st_mtime_ns:
+            return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
+    except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
+        pass
+    table = scan_members(path)
+    blob = orjson.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "members": table})
+    tmp = cfile.with_name(cfile.name + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, cfile)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return table
+
+
+def lookup_member(table: Mapping[str, Member], name: str) -> Member | None:
+    """Find ``name`` in a member table: exactly, else without NeMo's ``-subN`` suffix."""
+    m = table.get(name)
+    if m is None:
+        m = table.get(strip_sub(name))
+    return m
+
+
+# --------------------------------------------------------------------------- random access
+
+
+class TarredDataset:
+    """A tarred dataset opened from a config: ``index`` (metadata rows knowing their shard),
+    ``buckets`` (pre-bucket id per row for a list-of-lists ``tarred_audio_filepaths``, else None),
+    ``seekable`` (every shard is a local file), and :meth:`read_audio_bytes`.
+
+    ``manifest_filepath`` lists the tarred manifest(s). ``tarred_audio_filepaths`` is one spec for
+    one manifest, one spec per manifest, or (pre-bucketed) one list per manifest, bucket order.
+    File descriptors are opened lazily per process, so the object can go to DataLoader workers.
+    """
+
+    def __init__(
+        self, cfg: DatasetConfig, *, cache_dir: str | Path | None = None, index: Index | None = None
+    ):
+        manifests = cfg.manifests or split_paths(cfg.manifest_filepath)
+        if not manifests:
+            raise ConfigError("manifest_filepath: a tarred dataset needs its tarred manifest(s)")
+        if cfg.tarred_audio_filepaths is None:
+            raise ConfigError("tarred_audio_filepaths: required when is_tarred is true")
+        expanded = expand_tar_paths(cfg.tarred_audio_filepaths)
+        prebucketed = bool(expanded) and isinstance(expanded[0], list)
+        per_dataset: list[list[str]]
+        if prebucketed:
+            per_dataset = [list(x) for x in expanded]  # type: ignore[arg-type]
+        elif len(manifests) == 1:
+            per_dataset = [list(expanded)]  # type: ignore[arg-type]
+        elif isinstance(cfg.tarred_audio_filepaths, list) and len(cfg.tarred_audio_filepaths) == len(
+            manifests
+        ):
+            per_dataset = [expand_tar_paths(str(s)) for s in cfg.tarred_audio_filepaths]  # type: ignore[misc]
+        else:
+            raise ConfigError(
+                f"tarred_audio_filepaths: {len(manifests)} manifests need one shard spec each "
+                "(a list of the same length)"
+            )
+        if len(per_dataset) != len(manifests):
+            raise ConfigError(
+                f"tarred_audio_filepaths: {len(per_dataset)} shard lists for {len(manifests)} manifests; "
+                "give one list per manifest (bucket)"
+            )
+        for k, paths in enumerate(per_dataset):
+            if not paths:
+                raise ConfigError(f"tarred_audio_filepaths: no shards for manifest {manifests[k]}")
+        self.shard_paths: list[dict[int, str]] = [
+            dict(zip(shard_ids(paths), paths, strict=True)) for paths in per_dataset
+        ]
+        locals_ = [local_path(p) for paths in per_dataset for p in paths]
+        self.seekable = all(p is not None for p in locals_)
+        if self.seekable:
+            for p in locals_:
+                if not os.path.isfile(str(p)):
+                    raise ConfigError(f"tarred_audio_filepaths: shard not found: {p}")
+        keys = ManifestKeys(
+            answer_key=cfg.answer_key,
+            context_key=cfg.context_key,
+            default_context=cfg.default_context,
+            tarred=True,
+        )
+        self.index = index if index is not None else load_index(manifests, keys, on_error=cfg.on_error)
+        self.buckets: np.ndarray | None = self.index.dataset.copy() if prebucketed else None
+        self.cache_dir = cache_dir
+        self._tables: dict[str, dict[str, Member]] = {}
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def shard_path(self, dataset: int, shard_id: int) -> str:
+        """The shard file of ``shard_id`` in manifest ``dataset`` (ConfigError when not listed)."""
+        try:
+            return self.shard_paths[dataset][shard_id]
+        except (KeyError, IndexError):
+            raise ConfigError(
+                f"tarred_audio_filepaths: no shard with id {shard_id} for manifest {self.index.datasets[dataset].path}"
+            ) from None
+
+    def _fd(self, path: str) -> int:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(str(local_path(path)), os.O_RDONLY)
+        return fd
+
+    def _table(self, path: str) -> dict[str, Member]:
+        table = self._tables.get(path)
+        if table is None:
+            table = self._tables[path] = member_table(str(local_path(path)), self.cache_dir)
+        return table
+
+    def _locate(self, dataset: int, shard_id: int, name: str, where: str) -> tuple[str, Member]:
+        candidates = (
+            [self.shard_path(dataset, shard_id)]
+            if shard_id >= 0
+            else [self.shard_paths[dataset][k] for k in sorted(self.shard_paths[dataset])]
+        )
+        for path in candidates:
+            m = lookup_member(self._table(path), name)
+            if m is not None:
+                return path, m
+        shown = candidates[0] if len(candidates) == 1 else f"{len(candidates)} shards"
+        raise DataError("missing_audio", where, f"member {name!r} not found in {shown}")
+
+    def read_audio_bytes(self, record: Record) -> list[bytes]:
+        """The bytes of each audio member of ``record`` (one per clip), read by offset."""
+        if not self.seekable:
+            raise ConfigError(
+                "tarred_audio_filepaths: shards are not local files; read them with stream_tarred"
+            )
+        dataset = unpack_sample_id(record.sample_id)[0]
+        offs = record.extra.get("tar_offset")
+        sizes = record.extra.get("tar_size")
+        n = len(record.audio)
+        places: list[tuple[str, Member]]
+        if offs is not None and sizes is not None and record.shard_id >= 0:
+            offs = offs if isinstance(offs, list) else [offs]
+            sizes = sizes if isinstance(sizes, list) else [sizes]
+            if len(offs) != n or len(sizes) != n:
+                raise DataError(
+                    "bad_line", record.where, f"tar_offset/tar_size need {n} values, one per audio"
+                )
+            path = self.shard_path(dataset, record.shard_id)
+            places = [(path, Member(int(o), int(s))) for o, s in zip(offs, sizes, strict=True)]
+        else:
+            places = [self._locate(dataset, record.shard_id, name, record.where) for name in record.audio]
+        out = []
+        for (path, m), name in zip(places, record.audio, strict=True):
+            data = os.pread(self._fd(path), m.size, m.offset)
+            if len(data) != m.size:
+                raise DataError(
+                    "decode_error", f"{path}:{name}", f"tar is truncated ({len(data)} of {m.size} bytes)"
+                )
+            out.append(data)
+        return out
+
+    def close(self) -> None:
+        """Close shard file descriptors (reopened on demand)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+# ------------------------------------------------------------------------------- streaming
+
+
+def entry_names(entry: Mapping[str, Any]) -> list[str]:
+    """Member names of a tarred manifest entry (one per audio)."""
+    for k in AUDIO_KEYS:
+        if k in entry:
+            v = entry[k]
+            return [str(x) for x in v] if isinstance(v, list) else [str(v)]
+    return []
+
+
+def entries_by_member(manifests: str | Sequence[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """Read tarred manifest(s) into ``{member name: [entries that use it]}`` for :func:`stream_tarred`."""
+    paths = split_paths(manifests) if isinstance(manifests, str) else [str(m) for m in manifests]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise DataError("bad_line", f"{path}:{line_no}", f"not valid JSON ({e.msg})") from None
+                for name in entry_names(entry):
+                    out.setdefault(name, []).append(entry)
+    return out
+
+
+def deal_shards(
+    num_shards: int,
+    *,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    worker_id: int,
+    num_workers: int,
+    shuffle: bool = True,
+) -> list[int]:
+    """Shard positions read by one (rank, worker) in one epoch.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (identity without ``shuffle``); when the
+    shards do not divide evenly among ``world_size * num_workers`` readers, the order is extended
+    cyclically so that every reader gets the same number and no shard is left out.
+    """
+    slots = world_size * num_workers
+    if not 0 <= rank < world_size or not 0 <= worker_id < num_workers:
+        raise ValueError(f"rank {rank}/{world_size}, worker {worker_id}/{num_workers} out of range")
+    order = (
+        np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(num_shards).tolist()
+        if shuffle
+        else list(range(num_shards))
+    )
+    total = math.ceil(num_shards / slots) * slots
+    order = [order[i % num_shards] for i in range(total)]
+    return order[rank * num_workers + worker_id :: slots]
+
+
+def shuffle_buffer(items: Iterable[Any], n: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Sample-level shuffle through a buffer of ``n`` items (webdataset's ``shuffle(n)``)."""
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < n:
+            buf.append(item)
+            continue
+        j = int(rng.integers(n))
+        out, buf[j] = buf[j], item
+        yield out
+    for j in rng.permutation(len(buf)).tolist():
+        yield buf[j]
+
+
+def _iter_members(url: str) -> Iterator[tuple[str, bytes]]:
+    from webdataset import gopen
+
+    stream = gopen(url, "rb")
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tf:
+            for m in tf:
+                if m.isfile():
+                    f = tf.extractfile(m)
+                    if f is not None:
+                        yield m.name, f.read()
+    except tarfile.TarError as e:
+        raise DataError("decode_error", url, f"not a readable tar stream: {e}") from None
+    finally:
+        stream.close()
+
+
+def _stream_shard(
+    url: str,
+    shard_id: int,
+    by_member: Mapping[str, list[dict[str, Any]]],
+    by_stripped: Mapping[str, list[dict[str, Any]]],
+) -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+    yielded: set[int] = set()
+    kept: dict[str, bytes] = {}
+    for name, data in _iter_members(url):
+        candidates = [*by_member.get(name, ()), *by_stripped.get(name, ())]
+        for entry in candidates:
+            sid = entry.get("shard_id")
+            if (isinstance(sid, int) and sid != shard_id) or id(entry) in yielded:
+                continue
+            names = entry_names(entry)
+            if len(names) == 1:
+                yielded.add(id(entry))
+                yield entry, [data]
+                continue
+            kept[name] = data
+            if all(n in kept for n in names):
+                yielded.add(id(entry))
+                yield entry, [kept[n] for n in names]
+
+
+def stream_tarred(
+    cfg: DatasetConfig,
+    shard_urls: Sequence[str],
+    by_member: Mapping[str, list[dict[str, Any]]],
+    *,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    worker_id: int = 0,
+    num_workers: int = 1,
+    seed: int | None = None,
+) -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+    """Stream ``(entry, [member bytes per audio])`` from non-seekable shards.
+
+    ``shard_urls`` come from the config (``pipe:`` commands, http(s) URLs or paths opened with
+    ``webdataset.gopen``); ``by_member`` maps member names to tarred manifest entries
+    (:func:`entries_by_member`). This reader's shards are :func:`deal_shards` of the epoch; with
+    ``cfg.shuffle`` the shard order is seeded by ``(seed, epoch)`` and samples pass through a
+    ``cfg.shuffle_n`` buffer seeded by ``(seed, epoch, rank, worker_id)``. An entry is yielded by
+    the shard its ``shard_id`` names (all shards when it has none), once per shard pass.
+    """
+    seed = cfg.seed if seed is None else seed
+    ids = shard_ids(list(shard_urls))
+    by_stripped: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in by_member.items():
+        base = strip_sub(name)
+        if base != name:
+            by_stripped.setdefault(base, []).extend(entries)
+    mine = deal_shards(
+        len(shard_urls),
+        epoch=epoch,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        worker_id=worker_id,
+        num_workers=num_workers,
+        shuffle=cfg.shuffle,
+    )
+
+    def samples() -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+        for k in mine:
+            yield from _stream_shard(shard_urls[k], ids[k], by_member, by_stripped)
+
+    if cfg.shuffle and cfg.shuffle_n > 1:
+        rng = np.random.default_rng([int(seed), int(epoch), int(rank), int(worker_id), 0xB0F])
+        yield from shuffle_buffer(samples(), cfg.shuffle_n, rng)
+    else:
+        yield from samples()
