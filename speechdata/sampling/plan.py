@@ -14,14 +14,16 @@ seeds identically:
    permutation; a dataset with fewer than ``c_i`` examples is re-cycled with another fresh
    permutation each time it runs out (up-sampling), one with more gives a fresh random subset
    each epoch (down-sampling).
-2. **Bucketing and batch forming** (:func:`form_batches`). Entries are shuffled (``shuffle``),
-   then stably grouped by bucket, so each bucket keeps a random order. A bucket is cut into
-   consecutive batches: of its fixed size, or, with ``batch_duration``, of
-   ``n = floor(batch_duration / e_max)`` examples where ``e_max`` is the longest effective
-   duration (``d + d**2 / quadratic_duration``) in the bucket this epoch. The padding-aware cost
-   ``n × longest`` of every batch is therefore at most ``batch_duration``; an example longer than
-   ``batch_duration`` on its own becomes a batch of one. Buckets make ``e_max`` close to each
-   batch's own longest example, so batches are nearly full and padding is small.
+2. **Bucketing and batch forming** (:func:`form_batches`). Entries are shuffled (``shuffle``)
+   and grouped by bucket. Within a bucket they are ordered by a *soft* sort key, the effective
+   duration (``d + d**2 / quadratic_duration``) times a random factor in ``[1, 1 + SOFT_SORT)``
+   (2%): batch mates have nearly equal durations, so padding stays around 1%, yet entries within
+   that window trade places every epoch. With ``batch_duration`` each bucket is cut greedily
+   along that order into the longest batches whose padding-aware cost ``n × largest key`` fits
+   the budget; every key is at least its effective duration, so ``n × longest effective
+   duration <= batch_duration`` holds for every batch, and an entry longer than the budget is a
+   batch of one. With fixed sizes a bucket is cut every ``size`` entries (one bucket and fixed
+   sizes: no duration sorting at all, the shuffled or index order is kept).
 3. **Ordering** (``bucketing_strategy``): ``fully_randomized`` puts all batches in one random
    order; ``synced_randomized`` groups each bucket's batches ``world_size`` at a time and shuffles
    the groups, so at every step all ranks hold a batch of the same bucket; ``fixed_order`` keeps
