@@ -387,7 +387,5 @@ def test_opus_is_deterministic(corpus, tmp_path):
     assert a.entries == 4 and _tar_bytes(tmp_path / "a") == _tar_bytes(tmp_path / "b")
     ds = _open(tmp_path / "a")
     rec = ds.index.record(0)
-    audio = load_audio(ds.read_audio_bytes(rec)[0])
-    assert (
-        abs(len(audio) / 48000 - rec.duration[0]) < 0.05 or abs(len(audio) / 16000 - rec.duration[0]) < 0.05
-    )
+    info = audio_info(ds.read_audio_bytes(rec)[0])
+    assert info.format == "OGG" and abs(info.duration - rec.duration[0]) < 0.05

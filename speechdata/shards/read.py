@@ -160,7 +160,13 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
     except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
         pass
     table = scan_members(path)
-    blob = orjson.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "members": table})
+    blob = orjson.dumps(
+        {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "members": {k: [m.offset, m.size] for k, m in table.items()},
+        }
+    )
     tmp = cfile.with_name(cfile.name + f".{os.getpid()}.tmp")
     try:
         tmp.write_bytes(blob)

@@ -1,0 +1,97 @@
+"""speechdata validate: clean datasets pass; corrupted, missing and orphan members are reported."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+
+import orjson
+import pytest
+
+from speechdata.cli import main as cli_main
+from speechdata.shards import ShardOptions, validate, write_shards
+from speechdata.testing import make_corpus
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("validate")
+    corpus = make_corpus(root / "corpus", n=14, seed=5, max_duration=3.0, formats=("flac",))
+    out = root / "shards"
+    write_shards([corpus.manifest], out, ShardOptions(num_shards=2, progress=False))
+    return out
+
+
+def _copy(clean, tmp_path):
+    dst = tmp_path / "ds"
+    shutil.copytree(clean, dst)
+    return dst
+
+
+def _first_entry(folder):
+    return orjson.loads((folder / "tarred_audio_manifest.json").read_bytes().splitlines()[0])
+
+
+def test_clean_dataset_passes(clean, capsys):
+    report = validate(clean, progress=False)
+    assert report.ok and report.entries == 14
+    assert cli_main(["validate", str(clean), "--no-progress"]) == 0
+    assert "0 problems, 0 orphan members" in capsys.readouterr().out
+
+
+def test_corrupted_member_is_caught(clean, tmp_path, capsys):
+    folder = _copy(clean, tmp_path)
+    e = _first_entry(folder)
+    off = e["tar_offset"] if isinstance(e["tar_offset"], int) else e["tar_offset"][0]
+    with open(folder / f"audio_{e['shard_id']}.tar", "r+b") as f:
+        f.seek(off)
+        f.write(b"\xff" * 64)
+    report = validate(folder, progress=False)
+    # Every entry that uses the member (a shared source serves several) is reported.
+    users = [
+        x
+        for x in orjson.loads(
+            b"[" + b",".join((folder / "tarred_audio_manifest.json").read_bytes().splitlines()) + b"]"
+        )
+        if x["audio_filepath"] == e["audio_filepath"]
+    ]
+    assert report.counts() == {"decode": len(users)}
+    assert cli_main(["validate", str(folder), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"(decode={len(users)})" in out.splitlines()[-1]
+
+
+def test_missing_member_and_orphan_are_caught(clean, tmp_path):
+    folder = _copy(clean, tmp_path)
+    e = _first_entry(folder)
+    victim = e["audio_filepath"] if isinstance(e["audio_filepath"], str) else e["audio_filepath"][0]
+    tar = folder / f"audio_{e['shard_id']}.tar"
+    with tarfile.open(tar) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    with tarfile.open(tar, "w") as dst:
+        for m, data in members:
+            if m.name != victim:
+                dst.addfile(m, io.BytesIO(data))
+        extra = tarfile.TarInfo("stray.wav")
+        dst.addfile(extra, io.BytesIO(b""))
+    report = validate(folder, progress=False)
+    kinds = report.counts()
+    assert kinds.get("missing", 0) >= 1 and kinds.get("orphan") == 1
+    assert any(victim in msg for _, msg in report.problems)
+
+
+def test_wrong_duration_is_caught(clean, tmp_path):
+    folder = _copy(clean, tmp_path)
+    path = folder / "tarred_audio_manifest.json"
+    lines = path.read_bytes().splitlines()
+    e = orjson.loads(lines[0])
+    e["duration"] = (e["duration"] if isinstance(e["duration"], float) else e["duration"][0]) + 5.0
+    if isinstance(e["audio_filepath"], list):
+        e["duration"] = [e["duration"]] * len(e["audio_filepath"])
+    path.write_bytes(b"\n".join([orjson.dumps(e), *lines[1:]]) + b"\n")
+    assert validate(folder, progress=False).counts() == {"duration": 1}
+
+
+def test_not_a_dataset(tmp_path):
+    assert cli_main(["validate", str(tmp_path)]) == 1
