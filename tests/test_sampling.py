@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speechdata.config import make_dataset_config
@@ -336,6 +336,7 @@ def _run(sampler, n):
     return out
 
 
+@settings(max_examples=25)
 @given(st.integers(0, 120), st.sampled_from(["fully_randomized", "synced_randomized"]), st.integers(1, 3))
 def test_resume_equivalence_across_epochs(stop, strategy, world):
     ref = _sampler(world, world - 1, bucketing_strategy=strategy, concat_sampling_probabilities=[0.3, 0.7])
