@@ -1,0 +1,1 @@
+"""The bundled trainer: tiny SALM / BESTOW models, Lightning module, exp manager, optimisers, EMA."""

@@ -1,0 +1,85 @@
+"""BESTOW: text attends to audio through cross-attention blocks in front of the LM.
+
+The LM input keeps the text length. The token embeddings go through ``xattn.num_layers`` blocks of
+causal self-attention + cross-attention to the example's audio frames (all audios of an example,
+concatenated in batch order; padding masked) + MLP; the projected output of these blocks is added
+to the token embeddings and the sum feeds the LM. An example without audio attends to a single
+zero frame (its cross-attention then contributes only biases), which keeps attention well defined.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speechdata.train.models.base import DecoderInputs, SpeechLM, example_index, scatter_rows
+from speechdata.train.models.blocks import TransformerBlock, causal_mask
+from speechdata.train.models.config import ModelConfig
+
+
+def pack_audio_per_example(
+    audio: torch.Tensor, audio_length: torch.Tensor, num_audios: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate each example's audio frames: ``[A, F, D]`` -> ``[B, M, D]`` and a key mask ``[B, M]``.
+
+    ``M`` is at least 1; a row without frames has only key 0 (a zero frame) unmasked.
+    """
+    b = num_audios.numel()
+    dim = audio.shape[-1]
+    ex = example_index(num_audios)
+    alen = audio_length.to(torch.long)
+    per_example = torch.zeros(b, dtype=torch.long, device=audio.device).index_add_(0, ex, alen)
+    m = max(int(per_example.max()) if b else 0, 1)
+    mask = torch.arange(m, device=audio.device)[None, :] < per_example[:, None]
+    mask[:, 0] = True
+    if audio.shape[0] == 0:
+        return audio.new_zeros((b, m, dim)), mask
+    # frames of the audios before audio i within its example
+    csum = torch.cumsum(alen, 0) - alen
+    first_audio = torch.cumsum(num_audios.to(torch.long), 0) - num_audios.to(torch.long)
+    offset = csum - csum[first_audio[ex]]
+    n_frames = audio.shape[1]
+    f = torch.arange(n_frames, device=audio.device)
+    valid = f[None, :] < alen[:, None]
+    rows = ex[:, None].expand(-1, n_frames)
+    cols = offset[:, None] + f[None, :]
+    return scatter_rows(audio, valid, rows, cols, (b, m, dim)), mask
+
+
+class BESTOW(SpeechLM):
+    """Cross-attention speech LM: ``LM(emb(tokens) + XAttn(emb(tokens), audio))``; text length kept."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        dim = cfg.llm.hidden_size
+        x = cfg.xattn
+        self.xattn_layers = nn.ModuleList(
+            TransformerBlock(dim, x.num_heads, x.ffn_dim, x.dropout, x.dropout, cross_attention=True)
+            for _ in range(x.num_layers)
+        )
+        self.xattn_norm = nn.LayerNorm(dim)
+        self.xattn_out = nn.Linear(dim, dim)
+        nn.init.normal_(self.xattn_out.weight, std=0.02)
+        nn.init.zeros_(self.xattn_out.bias)
+        self.setup_trainable()
+
+    def decoder_inputs(
+        self,
+        tokens: torch.Tensor,
+        tokens_length: torch.Tensor,
+        audio: torch.Tensor,
+        audio_length: torch.Tensor,
+        num_audios: torch.Tensor,
+        audio_positions: torch.Tensor,
+    ) -> DecoderInputs:
+        """Token embeddings plus the cross-attention blocks' output; ``audio_positions`` is not used."""
+        text = self.llm.embed(tokens)
+        memory, key_mask = pack_audio_per_example(audio.to(text.dtype), audio_length, num_audios)
+        h = text
+        self_mask = causal_mask(tokens.shape[1], tokens.device)
+        mem_mask = key_mask[:, None, None, :]
+        for layer in self.xattn_layers:
+            h = layer(h, mask=self_mask, memory=memory, memory_mask=mem_mask)
+        embeds = text + self.xattn_out(self.xattn_norm(h))
+        token_index = torch.arange(tokens.shape[1], device=tokens.device)[None, :].expand_as(tokens)
+        return DecoderInputs(embeds, tokens_length.to(torch.long), token_index)

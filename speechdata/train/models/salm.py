@@ -1,0 +1,88 @@
+"""SALM: audio embeddings spliced into the LM input at ``audio_positions``.
+
+For an example with text tokens ``t[0:n]`` and audios ``a_1..a_k`` at positions ``p_1 <= .. <= p_k``
+(token indices; ``p = 0`` prepends), the LM input is::
+
+    emb(t[0:p_1]) a_1 emb(t[p_1:p_2]) a_2 ... a_k emb(t[p_k:n])
+
+of length ``n + sum(frames)``. Each text token keeps its label and loss-mask value (they move with
+it); audio frames get label ``pad_id`` and loss mask 0, so audio carries no loss. Audios that share
+a position keep their batch order. Examples are right-padded to the longest spliced sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from speechdata.train.models.base import DecoderInputs, SpeechLM, example_index, scatter_rows
+from speechdata.train.models.config import ModelConfig
+
+
+def splice_plan(
+    tokens_length: torch.Tensor,
+    max_tokens: int,
+    audio_length: torch.Tensor,
+    num_audios: torch.Tensor,
+    audio_positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where everything goes in the spliced sequence.
+
+    Returns ``token_index`` ``[B, max_tokens]`` (output position of each token), ``audio_start``
+    ``[A]`` (output position of each audio's first frame), ``lengths`` ``[B]`` (spliced lengths) and
+    ``ex`` ``[A]`` (example of each audio). Positions beyond an example's token count are clamped
+    to its end.
+    """
+    ex = example_index(num_audios)
+    pos = torch.minimum(audio_positions.to(torch.long), tokens_length[ex].to(torch.long))
+    alen = audio_length.to(torch.long)
+    n_audio = pos.numel()
+    order = torch.arange(n_audio, device=pos.device)
+    same = ex[:, None] == ex[None, :]
+    earlier = (pos[None, :] < pos[:, None]) | (
+        (pos[None, :] == pos[:, None]) & (order[None, :] < order[:, None])
+    )
+    prior = ((same & earlier).to(torch.long) * alen[None, :]).sum(dim=1)  # frames placed before audio i
+    j = torch.arange(max_tokens, device=pos.device)
+    shifts = (pos[:, None] <= j[None, :]).to(torch.long) * alen[:, None]  # [A, L]
+    b = tokens_length.numel()
+    token_shift = torch.zeros(b, max_tokens, dtype=torch.long, device=pos.device).index_add_(0, ex, shifts)
+    total_audio = torch.zeros(b, dtype=torch.long, device=pos.device).index_add_(0, ex, alen)
+    return j[None, :] + token_shift, pos + prior, tokens_length.to(torch.long) + total_audio, ex
+
+
+class SALM(SpeechLM):
+    """Speech-Augmented LM: perception -> audio embeddings spliced into the token embeddings -> GPT."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.setup_trainable()
+
+    def decoder_inputs(
+        self,
+        tokens: torch.Tensor,
+        tokens_length: torch.Tensor,
+        audio: torch.Tensor,
+        audio_length: torch.Tensor,
+        num_audios: torch.Tensor,
+        audio_positions: torch.Tensor,
+    ) -> DecoderInputs:
+        """Splice the audio embeddings into the token embeddings (see the module docstring)."""
+        b, n_tok = tokens.shape
+        text = self.llm.embed(tokens)
+        token_index, audio_start, lengths, ex = splice_plan(
+            tokens_length, n_tok, audio_length, num_audios, audio_positions
+        )
+        seq = max(int(lengths.max()) if b else 0, 1)
+        dim = text.shape[-1]
+        rows = torch.arange(b, device=tokens.device)[:, None].expand(b, n_tok)
+        tok_valid = torch.arange(n_tok, device=tokens.device)[None, :] < tokens_length[:, None]
+        embeds = scatter_rows(text, tok_valid, rows, token_index, (b, seq, dim))
+        if audio.shape[0]:
+            n_frames = audio.shape[1]
+            f = torch.arange(n_frames, device=tokens.device)
+            fr_valid = f[None, :] < audio_length[:, None]
+            fr_rows = ex[:, None].expand(-1, n_frames)
+            fr_cols = audio_start[:, None] + f[None, :]
+            audio_part = scatter_rows(audio.to(embeds.dtype), fr_valid, fr_rows, fr_cols, (b, seq, dim))
+            embeds = embeds + audio_part
+        return DecoderInputs(embeds, lengths, token_index)

@@ -1,0 +1,130 @@
+"""The LightningModule around a SALM / BESTOW model.
+
+Training logs ``reduced_train_loss`` (mean over data-parallel ranks, NeMo's name), ``lr`` and
+``consumed_samples`` (examples trained on so far, summed over ranks and micro-batches; saved in
+checkpoints, so checkpoint names using ``{consumed_samples}`` continue after a resume). Validation
+logs ``val_loss`` (token-weighted) and ``val_cer``: greedy decoding from ``contexts`` for up to
+``tokens_to_generate`` tokens, compared with ``answers`` by character error rate (on decoded text
+when a ``decode`` function is given, else on token ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from speechdata.train.models.base import SpeechLM
+from speechdata.train.optim import build_optimizer, build_scheduler
+
+
+def edit_distance(a: list[Any] | str, b: list[Any] | str) -> int:
+    """Levenshtein distance between two sequences."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+class SpeechLMModule(pl.LightningModule):
+    """Trains a :class:`~speechdata.train.models.base.SpeechLM` with the ``optim`` section's optimiser."""
+
+    def __init__(
+        self,
+        model: SpeechLM,
+        optim: Mapping[str, Any],
+        *,
+        max_steps: int = -1,
+        tokens_to_generate: int = 32,
+        decode: Callable[[list[int]], str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim_cfg = dict(optim)
+        self.max_steps = max_steps
+        self.tokens_to_generate = tokens_to_generate
+        self.decode = decode
+        self.consumed_samples = 0
+        if config is not None:
+            self.save_hyperparameters({"cfg": dict(config)})
+        self._val: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """The model's output for a batch."""
+        return self.model(batch)
+
+    def _sum_over_ranks(self, value: float) -> float:
+        t = torch.tensor(float(value), device=self.device)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        return float(t)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Masked cross-entropy on the batch; logs loss, lr and consumed_samples."""
+        loss, _ = self.model.loss(batch)
+        self.consumed_samples += int(self._sum_over_ranks(batch["tokens"].shape[0]))
+        self.log(
+            "reduced_train_loss", loss.detach(), on_step=True, prog_bar=True, sync_dist=True, batch_size=1
+        )
+        self.log("consumed_samples", float(self.consumed_samples), on_step=True, batch_size=1)
+        opt = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if opt is not None:
+            self.log("lr", opt.param_groups[0]["lr"], on_step=True, prog_bar=True, batch_size=1)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        """Reset the validation sums."""
+        self._val = {"loss": 0.0, "tokens": 0.0, "errors": 0.0, "chars": 0.0}
+
+    def _text(self, ids: list[int]) -> list[int] | str:
+        eos, pad = self.model.cfg.eos_id, self.model.cfg.pad_id
+        ids = [i for i in ids if i not in (eos, pad)]
+        return self.decode(ids) if self.decode is not None else ids
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss and greedy-decoding errors on one batch."""
+        loss, count = self.model.loss(batch)
+        self._val["loss"] += float(loss) * float(count)
+        self._val["tokens"] += float(count)
+        if self.tokens_to_generate > 0:
+            hyps = self.model.generate(batch, self.tokens_to_generate)
+            answers, lengths = batch["answers"], batch["answer_lengths"].tolist()
+            for i, hyp in enumerate(hyps):
+                ref = self._text(answers[i, : lengths[i]].tolist())
+                self._val["errors"] += edit_distance(self._text(hyp), ref)
+                self._val["chars"] += len(ref)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val_loss`` and ``val_cer`` (sums reduced over ranks first)."""
+        sums = {k: self._sum_over_ranks(v) for k, v in self._val.items()}
+        if sums.get("tokens", 0.0) > 0:
+            self.log("val_loss", sums["loss"] / sums["tokens"], prog_bar=True, batch_size=1)
+        if sums.get("chars", 0.0) > 0:
+            self.log("val_cer", sums["errors"] / sums["chars"], prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        """Optimiser from ``optim``; the ``optim.sched`` schedule steps every optimiser step."""
+        cfg = dict(self.optim_cfg)
+        sched_cfg = cfg.pop("sched", None)
+        optimizer = build_optimizer(self.model.parameters(), cfg)
+        scheduler = build_scheduler(optimizer, sched_cfg, self.max_steps)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep ``consumed_samples`` in the checkpoint."""
+        checkpoint["consumed_samples"] = self.consumed_samples
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore ``consumed_samples``."""
+        self.consumed_samples = int(checkpoint.get("consumed_samples", 0))
