@@ -149,18 +149,16 @@ class SpeechDataLoader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if not cfg.manifests:
             raise ConfigError("manifest_filepath: no manifest given")
-        keys = manifest_keys(cfg)
+        self.index = load_index(cfg.manifests, manifest_keys(cfg), on_error=cfg.on_error, cache=cache)
         buckets = None
         if cfg.is_tarred:
             from speechdata.shards.read import TarredDataset
 
-            self.tarred = TarredDataset(cfg, keys)
-            self.index = self.tarred.index
+            self.tarred = TarredDataset(cfg, index=self.index)
             buckets = self.tarred.buckets
             reader: Any = _TarAudio(self.tarred, cfg.sample_rate)
         else:
             self.tarred = None
-            self.index = load_index(cfg.manifests, keys, on_error=cfg.on_error, cache=cache)
             reader = _FileAudio(cfg.sample_rate)
         self.filter_drops = DropCounter()
         self.keep = filter_mask(self.index, cfg, self.filter_drops)
