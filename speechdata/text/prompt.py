@@ -38,6 +38,8 @@ _CONTEXT = 1  # manifest context text
 _LOCATOR = 2  # an audio insertion point (no tokens)
 _ANSWER = 3  # manifest answer text
 
+_EMPTY: list[int] = []  # shared, never mutated
+
 _ESCAPES = re.compile(r"\\([ntr\\])")
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
@@ -104,6 +106,7 @@ class PromptBuilder:
         self._default_context = cfg.default_context
         self._end = tokenizer.encode(cfg.end_string, continuation=True) if cfg.end_string else []
         self._cache: dict[tuple[str, bool], list[int]] = {}
+        self._fixed = len(self._bos) + len(self._sep) + len(self._end) + len(self._eos)
 
         self._templated = cfg.prompt_template is not None
         if self._templated:
@@ -183,61 +186,35 @@ class PromptBuilder:
             self._cache[key] = ids
         return ids
 
-    def _pieces(self, context: str | None, answer: str, num_audios: int, where: str) -> list[tuple[int, str]]:
-        """The example as ``(kind, text)`` pieces, locators split out and counted."""
+    def _split(self, context: str | None, where: str) -> tuple[str, str, str, str]:
+        """``(template text before the context, context, template text after it, answer prefix)``.
+
+        The first three make the context part (its trailing spaces already moved to the answer
+        prefix); the answer prefix (template text or separator) starts the answer part.
+        """
         if context is None:
             context = self._default_context
-            if context is None and self.needs_context:
-                raise DataError(
-                    "bad_line",
-                    where,
-                    f"no context (key '{self.cfg.context_key}' or 'question') and no default_context, "
-                    f"but prompt_template {self.cfg.prompt_template!r} needs one",
-                )
-        if context is None and not self._templated:
-            # No template and no context: the answer alone, nothing to separate.
-            pre, ctx, mid, moved = "", "", "", ""
-        else:
-            pre, ctx = self._pre, (context or "") if self._has_slot else ""
-            mid, moved = self._mid_kept, self._mid_moved
-            if not mid and self._templated:
-                kept = ctx.rstrip(" ")
-                moved = ctx[len(kept) :] + moved
-                ctx = kept
-                if not ctx:
-                    kept = pre.rstrip(" ")
-                    moved = pre[len(kept) :] + moved
-                    pre = kept
-        loc = self._locator
-        pieces: list[tuple[int, str]] = []
-        if loc is None:
-            if num_audios > 1:
-                raise DataError(
-                    "bad_line",
-                    where,
-                    f"the example has {num_audios} audios but no audio_locator is configured",
-                )
-            pieces.append((_TEMPLATE, pre))
-            pieces.append((_CONTEXT, ctx))
-            pieces.append((_TEMPLATE, mid))
-        else:
-            count = 0
-            for kind, text in ((_TEMPLATE, pre), (_CONTEXT, ctx), (_TEMPLATE, mid)):
-                parts = text.split(loc) if loc in text else [text]
-                count += len(parts) - 1
-                pieces.append((kind, parts[0]))
-                for part in parts[1:]:
-                    pieces.append((_LOCATOR, ""))
-                    pieces.append((kind, part))
-            if count != num_audios:
-                raise DataError(
-                    "bad_line",
-                    where,
-                    f"context has {count} audio locator(s) {loc!r} but the example has {num_audios} audio(s)",
-                )
-        pieces.append((_TEMPLATE, moved))
-        pieces.append((_ANSWER, answer))
-        return pieces
+            if context is None:
+                if self.needs_context:
+                    raise DataError(
+                        "bad_line",
+                        where,
+                        f"no context (key '{self.cfg.context_key}' or 'question') and no default_context, "
+                        f"but prompt_template {self.cfg.prompt_template!r} needs one",
+                    )
+                if not self._templated:
+                    return "", "", "", ""  # no template, no context: the answer alone
+        pre, ctx = self._pre, (context or "") if self._has_slot else ""
+        mid, moved = self._mid_kept, self._mid_moved
+        if not mid and self._templated:
+            kept = ctx.rstrip(" ")
+            moved = ctx[len(kept) :] + moved
+            ctx = kept
+            if not ctx:
+                kept = pre.rstrip(" ")
+                moved = pre[len(kept) :] + moved
+                pre = kept
+        return pre, ctx, mid, moved
 
     def build(self, context: str | None, answer: str, num_audios: int, where: str = "") -> Prompt:
         """Format, tokenize and (if needed) truncate one example; see :class:`Prompt`.
@@ -245,17 +222,85 @@ class PromptBuilder:
         ``context`` ``None`` falls back to ``default_context``. ``where`` (``"path:line"``) names
         the example in errors.
         """
-        pieces = self._pieces(context, answer, num_audios, where)
+        pre, ctx, mid, moved = self._split(context, where)
+        if self._locator is not None:
+            return self._build_pieces(pre, ctx, mid, moved, answer, num_audios, where)
+        if num_audios > 1:
+            raise DataError(
+                "bad_line", where, f"the example has {num_audios} audios but no audio_locator is configured"
+            )
+        # One piece of each kind: the common case, without the bookkeeping of _build_pieces.
+        enc = self.tokenizer.encode
+        first = True
+        pre_ids = ctx_ids = mid_ids = moved_ids = ans_ids = _EMPTY
+        if pre:
+            pre_ids = self._template_ids(pre, True)
+            first = False
+        if ctx:
+            ctx_ids = enc(ctx, continuation=not first)
+            first = False
+        if mid:
+            mid_ids = self._template_ids(mid, first)
+            first = False
+        if self._sep:
+            first = False
+        if moved:
+            moved_ids = self._template_ids(moved, first)
+            first = False
+        if answer:
+            ans_ids = enc(answer, continuation=not first)
+        total = self._fixed + len(pre_ids) + len(ctx_ids) + len(mid_ids) + len(moved_ids) + len(ans_ids)
+        truncated = 0
+        if total > self._max:
+            truncated = total - self._max
+            if self._truncate_answer:
+                self._check_room(total, len(ans_ids), where)
+                ans_ids = ans_ids[: len(ans_ids) - truncated]
+            else:
+                self._check_room(total, len(ctx_ids), where)
+                ctx_ids = ctx_ids[: len(ctx_ids) - truncated]
+        input_ids = [*self._bos, *pre_ids, *ctx_ids, *mid_ids, *self._sep]
+        answer_start = len(input_ids)
+        input_ids += moved_ids
+        input_ids += ans_ids
+        input_ids += self._end
+        input_ids += self._eos
+        return self._finish(input_ids, answer_start, [0] if num_audios == 1 else [], truncated, where)
+
+    def _build_pieces(
+        self, pre: str, ctx: str, mid: str, moved: str, answer: str, num_audios: int, where: str
+    ) -> Prompt:
+        """:meth:`build` with an audio locator: the context part is cut at each locator."""
+        loc = self._locator
+        assert loc is not None
+        pieces: list[tuple[int, str]] = []
+        count = 0
+        for kind, text in ((_TEMPLATE, pre), (_CONTEXT, ctx), (_TEMPLATE, mid)):
+            parts = text.split(loc) if loc in text else [text]
+            count += len(parts) - 1
+            pieces.append((kind, parts[0]))
+            for part in parts[1:]:
+                pieces.append((_LOCATOR, ""))
+                pieces.append((kind, part))
+        if count != num_audios:
+            raise DataError(
+                "bad_line",
+                where,
+                f"context has {count} audio locator(s) {loc!r} but the example has {num_audios} audio(s)",
+            )
+        pieces.append((_TEMPLATE, moved))
+        pieces.append((_ANSWER, answer))
+
         enc = self.tokenizer.encode
         first = True
         segs: list[tuple[int, list[int]]] = []
-        total = len(self._bos) + len(self._sep) + len(self._end) + len(self._eos)
+        total = self._fixed
         answer_part = len(pieces) - 2
         for i, (kind, text) in enumerate(pieces):
             if i == answer_part and self._sep:
                 first = False  # text after <sep> continues the sequence, even with an empty context
             if not text:
-                segs.append((kind, []))
+                segs.append((kind, _EMPTY))
                 continue
             ids = self._template_ids(text, first) if kind == _TEMPLATE else enc(text, continuation=not first)
             first = False
@@ -281,11 +326,14 @@ class PromptBuilder:
         input_ids += segs[-1][1]
         input_ids += self._end
         input_ids += self._eos
+        return self._finish(input_ids, answer_start, positions, truncated, where)
+
+    def _finish(
+        self, input_ids: list[int], answer_start: int, positions: list[int], truncated: int, where: str
+    ) -> Prompt:
         n = len(input_ids)
         if n < self._min:
             raise DataError("too_short_text", where, f"{n} tokens, fewer than min_seq_length={self._min}")
-        if self._locator is None and num_audios == 1:
-            positions = [0]
         if self._answer_only:
             loss_mask = [0] * answer_start + [1] * (n - answer_start)
         else:
@@ -300,11 +348,9 @@ class PromptBuilder:
             truncated=truncated,
         )
 
-    def _truncate(self, segs: list[tuple[int, list[int]]], excess: int, total: int, where: str) -> None:
-        """Remove ``excess`` tokens from the end of the truncation field's content, in place."""
-        field = _ANSWER if self._truncate_answer else _CONTEXT
-        available = sum(len(ids) for kind, ids in segs if kind == field)
-        if available < excess:
+    def _check_room(self, total: int, available: int, where: str) -> None:
+        """Raise ``too_long_text`` when the truncation field has fewer tokens than the excess."""
+        if available < total - self._max:
             name = "answer" if self._truncate_answer else "context"
             raise DataError(
                 "too_long_text",
@@ -312,6 +358,11 @@ class PromptBuilder:
                 f"{total} tokens exceed max_seq_length={self._max} and the {name} "
                 f"(truncation_field) has only {available} tokens to remove",
             )
+
+    def _truncate(self, segs: list[tuple[int, list[int]]], excess: int, total: int, where: str) -> None:
+        """Remove ``excess`` tokens from the end of the truncation field's content, in place."""
+        field = _ANSWER if self._truncate_answer else _CONTEXT
+        self._check_room(total, sum(len(ids) for kind, ids in segs if kind == field), where)
         for i in range(len(segs) - 1, -1, -1):
             kind, ids = segs[i]
             if kind != field or not ids:

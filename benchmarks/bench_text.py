@@ -1,0 +1,182 @@
+"""Text-stage benchmark: PromptBuilder (format + tokenize + truncate) against raw SentencePiece.
+
+Run: ``python benchmarks/bench_text.py [--n 100000] [--repeats 3] [--vocab-size 2000] [--seed 0]``
+
+``--n`` synthetic examples (a context of 4-15 words, an answer of 3-40 words, from a fixed word
+list with a seeded numpy generator) are built with :class:`speechdata.text.PromptBuilder` on one
+core, with a unigram tokenizer trained by :func:`speechdata.text.train_tokenizer` on part of the
+same text. Three configurations:
+
+* ``template``: ``"Q: {context}\\nA: {answer}"``, BOS and EOS, no truncation;
+* ``locators``: the same with two ``|audio|`` locators per context (two audios per example);
+* ``truncation``: ``template`` with ``max_seq_length`` at the median full length, so about half of
+  the examples lose answer tokens (those that cannot are counted as ``too_long_text`` drops).
+
+The baseline, measured in the same run on the same model, is SentencePiece's own
+``SentencePieceProcessor.encode`` called once per example on the fully formatted string (context
+part + answer part): the cost of tokenizing the same text with no formatting, no bookkeeping and
+no truncation. Reported: examples per second and the ratio to the baseline, medians over
+``--repeats`` repeats that interleave the baseline and the runs (each ratio is taken within one
+repeat, so that load from other processes hits both sides alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import sentencepiece as spm
+
+from speechdata.config import make_dataset_config
+from speechdata.errors import DataError
+from speechdata.text import PromptBuilder, Tokenizer, train_tokenizer
+
+_WORD_TEXT = (
+    "the a of and to in is was that for it with as his on be at by had not are but from or have an they "
+    "which one you were her all she there would their we him been has when who will more no if out so "
+    "said what up its about into than them can only other new some could time these two may then do "
+    "first any my now such like our over man me even most made after also did many before must through "
+    "back years where much your way well down should because each just those people mister how too "
+    "little state good very make world still own see men work long get here between both life being "
+    "under never day same another know while last might us great old year off come since against go "
+    "came right used take three transcribe audio speech speaker recording question answer translate"
+)
+WORDS = _WORD_TEXT.split()
+LOCATOR = "|audio|"
+TEMPLATE = "Q: {context}\nA: {answer}"
+
+
+def make_examples(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """``n`` (context, answer) pairs of random words, deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    words = np.array(WORDS)
+    ctx_len = rng.integers(4, 16, size=n)
+    ans_len = rng.integers(3, 41, size=n)
+    contexts = [" ".join(rng.choice(words, size=k)) for k in ctx_len]
+    answers = [" ".join(rng.choice(words, size=k)) for k in ans_len]
+    return contexts, answers
+
+
+def with_locators(contexts: list[str]) -> list[str]:
+    """Each context with a locator before its first word and one after its middle word."""
+    out = []
+    for c in contexts:
+        w = c.split(" ")
+        mid = len(w) // 2
+        out.append(f"{LOCATOR} " + " ".join(w[:mid]) + f" {LOCATOR} " + " ".join(w[mid:]))
+    return out
+
+
+def seconds(fn: Callable[[], int]) -> tuple[float, int]:
+    """Seconds one call of ``fn`` took, and the count it returned."""
+    t0 = time.perf_counter()
+    count = fn()
+    return time.perf_counter() - t0, count
+
+
+def run_builder(
+    builder: PromptBuilder, contexts: list[str], answers: list[str], audios: int
+) -> Callable[[], int]:
+    def go() -> int:
+        built = 0
+        build = builder.build
+        for c, a in zip(contexts, answers, strict=True):
+            try:
+                build(c, a, audios)
+                built += 1
+            except DataError:
+                pass
+        return built
+
+    return go
+
+
+def run_raw(sp: spm.SentencePieceProcessor, texts: list[str]) -> Callable[[], int]:
+    def go() -> int:
+        encode = sp.encode
+        for t in texts:
+            encode(t)
+        return len(texts)
+
+    return go
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--vocab-size", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    contexts, answers = make_examples(args.n, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_text = [f"{c}\n{a}" for c, a in zip(contexts[:20_000], answers[:20_000], strict=True)]
+        tok: Tokenizer = train_tokenizer(
+            train_text, tmp, args.vocab_size, user_symbols=[LOCATOR], seed=args.seed
+        )
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(tok.model_bytes)
+
+    base = dict(prompt_template=TEMPLATE, add_bos=True, add_eos=True, max_seq_length=100_000)
+    full = PromptBuilder(make_dataset_config(base), tok)
+    lengths = [len(full.build(c, a, 1).input_ids) for c, a in zip(contexts, answers, strict=True)]
+    median_len = int(np.median(lengths))
+    loc_contexts = with_locators(contexts)
+    configs: list[tuple[str, PromptBuilder, list[str], int]] = [
+        ("template", full, contexts, 1),
+        (
+            "locators",
+            PromptBuilder(make_dataset_config({**base, "audio_locator": LOCATOR}), tok),
+            loc_contexts,
+            2,
+        ),
+        (
+            "truncation",
+            PromptBuilder(
+                make_dataset_config({**base, "max_seq_length": median_len, "truncation_field": "answer"}), tok
+            ),
+            contexts,
+            1,
+        ),
+    ]
+    formatted = [f"Q: {c}\nA: {a}" for c, a in zip(contexts, answers, strict=True)]
+    raw = run_raw(sp, formatted)
+    runs = [(name, run_builder(builder, ctxs, answers, audios)) for name, builder, ctxs, audios in configs]
+
+    # Repeats interleave the baseline and every run, and each ratio is taken within one repeat, so
+    # that load from other processes on a shared machine hits both sides of a ratio alike.
+    raw_times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    ratios: dict[str, list[float]] = {name: [] for name, _ in runs}
+    built: dict[str, int] = {}
+    for _ in range(args.repeats):
+        raw_s, _ = seconds(raw)
+        raw_times.append(raw_s)
+        for name, fn in runs:
+            secs, built[name] = seconds(fn)
+            times[name].append(secs)
+            ratios[name].append(raw_s / secs)
+
+    raw_rate = args.n / statistics.median(raw_times)
+    print(f"# text stage, {args.n} examples, vocab {tok.vocab_size}, median {median_len} tokens, one core")
+    print()
+    print("| run | examples/s | ratio to raw sentencepiece encode | built |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| raw `SentencePieceProcessor.encode` of the formatted text | {raw_rate:,.0f} | 1.00 | {args.n} |"
+    )
+    for name, _ in runs:
+        rate = args.n / statistics.median(times[name])
+        ratio = statistics.median(ratios[name])
+        print(f"| PromptBuilder.build, {name} | {rate:,.0f} | {ratio:.2f} | {built[name]} |")
+    print()
+    print(f"examples/s and ratios: medians over {args.repeats} interleaved repeats")
+
+
+if __name__ == "__main__":
+    main()
