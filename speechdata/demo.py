@@ -5,7 +5,7 @@
 2. a SentencePiece tokenizer trained on its text (``speechdata tokenizer train``);
 3. NeMo-compatible tar shards (``speechdata shard``), checked (``speechdata validate``);
 4. dataset statistics (``speechdata inspect``);
-5. the loader benchmarked on the shards against the decode floor (``speechdata bench``);
+5. the loader benchmarked against the decode floor and its peers (``speechdata bench --compare``);
 6. a short training of the tiny SALM and BESTOW models on the shards (``speechdata train``).
 
 Every step runs the same public code a user runs, and the commands are printed so that each
@@ -23,6 +23,7 @@ from pathlib import Path
 from speechdata.errors import SpeechDataError
 
 HELP = "run the whole chain on a built-in synthetic corpus"
+_TOKENIZER_FLAGS = ("--audio-locator", "|audio|", "--no-byte-fallback")
 
 
 def config_path(name: str) -> Path:
@@ -66,33 +67,55 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"== synthetic corpus -> {out}", flush=True)
-    common = {"min_duration": 0.5, "max_duration": 6.0, "seconds_per_char": 0.06, "multi_audio_fraction": 0.05}
+    common = {
+        "min_duration": 0.5,
+        "max_duration": 6.0,
+        "seconds_per_char": 0.06,
+        "multi_audio_fraction": 0.05,
+    }
     train = make_corpus(out / "train", n=args.examples, seed=args.seed, **common)
     val = make_corpus(out / "val", n=max(16, args.examples // 10), seed=args.seed + 1000, **common)
-    print(f"   train: {len(train.entries)} examples, {train.hours:.2f} h; validation: {len(val.entries)} examples")
+    print(
+        f"   train: {len(train.entries)} examples, {train.hours:.2f} h; validation: {len(val.entries)} examples"
+    )
 
     tok = out / "tokenizer"
     _step(
         "tokenizer",
-        ["tokenizer", "train", str(train.manifest), "--out", str(tok), "--vocab-size", "200"]
-        + ["--audio-locator", "|audio|", "--no-byte-fallback"],
+        [
+            "tokenizer",
+            "train",
+            str(train.manifest),
+            "--out",
+            str(tok),
+            "--vocab-size",
+            "200",
+            *_TOKENIZER_FLAGS,
+        ],
     )
     shards = out / "shards"
-    _step("shard", ["shard", str(train.manifest), "--out", str(shards), "--num-shards", "4", "--workers", "2"])
+    _step(
+        "shard", ["shard", str(train.manifest), "--out", str(shards), "--num-shards", "4", "--workers", "2"]
+    )
     _step("validate", ["validate", str(shards)])
     _step("inspect", ["inspect", str(shards), "--num-buckets", "4", "--bins", "8"])
     _step(
         "bench",
-        ["bench", str(shards), "--tokenizer", str(tok / "tokenizer.model"), "--batch-duration", "120"]
-        + ["--workers", "1", "--compare", "--md", str(out / "bench.md"), "--json", str(out / "bench.json")],
+        [
+            *("bench", str(train.manifest), "--tokenizer", str(tok / "tokenizer.model"), "--compare"),
+            *("--batch-duration", "120", "--workers", "1", "--md", str(out / "bench.md")),
+            *("--json", str(out / "bench.json")),
+        ],
     )
     if not args.no_train:
         tars = str(shards / f"audio__OP_0..{_count_tars(shards) - 1}_CL_.tar")
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             _step(
                 f"train {model}",
-                ["train", str(config_path(f"{model}_tiny")), f"trainer.max_steps={args.steps}"]
-                + [
+                [
+                    "train",
+                    str(config_path(f"{model}_tiny")),
+                    f"trainer.max_steps={args.steps}",
                     f"exp_manager.exp_dir={out / 'experiments'}",
                     f"model.seed={args.seed}",
                     f"model.tokenizer.model={tok / 'tokenizer.model'}",
