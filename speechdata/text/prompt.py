@@ -68,7 +68,7 @@ class Prompt:
 def _unescape(template: str) -> str:
     """Turn ``\\n``, ``\\t``, ``\\r``, ``\\\\`` typed as two characters into the characters.
 
-    NeMo un-escapes templates the same way, so single-quoted YAML and CLI overrides work.
+    NeMo un-escapes templates too, so single-quoted YAML and CLI overrides work the same.
     """
     return _ESCAPES.sub(lambda m: _ESCAPED[m.group(1)], template)
 
