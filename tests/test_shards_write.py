@@ -25,7 +25,7 @@ from speechdata.cli import main as cli_main
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.shards import ShardOptions, TarredDataset, write_shards
-from speechdata.shards.write import assign_groups, member_stem
+from speechdata.shards.plan import assign_groups, member_stem
 from speechdata.testing import make_corpus, write_manifest
 
 

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+from speechdata.shards.plan import ShardOptions
 from speechdata.shards.read import (
     TarredDataset,
     deal_shards,
@@ -25,7 +26,7 @@ from speechdata.shards.read import (
 )
 from speechdata.shards.tarfmt import Member, TarWriter, scan_members
 from speechdata.shards.validate import ValidationReport, validate
-from speechdata.shards.write import ShardOptions, ShardReport, write_shards
+from speechdata.shards.write import ShardReport, write_shards
 
 __all__ = [
     "Member",

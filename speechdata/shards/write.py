@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import multiprocessing
 import os
@@ -47,71 +46,23 @@ import orjson
 import yaml
 from tqdm import tqdm
 
-from speechdata.audio import audio_info
-from speechdata.errors import ConfigError, DataError, DropCounter, handle
-from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index
-from speechdata.shards.codec import CODECS, EXTENSIONS, encode_audio
+from speechdata.errors import ConfigError, DropCounter
+from speechdata.manifest import AUDIO_KEYS
+from speechdata.shards.codec import CODECS, encode_audio
+from speechdata.shards.plan import (
+    FORMAT_VERSION,
+    Entry,
+    ShardJob,
+    ShardOptions,
+    equal_duration_bins,
+    member_codec,
+    plan_dataset,
+    read_entries,
+)
 from speechdata.shards.tarfmt import TarWriter, atomic_write_bytes, fsync_dir
 
 HELP = "write manifests into NeMo-compatible tar shards"
-#: Default shard size: about this many entries ...
-DEFAULT_SHARD_ENTRIES = 1000
-#: ... or this many bytes, whichever is reached first.
-DEFAULT_SHARD_BYTES = 1_000_000_000
 MARKER_DIR = ".speechdata"
-_FORMAT_VERSION = 1
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_MAX_STEM = 120
-
-
-@dataclass
-class ShardOptions:
-    """Settings of one ``speechdata shard`` job (the CLI flags, same names)."""
-
-    num_shards: int | None = None
-    shard_size: int | None = None
-    shuffle: bool = False
-    seed: int = 0
-    sort_in_shards: bool = False
-    min_duration: float | None = None
-    max_duration: float | None = None
-    buckets: int | None = None
-    bucket_bins: list[float] | None = None
-    codec: str = "keep"
-    sample_rate: int | None = None
-    slice_with_offset: bool = False
-    workers: int = 1
-    on_error: str = "raise"
-    progress: bool = True
-
-    def check(self) -> None:
-        """Raise :class:`ConfigError` for contradictory or out-of-range settings."""
-        if self.num_shards is not None and self.shard_size is not None:
-            raise ConfigError("--num-shards and --shard-size: give one of them, not both")
-        for name in ("num_shards", "shard_size", "buckets", "sample_rate", "workers"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
-        if self.buckets is not None and self.bucket_bins is not None:
-            raise ConfigError("--buckets and --bucket-bins: give one of them, not both")
-        if self.bucket_bins is not None:
-            bins = list(self.bucket_bins)
-            if not bins or any(b <= 0 for b in bins) or bins != sorted(set(bins)):
-                raise ConfigError(f"--bucket-bins: need increasing positive durations, got {bins}")
-        if self.codec not in CODECS:
-            raise ConfigError(f"--codec: must be one of {', '.join(CODECS)}, got {self.codec!r}")
-        if self.sample_rate is not None and self.codec == "keep":
-            raise ConfigError("--sample-rate needs a re-encoding --codec (flac, wav or opus), not keep")
-        if (
-            self.min_duration is not None
-            and self.max_duration is not None
-            and self.min_duration > self.max_duration
-        ):
-            raise ConfigError(
-                f"--min-duration {self.min_duration} is larger than --max-duration {self.max_duration}"
-            )
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"--on-error: must be raise or skip, got {self.on_error!r}")
 
 
 @dataclass
@@ -146,257 +97,6 @@ def _human(n: float) -> str:
 # ---------------------------------------------------------------------------------- planning
 
 
-@dataclass
-class _Entry:
-    raw: dict[str, Any]
-    sources: list[int]
-    offset: list[float]
-    duration: list[float]
-    multi: bool
-    where: str
-
-
-@dataclass
-class _Source:
-    path: str
-    name: str
-    size: int
-    mtime_ns: int
-    span: tuple[float, float] | None  # (offset, duration) when the member is a slice
-
-
-@dataclass
-class ShardJob:
-    """Everything one worker needs to write one shard (picklable)."""
-
-    folder: str
-    shard_id: int
-    entries: list[_Entry]
-    sources: dict[int, _Source]
-    codec: str
-    sample_rate: int | None
-    slice_with_offset: bool
-    digest: str = ""
-
-
-def member_stem(path_as_given: str) -> str:
-    """A safe member name stem for an audio path: folders joined by ``_``, dots and odd characters
-    replaced by ``_`` (webdataset keys end at the first dot), no ``..`` or leading ``/``."""
-    parts = [p for p in path_as_given.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    joined = "_".join(parts)
-    stem = os.path.splitext(joined)[0] if "." in (parts[-1] if parts else "") else joined
-    stem = _UNSAFE.sub("_", stem).lstrip("-") or "audio"
-    return stem[-_MAX_STEM:].lstrip("-") or "audio"
-
-
-def _extension(path: str, codec: str, sliced: bool, where: str) -> str:
-    ext = re.sub(r"[^a-z0-9]", "", os.path.splitext(path)[1].lower())
-    if codec != "keep":
-        return EXTENSIONS[codec]
-    if sliced:
-        return ext if ext in ("wav", "flac") else "flac"
-    if not ext:
-        ext = re.sub(r"[^a-z0-9]", "", audio_info(path, where=where).format.lower()) or "bin"
-    return ext
-
-
-def _slice_codec(job: ShardJob, src: _Source) -> str | None:
-    """The codec a member is re-encoded with, or None when the file's bytes are copied."""
-    if job.codec != "keep":
-        return job.codec
-    if src.span is not None:
-        return src.name.rsplit(".", 1)[1]
-    return None
-
-
-def _read_entries(
-    manifests: Sequence[str | Path], opts: ShardOptions, drops: DropCounter
-) -> tuple[list[_Entry], list[_Source]]:
-    """Index the manifests, apply the duration filters, resolve and name the source files."""
-    index = load_index([str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error)
-    drops.merge(index.drops)
-    lo = opts.min_duration if opts.min_duration is not None else -math.inf
-    hi = opts.max_duration if opts.max_duration is not None else math.inf
-    entries: list[_Entry] = []
-    sources: list[_Source] = []
-    by_key: dict[tuple[str, float, float] | str, int] = {}
-    stats: dict[str, os.stat_result] = {}
-    taken: set[str] = set()
-    for i in range(len(index)):
-        clip_min, clip_max = float(index.min_clip[i]), float(index.max_clip[i])
-        where = index.where(i)
-        if clip_min < lo:
-            drops.add("too_short_audio", f"{where}: clip of {clip_min:.3f} s < --min-duration {lo}")
-            continue
-        if clip_max > hi:
-            drops.add("too_long_audio", f"{where}: clip of {clip_max:.3f} s > --max-duration {hi}")
-            continue
-        raw = orjson.loads(index.line(i))
-        try:
-            rec = index.record(i)
-            given = next(raw[k] for k in AUDIO_KEYS if k in raw)
-            given = given if isinstance(given, list) else [given]
-            ids = []
-            for path, rel, off, dur in zip(rec.audio, given, rec.offset, rec.duration, strict=True):
-                real = os.path.realpath(path)
-                span = (off, dur) if opts.slice_with_offset else None
-                key = (real, off, dur) if span else real
-                if key not in by_key:
-                    st = stats.get(real)
-                    if st is None:
-                        try:
-                            st = stats[real] = os.stat(real)
-                        except OSError:
-                            raise DataError("missing_audio", where, f"audio file not found: {path}") from None
-                    stem = member_stem(rel)
-                    if span:
-                        stem = f"{stem}_{round(off * 1000)}_{round(dur * 1000)}"
-                    name = _unique(stem, taken) + "." + _extension(real, opts.codec, span is not None, where)
-                    by_key[key] = len(sources)
-                    sources.append(_Source(real, name, st.st_size, st.st_mtime_ns, span))
-                ids.append(by_key[key])
-        except DataError as err:
-            handle(err, opts.on_error, drops)
-            continue
-        entries.append(
-            _Entry(raw, ids, rec.offset, rec.duration, isinstance(raw.get(_audio_key(raw)), list), where)
-        )
-    return entries, sources
-
-
-def _audio_key(raw: dict[str, Any]) -> str:
-    return next(k for k in AUDIO_KEYS if k in raw)
-
-
-def _unique(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3``... : the first one not taken (case-insensitively)."""
-    name, k = stem, 1
-    while name.lower() in taken:
-        k += 1
-        name = f"{stem}_{k}"
-    taken.add(name.lower())
-    return name
-
-
-def equal_duration_bins(durations: np.ndarray, k: int) -> list[float]:
-    """``k - 1`` boundaries splitting ``durations`` into ``k`` buckets of about equal total duration.
-
-    An example of duration ``d`` goes to bucket ``searchsorted(bins, d, side="right")``.
-    """
-    d = np.sort(np.asarray(durations, dtype=np.float64))
-    if k <= 1 or d.size == 0:
-        return []
-    running = np.cumsum(d)
-    cut = np.searchsorted(running, running[-1] * np.arange(1, k) / k, side="left")
-    return [float(d[min(c + 1, d.size - 1)]) for c in cut]
-
-
-def _groups(entries: list[_Entry], opts: ShardOptions, salt: int) -> list[list[int]]:
-    """Entries in sharding order (shuffled with the seed, or as given), as groups of entries that
-    share a source file (directly or through a multi-audio entry), each group in that order."""
-    n = len(entries)
-    order = (
-        np.random.default_rng([opts.seed, 0x5A4D, salt]).permutation(n).tolist()
-        if opts.shuffle
-        else list(range(n))
-    )
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    owner: dict[int, int] = {}
-    for i, e in enumerate(entries):
-        for s in e.sources:
-            if s in owner:
-                a, b = find(i), find(owner[s])
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            else:
-                owner[s] = i
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(find(i), []).append(i)
-    return list(groups.values())
-
-
-def assign_groups(groups: list[list[int]], capacities: list[int]) -> list[list[int]]:
-    """Fill shards of exactly ``capacities`` entries with ``groups``, keeping each group in one
-    shard when some shard still has room for all of it (first fit from the shard being filled),
-    splitting it over consecutive shards only when none has."""
-    if sum(len(g) for g in groups) != sum(capacities):
-        raise ValueError("capacities must add up to the number of entries")
-    room = list(capacities)
-    shards: list[list[int]] = [[] for _ in capacities]
-    p = 0
-    for g in groups:
-        while p < len(room) and room[p] == 0:
-            p += 1
-        q = next((k for k in range(p, len(room)) if room[k] >= len(g)), None)
-        if q is not None:
-            shards[q].extend(g)
-            room[q] -= len(g)
-            continue
-        rest = list(g)
-        k = p
-        while rest:
-            take = min(room[k], len(rest))
-            shards[k].extend(rest[:take])
-            room[k] -= take
-            rest = rest[take:]
-            k += 1
-    return shards
-
-
-def _num_shards(n: int, bytes_estimate: int, opts: ShardOptions) -> int:
-    if opts.num_shards is not None:
-        k = opts.num_shards
-    elif opts.shard_size is not None:
-        k = math.ceil(n / opts.shard_size)
-    else:
-        k = max(math.ceil(n / DEFAULT_SHARD_ENTRIES), math.ceil(bytes_estimate / DEFAULT_SHARD_BYTES))
-    return max(1, min(k, n))
-
-
-def plan_dataset(
-    folder: Path, entries: list[_Entry], sources: list[_Source], opts: ShardOptions, salt: int
-) -> list[ShardJob]:
-    """Split one dataset's entries into shard jobs: sizes differ by at most one entry."""
-    groups = _groups(entries, opts, salt)
-    rank = {i: r for r, i in enumerate(i for g in groups for i in g)}
-    used = {s for e in entries for s in e.sources}
-    k = _num_shards(len(entries), sum(sources[s].size for s in used), opts)
-    base, extra = divmod(len(entries), k)
-    layout = assign_groups(groups, [base + (1 if shard < extra else 0) for shard in range(k)])
-    jobs = []
-    settings = {
-        "v": _FORMAT_VERSION,
-        "codec": opts.codec,
-        "sample_rate": opts.sample_rate,
-        "slice": opts.slice_with_offset,
-    }
-    for shard in range(k):
-        chunk = [entries[i] for i in sorted(layout[shard], key=rank.__getitem__)]
-        if opts.sort_in_shards:
-            chunk.sort(key=lambda e: sum(e.duration))
-        srcs = {s: sources[s] for e in chunk for s in e.sources}
-        job = ShardJob(str(folder), shard, chunk, srcs, opts.codec, opts.sample_rate, opts.slice_with_offset)
-        blob = orjson.dumps(
-            [
-                settings,
-                [(e.raw, e.sources, e.offset, e.duration) for e in chunk],
-                [(s, v.__dict__) for s, v in srcs.items()],
-            ],
-            option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-        )
-        job.digest = hashlib.sha1(blob).hexdigest()
-        jobs.append(job)
-    return jobs
-
-
 # ---------------------------------------------------------------------------------- writing
 
 
@@ -421,7 +121,7 @@ def _finished(job: ShardJob) -> dict[str, Any] | None:
     return None
 
 
-def _out_entry(e: _Entry, job: ShardJob, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
+def _out_entry(e: Entry, job: ShardJob, where: dict[int, tuple[int, int]]) -> dict[str, Any]:
     names = [job.sources[s].name for s in e.sources]
     offs = [where[s][0] for s in e.sources]
     sizes = [where[s][1] for s in e.sources]
@@ -463,7 +163,7 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
                     if s in where:
                         continue
                     src = job.sources[s]
-                    codec = _slice_codec(job, src)
+                    codec = member_codec(job, src)
                     if codec is None:
                         m = tw.add_file(src.name, src.path, where=e.where)
                     else:
@@ -602,7 +302,7 @@ def _metadata(
         },
         "history": [],
         "speechdata": {
-            "format_version": _FORMAT_VERSION,
+            "format_version": FORMAT_VERSION,
             "codec": opts.codec,
             "sample_rate": opts.sample_rate,
             "entries": n,
@@ -632,7 +332,7 @@ def write_shards(
     first = Path(manifests[0])
     out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
     drops = DropCounter()
-    entries, sources = _read_entries(manifests, opts, drops)
+    entries, sources = read_entries(manifests, opts, drops)
     if not entries:
         raise ConfigError(f"speechdata shard: no entries left to write ({drops.summary()})")
     bucketed = opts.buckets is not None or opts.bucket_bins is not None
@@ -642,7 +342,7 @@ def write_shards(
         if opts.bucket_bins is not None
         else equal_duration_bins(totals, opts.buckets or 1)
     )
-    parts: list[tuple[Path, list[_Entry]]] = []
+    parts: list[tuple[Path, list[Entry]]] = []
     if bucketed:
         which = np.searchsorted(np.asarray(bins, dtype=np.float64), totals, side="right")
         edges = [0.0, *bins, math.inf]

@@ -1,0 +1,346 @@
+"""Planning a ``speechdata shard`` job: read and filter entries, name members, lay out shards.
+
+Everything here is metadata: entries are read from the manifests' Index, each distinct source (a
+file, or a span of it with ``--slice-with-offset``) gets a safe member name unique in the job, and
+entries are grouped by shared sources and dealt into shards of sizes differing by at most one.
+Each :class:`ShardJob` carries a digest of its plan so that a rerun can recognise finished shards.
+
+Example::
+
+    >>> entries, sources = read_entries(["train.jsonl"], ShardOptions(), DropCounter())
+    >>> jobs = plan_dataset(Path("out"), entries, sources, ShardOptions(num_shards=4), 0)
+    >>> [len(j.entries) for j in jobs]
+    [250, 250, 250, 250]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from speechdata.audio import audio_info
+from speechdata.errors import ConfigError, DataError, DropCounter, handle
+from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index
+from speechdata.shards.codec import CODECS, EXTENSIONS
+
+#: Default shard size: about this many entries ...
+DEFAULT_SHARD_ENTRIES = 1000
+#: ... or this many bytes, whichever is reached first.
+DEFAULT_SHARD_BYTES = 1_000_000_000
+FORMAT_VERSION = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_STEM = 120
+
+
+@dataclass
+class ShardOptions:
+    """Settings of one ``speechdata shard`` job (the CLI flags, same names)."""
+
+    num_shards: int | None = None
+    shard_size: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+    sort_in_shards: bool = False
+    min_duration: float | None = None
+    max_duration: float | None = None
+    buckets: int | None = None
+    bucket_bins: list[float] | None = None
+    codec: str = "keep"
+    sample_rate: int | None = None
+    slice_with_offset: bool = False
+    workers: int = 1
+    on_error: str = "raise"
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for contradictory or out-of-range settings."""
+        if self.num_shards is not None and self.shard_size is not None:
+            raise ConfigError("--num-shards and --shard-size: give one of them, not both")
+        for name in ("num_shards", "shard_size", "buckets", "sample_rate", "workers"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
+        if self.buckets is not None and self.bucket_bins is not None:
+            raise ConfigError("--buckets and --bucket-bins: give one of them, not both")
+        if self.bucket_bins is not None:
+            bins = list(self.bucket_bins)
+            if not bins or any(b <= 0 for b in bins) or bins != sorted(set(bins)):
+                raise ConfigError(f"--bucket-bins: need increasing positive durations, got {bins}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"--codec: must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.sample_rate is not None and self.codec == "keep":
+            raise ConfigError("--sample-rate needs a re-encoding --codec (flac, wav or opus), not keep")
+        if (
+            self.min_duration is not None
+            and self.max_duration is not None
+            and self.min_duration > self.max_duration
+        ):
+            raise ConfigError(
+                f"--min-duration {self.min_duration} is larger than --max-duration {self.max_duration}"
+            )
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"--on-error: must be raise or skip, got {self.on_error!r}")
+
+
+@dataclass
+class Entry:
+    """One manifest entry to write: its raw JSON, source ids per clip, offsets, durations."""
+
+    raw: dict[str, Any]
+    sources: list[int]
+    offset: list[float]
+    duration: list[float]
+    multi: bool
+    where: str
+
+
+@dataclass
+class Source:
+    """One member to store: a source file (or a span of it) and its member name."""
+
+    path: str
+    name: str
+    size: int
+    mtime_ns: int
+    span: tuple[float, float] | None  # (offset, duration) when the member is a slice
+
+
+@dataclass
+class ShardJob:
+    """Everything one worker needs to write one shard (picklable)."""
+
+    folder: str
+    shard_id: int
+    entries: list[Entry]
+    sources: dict[int, Source]
+    codec: str
+    sample_rate: int | None
+    slice_with_offset: bool
+    digest: str = ""
+
+
+def member_stem(path_as_given: str) -> str:
+    """A safe member name stem for an audio path: folders joined by ``_``, dots and odd characters
+    replaced by ``_`` (webdataset keys end at the first dot), no ``..`` or leading ``/``."""
+    parts = [p for p in path_as_given.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    joined = "_".join(parts)
+    stem = os.path.splitext(joined)[0] if "." in (parts[-1] if parts else "") else joined
+    stem = _UNSAFE.sub("_", stem).lstrip("-") or "audio"
+    return stem[-_MAX_STEM:].lstrip("-") or "audio"
+
+
+def _extension(path: str, codec: str, sliced: bool, where: str) -> str:
+    ext = re.sub(r"[^a-z0-9]", "", os.path.splitext(path)[1].lower())
+    if codec != "keep":
+        return EXTENSIONS[codec]
+    if sliced:
+        return ext if ext in ("wav", "flac") else "flac"
+    if not ext:
+        ext = re.sub(r"[^a-z0-9]", "", audio_info(path, where=where).format.lower()) or "bin"
+    return ext
+
+
+def member_codec(job: ShardJob, src: Source) -> str | None:
+    """The codec a member is re-encoded with, or None when the file's bytes are copied."""
+    if job.codec != "keep":
+        return job.codec
+    if src.span is not None:
+        return src.name.rsplit(".", 1)[1]
+    return None
+
+
+def read_entries(
+    manifests: Sequence[str | Path], opts: ShardOptions, drops: DropCounter
+) -> tuple[list[Entry], list[Source]]:
+    """Index the manifests, apply the duration filters, resolve and name the source files."""
+    index = load_index([str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error)
+    drops.merge(index.drops)
+    lo = opts.min_duration if opts.min_duration is not None else -math.inf
+    hi = opts.max_duration if opts.max_duration is not None else math.inf
+    entries: list[Entry] = []
+    sources: list[Source] = []
+    by_key: dict[tuple[str, float, float] | str, int] = {}
+    stats: dict[str, os.stat_result] = {}
+    taken: set[str] = set()
+    for i in range(len(index)):
+        clip_min, clip_max = float(index.min_clip[i]), float(index.max_clip[i])
+        where = index.where(i)
+        if clip_min < lo:
+            drops.add("too_short_audio", f"{where}: clip of {clip_min:.3f} s < --min-duration {lo}")
+            continue
+        if clip_max > hi:
+            drops.add("too_long_audio", f"{where}: clip of {clip_max:.3f} s > --max-duration {hi}")
+            continue
+        raw = orjson.loads(index.line(i))
+        try:
+            rec = index.record(i)
+            given = next(raw[k] for k in AUDIO_KEYS if k in raw)
+            given = given if isinstance(given, list) else [given]
+            ids = []
+            for path, rel, off, dur in zip(rec.audio, given, rec.offset, rec.duration, strict=True):
+                real = os.path.realpath(path)
+                span = (off, dur) if opts.slice_with_offset else None
+                key = (real, off, dur) if span else real
+                if key not in by_key:
+                    st = stats.get(real)
+                    if st is None:
+                        try:
+                            st = stats[real] = os.stat(real)
+                        except OSError:
+                            raise DataError("missing_audio", where, f"audio file not found: {path}") from None
+                    stem = member_stem(rel)
+                    if span:
+                        stem = f"{stem}_{round(off * 1000)}_{round(dur * 1000)}"
+                    name = _unique(stem, taken) + "." + _extension(real, opts.codec, span is not None, where)
+                    by_key[key] = len(sources)
+                    sources.append(Source(real, name, st.st_size, st.st_mtime_ns, span))
+                ids.append(by_key[key])
+        except DataError as err:
+            handle(err, opts.on_error, drops)
+            continue
+        entries.append(
+            Entry(raw, ids, rec.offset, rec.duration, isinstance(raw.get(_audio_key(raw)), list), where)
+        )
+    return entries, sources
+
+
+def _audio_key(raw: dict[str, Any]) -> str:
+    return next(k for k in AUDIO_KEYS if k in raw)
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``... : the first one not taken (case-insensitively)."""
+    name, k = stem, 1
+    while name.lower() in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.add(name.lower())
+    return name
+
+
+def equal_duration_bins(durations: np.ndarray, k: int) -> list[float]:
+    """``k - 1`` boundaries splitting ``durations`` into ``k`` buckets of about equal total duration.
+
+    An example of duration ``d`` goes to bucket ``searchsorted(bins, d, side="right")``.
+    """
+    d = np.sort(np.asarray(durations, dtype=np.float64))
+    if k <= 1 or d.size == 0:
+        return []
+    running = np.cumsum(d)
+    cut = np.searchsorted(running, running[-1] * np.arange(1, k) / k, side="left")
+    return [float(d[min(c + 1, d.size - 1)]) for c in cut]
+
+
+def _groups(entries: list[Entry], opts: ShardOptions, salt: int) -> list[list[int]]:
+    """Entries in sharding order (shuffled with the seed, or as given), as groups of entries that
+    share a source file (directly or through a multi-audio entry), each group in that order."""
+    n = len(entries)
+    order = (
+        np.random.default_rng([opts.seed, 0x5A4D, salt]).permutation(n).tolist()
+        if opts.shuffle
+        else list(range(n))
+    )
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[int, int] = {}
+    for i, e in enumerate(entries):
+        for s in e.sources:
+            if s in owner:
+                a, b = find(i), find(owner[s])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            else:
+                owner[s] = i
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def assign_groups(groups: list[list[int]], capacities: list[int]) -> list[list[int]]:
+    """Fill shards of exactly ``capacities`` entries with ``groups``, keeping each group in one
+    shard when some shard still has room for all of it (first fit from the shard being filled),
+    splitting it over consecutive shards only when none has."""
+    if sum(len(g) for g in groups) != sum(capacities):
+        raise ValueError("capacities must add up to the number of entries")
+    room = list(capacities)
+    shards: list[list[int]] = [[] for _ in capacities]
+    p = 0
+    for g in groups:
+        while p < len(room) and room[p] == 0:
+            p += 1
+        q = next((k for k in range(p, len(room)) if room[k] >= len(g)), None)
+        if q is not None:
+            shards[q].extend(g)
+            room[q] -= len(g)
+            continue
+        rest = list(g)
+        k = p
+        while rest:
+            take = min(room[k], len(rest))
+            shards[k].extend(rest[:take])
+            room[k] -= take
+            rest = rest[take:]
+            k += 1
+    return shards
+
+
+def _num_shards(n: int, bytes_estimate: int, opts: ShardOptions) -> int:
+    if opts.num_shards is not None:
+        k = opts.num_shards
+    elif opts.shard_size is not None:
+        k = math.ceil(n / opts.shard_size)
+    else:
+        k = max(math.ceil(n / DEFAULT_SHARD_ENTRIES), math.ceil(bytes_estimate / DEFAULT_SHARD_BYTES))
+    return max(1, min(k, n))
+
+
+def plan_dataset(
+    folder: Path, entries: list[Entry], sources: list[Source], opts: ShardOptions, salt: int
+) -> list[ShardJob]:
+    """Split one dataset's entries into shard jobs: sizes differ by at most one entry."""
+    groups = _groups(entries, opts, salt)
+    rank = {i: r for r, i in enumerate(i for g in groups for i in g)}
+    used = {s for e in entries for s in e.sources}
+    k = _num_shards(len(entries), sum(sources[s].size for s in used), opts)
+    base, extra = divmod(len(entries), k)
+    layout = assign_groups(groups, [base + (1 if shard < extra else 0) for shard in range(k)])
+    jobs = []
+    settings = {
+        "v": FORMAT_VERSION,
+        "codec": opts.codec,
+        "sample_rate": opts.sample_rate,
+        "slice": opts.slice_with_offset,
+    }
+    for shard in range(k):
+        chunk = [entries[i] for i in sorted(layout[shard], key=rank.__getitem__)]
+        if opts.sort_in_shards:
+            chunk.sort(key=lambda e: sum(e.duration))
+        srcs = {s: sources[s] for e in chunk for s in e.sources}
+        job = ShardJob(str(folder), shard, chunk, srcs, opts.codec, opts.sample_rate, opts.slice_with_offset)
+        blob = orjson.dumps(
+            [
+                settings,
+                [(e.raw, e.sources, e.offset, e.duration) for e in chunk],
+                [(s, v.__dict__) for s, v in srcs.items()],
+            ],
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+        )
+        job.digest = hashlib.sha1(blob).hexdigest()
+        jobs.append(job)
+    return jobs
