@@ -24,7 +24,6 @@ from speechdata.shards import (
     deal_shards,
     entries_by_member,
     expand_tar_paths,
-    shuffle_buffer,
     stream_tarred,
     write_shards,
 )
@@ -176,13 +175,6 @@ def test_deal_shards_even_and_complete(n, world, workers, epoch, shuffle):
     flat = [s for d in dealt for s in d]
     assert set(flat) == set(range(n))
     assert len(flat) - n < world * workers
-
-
-def test_shuffle_buffer_is_a_seeded_permutation():
-    items = list(range(100))
-    a = list(shuffle_buffer(items, 10, np.random.default_rng(1)))
-    b = list(shuffle_buffer(items, 10, np.random.default_rng(1)))
-    assert a == b and sorted(a) == items and a != items
 
 
 def test_streaming_pipe_every_entry_once_matching_offsets(written):

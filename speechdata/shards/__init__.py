@@ -21,7 +21,6 @@ from speechdata.shards.read import (
     entries_by_member,
     expand_tar_paths,
     member_table,
-    shuffle_buffer,
     stream_tarred,
 )
 from speechdata.shards.tarfmt import Member, TarWriter, scan_members
@@ -40,7 +39,6 @@ __all__ = [
     "expand_tar_paths",
     "member_table",
     "scan_members",
-    "shuffle_buffer",
     "stream_tarred",
     "validate",
     "write_shards",

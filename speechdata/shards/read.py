@@ -29,7 +29,7 @@ import math
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -395,20 +395,6 @@ def deal_shards(
     return order[rank * num_workers + worker_id :: slots]
 
 
-def shuffle_buffer(items: Iterable[Any], n: int, rng: np.random.Generator) -> Iterator[Any]:
-    """Sample-level shuffle through a buffer of ``n`` items (webdataset's ``shuffle(n)``)."""
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < n:
-            buf.append(item)
-            continue
-        j = int(rng.integers(n))
-        out, buf[j] = buf[j], item
-        yield out
-    for j in rng.permutation(len(buf)).tolist():
-        yield buf[j]
-
-
 def _iter_members(url: str) -> Iterator[tuple[str, bytes]]:
     from webdataset import gopen
 
@@ -495,6 +481,8 @@ def stream_tarred(
             yield from _stream_shard(shard_urls[k], ids[k], by_member, by_stripped)
 
     if cfg.shuffle and cfg.shuffle_n > 1:
+        from speechdata.sampling.stream import shuffle_buffer
+
         rng = np.random.default_rng([int(seed), int(epoch), int(rank), int(worker_id), 0xB0F])
         yield from shuffle_buffer(samples(), cfg.shuffle_n, rng)
     else:
