@@ -1,5 +1,8 @@
+"""``python -m speechdata``: the same as the ``speechdata`` command."""
+
 import sys
 
 from speechdata.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

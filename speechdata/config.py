@@ -61,7 +61,7 @@ class DatasetConfig:
     the keys after ``audio_locator`` are speechdata's additions (named as in NeMo's lhotse path
     where one exists). See ``docs/configuration.md`` for every key's meaning."""
 
-    manifest_filepath: str | list[str] | None = None
+    manifest_filepath: str | list[str] | list[list[str]] | None = None
     global_batch_size: int = 4
     micro_batch_size: int = 2
     shuffle: bool = True
@@ -286,7 +286,10 @@ def split_paths(value: str | Sequence[str] | None) -> list[str]:
         return []
     if isinstance(value, str):
         return [p.strip() for p in value.split(",") if p.strip()]
-    return [str(p) for p in value]
+    out: list[str] = []
+    for p in value:  # NeMo's pre-bucketed configs nest one list per bucket
+        out.extend(split_paths(p) if isinstance(p, (list, tuple, ListConfig)) else [str(p)])
+    return out
 
 
 def _features(value: Any, path: str) -> FeatureConfig | None:

@@ -43,16 +43,14 @@ from speechdata.text.tokenizer import Tokenizer
 log = logging.getLogger("speechdata")
 
 
-def manifest_keys(cfg: DatasetConfig) -> ManifestKeys:
-    """The manifest key settings implied by a dataset config."""
-    template = cfg.prompt_template
-    needs_context = template is None or "{" + cfg.context_key + "}" in template or "{input}" in template
+def manifest_keys(cfg: DatasetConfig, builder: PromptBuilder) -> ManifestKeys:
+    """The manifest key settings implied by a dataset config and its prompt builder."""
     return ManifestKeys(
         answer_key=cfg.answer_key,
         context_key=cfg.context_key,
         default_context=cfg.default_context,
         tarred=cfg.is_tarred,
-        require_context=needs_context,
+        require_context=builder.needs_context,
     )
 
 
@@ -122,6 +120,80 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
         return self.__getitems__([i])
 
 
+class StreamDataset(torch.utils.data.IterableDataset[Packed]):
+    """Batches from tar shards that cannot be read by offset (``pipe:`` commands, URLs).
+
+    The shards of the epoch are dealt to (rank, worker) by :func:`speechdata.shards.read.stream_tarred`
+    (seeded order, repeated never dropped, ``shuffle_n`` sample buffer); rows are grouped into
+    batches by :func:`speechdata.sampling.stream.bucketed_stream` with the planner's batch rules.
+    Everything after that — decoding, text, packing — is shared with the random-access path.
+    """
+
+    def __init__(
+        self, batches: BatchDataset, tarred: Any, cfg: DatasetConfig, rank: int, world_size: int
+    ) -> None:
+        self.batches = batches
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        index = batches.index
+        self.urls = [tarred.shard_paths[0][k] for k in sorted(tarred.shard_paths[0])]
+        if index.num_datasets != 1:
+            raise ConfigError("streaming reads one tarred manifest at a time; give one manifest_filepath")
+        # member name -> the Index rows that use it (read once here, shipped to the workers)
+        self.by_member: dict[str, list[dict[str, Any]]] = {}
+        for i in range(len(index)):
+            rec = index.record(i)
+            entry = {"audio_filepath": rec.audio, "shard_id": rec.shard_id, "_row": i}
+            for name in rec.audio:
+                self.by_member.setdefault(name, []).append(entry)
+
+    def __iter__(self) -> Iterator[Packed]:
+        from speechdata.sampling.stream import bucketed_stream
+        from speechdata.shards.read import stream_tarred
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        cfg, index = self.cfg, self.batches.index
+        rows = stream_tarred(
+            cfg,
+            self.urls,
+            self.by_member,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            worker_id=wid,
+            num_workers=nw,
+        )
+        rng = np.random.default_rng([cfg.seed, self.epoch, self.rank, wid, 0xB7])
+        duration = index.duration
+        reader = self.batches.read_audio
+        for group in bucketed_stream(
+            rows, lambda r: float(duration[r[0]["_row"]]), cfg, rng, cfg.bucket_buffer_size
+        ):
+            blobs = {int(entry["_row"]): data for entry, data in group}
+            self.batches.read_audio = _Blobs(blobs, reader)
+            try:
+                yield self.batches.__getitems__(list(blobs))
+            finally:
+                self.batches.read_audio = reader
+
+
+class _Blobs:
+    """An audio reader over member bytes already streamed, keyed by Index row."""
+
+    def __init__(self, blobs: dict[int, list[bytes]], tar_reader: Any) -> None:
+        self.blobs = blobs
+        self.sample_rate = tar_reader.sample_rate
+
+    def __call__(self, rec: Record) -> list[np.ndarray]:
+        data = self.blobs[rec.row]
+        return [
+            load_audio(b, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {name}")
+            for b, name, o, d in zip(data, rec.audio, rec.offset, rec.duration, strict=True)
+        ]
+
+
 def _identity(x: Packed) -> Packed:
     return x
 
@@ -149,7 +221,10 @@ class SpeechDataLoader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if not cfg.manifests:
             raise ConfigError("manifest_filepath: no manifest given")
-        self.index = load_index(cfg.manifests, manifest_keys(cfg), on_error=cfg.on_error, cache=cache)
+        self.builder = PromptBuilder(cfg, tokenizer)
+        self.index = load_index(
+            cfg.manifests, manifest_keys(cfg, self.builder), on_error=cfg.on_error, cache=cache
+        )
         buckets = None
         if cfg.is_tarred:
             from speechdata.shards.read import TarredDataset
@@ -165,23 +240,32 @@ class SpeechDataLoader:
         self.sampler = BatchSampler(
             self.index, self.keep, cfg, rank=rank, world_size=world_size, buckets=buckets
         )
-        self.builder = PromptBuilder(cfg, tokenizer)
         self.dataset = BatchDataset(self.index, reader, self.builder, cfg.on_error)
         self.worker_drops = DropCounter()
         self._epoch = 0
         self._consumed = 0
+        self.streaming = cfg.streaming is True or (
+            cfg.streaming == "auto" and self.tarred is not None and not self.tarred.seekable
+        )
+        if self.streaming and self.tarred is None:
+            raise ConfigError("streaming: true needs a tarred dataset (is_tarred: true)")
         workers = cfg.num_workers
         self._pin = bool(cfg.pin_memory and self.device.type == "cuda" and torch.cuda.is_available())
-        self._loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            num_workers=workers,
-            collate_fn=_identity,
-            pin_memory=self._pin,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-            multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
-        )
+        common: dict[str, Any] = {
+            "num_workers": workers,
+            "collate_fn": _identity,
+            "pin_memory": self._pin,
+            "prefetch_factor": 4 if workers > 0 else None,
+            "multiprocessing_context": "fork" if workers > 0 and os.name == "posix" else None,
+        }
+        if self.streaming:
+            self.stream = StreamDataset(self.dataset, self.tarred, cfg, self.rank, self.world_size)
+            # not persistent: each epoch's workers receive the dataset with its new epoch number
+            self._loader = torch.utils.data.DataLoader(self.stream, batch_size=None, **common)
+        else:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, persistent_workers=workers > 0, **common
+            )
 
     @property
     def rank(self) -> int:
@@ -199,6 +283,8 @@ class SpeechDataLoader:
         return self._epoch
 
     def __len__(self) -> int:
+        if self.streaming:
+            raise TypeError("a streamed dataset has no length known in advance")
         return len(self.sampler.plan(self._epoch))
 
     def set_epoch(self, epoch: int) -> None:
@@ -207,12 +293,21 @@ class SpeechDataLoader:
             self._epoch, self._consumed = int(epoch), 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.sampler.load_state_dict({"epoch": self._epoch, "batch": self._consumed})
+        skip = 0
+        if self.streaming:
+            # the stream is deterministic for a given (seed, epoch, rank, workers): resuming
+            # replays the epoch and skips the batches already consumed
+            self.stream.epoch, skip = self._epoch, self._consumed
+            self._consumed = 0
+        else:
+            self.sampler.load_state_dict({"epoch": self._epoch, "batch": self._consumed})
         epoch_drops = DropCounter()
         for packed in self._loader:
             if packed.error is not None:
                 raise packed.error
             self._consumed += 1
+            if self._consumed <= skip:
+                continue
             self.worker_drops.merge(packed.drops)
             epoch_drops.merge(packed.drops)
             if len(packed) == 0:
@@ -237,7 +332,10 @@ class SpeechDataLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The exact position: ``{"epoch", "batch", "seed", "rank", "world_size"}``."""
-        pos = self.sampler.position_state(self._epoch, self._consumed)
+        if self.streaming:
+            pos = {"epoch": self._epoch, "batch": self._consumed}
+        else:
+            pos = self.sampler.position_state(self._epoch, self._consumed)
         return {**pos, "seed": self.cfg.seed, "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -248,7 +346,8 @@ class SpeechDataLoader:
                     f"loader state: saved {key}={state[key]} differs from this loader's "
                     f"{getattr(self.cfg if key == 'seed' else self, key)}; the saved position would not match"
                 )
-        self.sampler.load_state_dict(state)
+        if not self.streaming:
+            self.sampler.load_state_dict(state)
         self._epoch, self._consumed = int(state["epoch"]), int(state["batch"])
 
     def report(self) -> dict[str, int]:

@@ -92,6 +92,7 @@ class Record:
     where: str
     sample_id: int
     shard_id: int = -1
+    row: int = -1
 
 
 @dataclass
@@ -305,6 +306,7 @@ class Index:
             where,
             pack_sample_id(ds, self.line_no[i]),
             int(self.shard_id[i]),
+            i,
         )
 
     def close(self) -> None:

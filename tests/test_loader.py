@@ -216,3 +216,67 @@ def test_features_on_the_loader(corpus, tokenizer) -> None:
     feats, flen = batch["audio_features"], batch["audio_features_length"]
     assert feats.shape[:2] == (batch["audio_signal"].shape[0], 40)
     assert int(flen.max()) == feats.shape[2]
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from speechdata.shards.write import ShardOptions, write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_shards([corpus.manifest], out, ShardOptions(num_shards=3, progress=False))
+    return out
+
+
+def _tarred(corpus, shards: Path, spec: str, **kw):
+    return _cfg(
+        corpus,
+        manifest_filepath=str(shards / "tarred_audio_manifest.json"),
+        is_tarred=True,
+        tarred_audio_filepaths=spec,
+        batch_duration=30.0,
+        **kw,
+    )
+
+
+def test_tarred_random_access_equals_plain_files(corpus, tokenizer, shards: Path) -> None:
+    plain = build_dataloader(_cfg(corpus, batch_duration=30.0, shuffle=False), tokenizer)
+    tarred = build_dataloader(
+        _tarred(corpus, shards, str(shards / "audio_{0..2}.tar"), shuffle=False), tokenizer
+    )
+    assert not tarred.streaming
+    by_answer = {}
+    for b in plain:
+        for k, m in enumerate(b["metadata"]):
+            by_answer[m["answer"]] = b["audio_signal"][k, : b["audio_signal_length"][k]]
+    n = 0
+    for b in tarred:
+        for k, m in enumerate(b["metadata"]):
+            if b["num_audios"][k] == 1 and m["answer"] in by_answer:
+                a = int(b["num_audios"][:k].sum())
+                torch.testing.assert_close(
+                    b["audio_signal"][a, : b["audio_signal_length"][a]], by_answer[m["answer"]]
+                )
+                n += 1
+    assert n > len(corpus.entries) // 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_shards_every_example_once_and_resume(corpus, tokenizer, shards: Path, workers: int) -> None:
+    spec = f"pipe:cat {shards}/audio__OP_0..2_CL_.tar"
+    cfg = _tarred(corpus, shards, spec, num_workers=workers, shuffle_n=8, bucket_buffer_size=16)
+    loader = build_dataloader(cfg, tokenizer)
+    assert loader.streaming
+    epoch0 = [b["sample_ids"].tolist() for b in loader]
+    seen = [s for b in epoch0 for s in b]
+    assert set(seen) == {pack_sample_id(0, i + 1) for i in range(len(corpus.entries))}
+    # 3 shards over 2 workers: one shard is read twice (repeated, never dropped); 1 reader: once
+    readers = max(1, workers)
+    repeated_shards = -(-3 // readers) * readers - 3
+    per_shard = -(-len(corpus.entries) // 3)
+    assert len(seen) - len(corpus.entries) <= repeated_shards * per_shard
+    assert (len(seen) > len(corpus.entries)) == (repeated_shards > 0)
+    epoch1 = [b["sample_ids"].tolist() for b in loader]
+    assert epoch1 != epoch0
+    resumed = build_dataloader(cfg, tokenizer)
+    resumed.load_state_dict({"epoch": 1, "batch": 2, "seed": cfg.seed, "world_size": 1})
+    assert [b["sample_ids"].tolist() for b in resumed] == epoch1[2:]
