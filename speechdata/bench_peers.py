@@ -1,0 +1,485 @@
+"""The loaders ``speechdata bench`` times, each run alone in a fresh process.
+
+One run is one :class:`Job` (a JSON file) executed by ``python -m speechdata.bench_peers JOB OUT``:
+the child imports what its peer needs, then starts the clock, runs ``epochs`` epochs, and writes
+:class:`RunFigures` to ``OUT``. A fresh process per run keeps the peers from sharing imports, page
+tables or a peak RSS: the figure is ``ru_maxrss`` of the child plus the largest of its own
+(DataLoader worker) children, read after the workers have been joined.
+
+The peers, on the same clip spans (:class:`Clip`) and the same batch budget:
+
+* ``speechdata``: :func:`speechdata.loader.build_dataloader` on the dataset config.
+* ``floor``: soundfile decoding of exactly the clip spans (seek + read), one process, no batching.
+* ``lhotse``: an in-memory CutSet (``Recording`` + ``MonoCut`` per clip), lhotse's
+  ``DynamicBucketingSampler`` (30 buckets, shuffled, seeded) and ``collate_audio`` in a
+  ``torch.utils.data.DataLoader`` with the same workers.
+* ``webdataset``: the clips written once into webdataset-style tars (:func:`write_wds_shards`),
+  read back by ``webdataset.WebDataset(...).decode(...)`` with soundfile, fixed-size batches padded
+  into a tensor, through a DataLoader with the same workers.
+
+Multi-audio examples: every clip of every example is decoded by every peer. The peers other than
+speechdata treat each clip as an item; an example counts as delivered when its first clip is.
+
+Throughput is measured in steady state: the audio delivered after the first batch over the time
+from the first batch to the last (the first batch's latency is its own figure); a run of a single
+batch, and the floor, use the whole run.
+
+Example::
+
+    $ python -m speechdata.bench_peers job.json result.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import io
+import json
+import resource
+import sys
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from speechdata.errors import SpeechDataError
+
+#: Peer names in report order.
+PEERS = ("speechdata", "floor", "lhotse", "webdataset")
+#: How the report names each peer.
+LABELS = {"speechdata": "speechdata", "floor": "decode floor", "lhotse": "lhotse", "webdataset": "webdataset"}
+#: Buckets of lhotse's DynamicBucketingSampler (fewer when the corpus has fewer clips).
+LHOTSE_BUCKETS = 30
+
+
+@dataclass
+class Clip:
+    """One audio span of one example: ``frames`` samples from sample ``start`` of ``path``."""
+
+    path: str
+    start: int
+    frames: int
+    sample_rate: int
+    channels: int
+    file_frames: int
+    example: int
+    clip: int
+    text: str
+    format: str
+
+    @property
+    def seconds(self) -> float:
+        """Length of the span in seconds."""
+        return self.frames / self.sample_rate
+
+
+@dataclass
+class Job:
+    """One timed run of one peer (written as JSON for the child process).
+
+    ``batch_duration`` is the padding-aware batch budget in seconds; when it is ``None``, batches
+    hold ``batch_size`` items. ``wds_batch_size`` is the webdataset peer's fixed batch size,
+    ``dataset`` the speechdata config (``DatasetConfig.to_dict()``), ``max_batches`` stops a run
+    early (the floor then decodes as much audio as that many full batches hold).
+    """
+
+    peer: str
+    clips_file: str
+    workers: int = 1
+    epochs: int = 1
+    batch_duration: float | None = 600.0
+    batch_size: int = 1
+    quadratic_duration: float | None = None
+    seed: int = 0
+    sample_rate: int = 16000
+    device: str = "cpu"
+    max_batches: int | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""
+    wds_urls: list[str] = field(default_factory=list)
+    wds_batch_size: int = 1
+
+    def save(self, path: str | Path) -> None:
+        """Write this job as JSON."""
+        Path(path).write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Job:
+        """Read a job written by :meth:`save`."""
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RunFigures:
+    """What one run measured. Rates are per wall-clock second; ``padding_fraction`` is
+    ``1 - valid samples / (A × T)`` summed over batches (``None`` for the unbatched floor)."""
+
+    audio_seconds: float
+    examples: int
+    audios: int
+    batches: int
+    wall_s: float
+    first_batch_s: float | None
+    audio_s_per_s: float
+    examples_per_s: float
+    padding_fraction: float | None
+    peak_rss_mb: float
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class Meter:
+    """Counts what a loader delivers, batch by batch, against a clock started by :meth:`start`."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.cuda = device.startswith("cuda")
+        self.t0 = 0.0
+        self.times: list[float] = []
+        self.seconds: list[float] = []
+        self.examples: list[int] = []
+        self.audios = 0
+        self.valid = 0
+        self.cells = 0
+
+    def start(self) -> None:
+        """Start the clock (the run's time zero)."""
+        self.t0 = time.perf_counter()
+
+    def batch(self, seconds: float, examples: int, audios: int, valid: int = 0, cells: int = 0) -> None:
+        """Record one batch in hand: its audio seconds, examples, clips and samples (valid / A × T)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        self.seconds.append(float(seconds))
+        self.examples.append(int(examples))
+        self.audios += int(audios)
+        self.valid += int(valid)
+        self.cells += int(cells)
+
+    def tensor_batch(
+        self, lengths: torch.Tensor, padded: torch.Tensor, sample_rate: int, examples: int
+    ) -> None:
+        """Record a padded ``[A, T]`` batch with its valid ``lengths``."""
+        valid = int(lengths.sum())
+        self.batch(valid / sample_rate, examples, int(lengths.numel()), valid, int(padded.numel()))
+
+    def figures(self, *, batched: bool = True, drops: dict[str, int] | None = None) -> RunFigures:
+        """The run's figures; call after the loader's workers are gone (peak RSS includes them).
+
+        ``batched=False`` (the floor: one "batch" per clip) measures the whole run and reports no
+        first batch."""
+        if not self.times:
+            raise RuntimeError("the loader delivered no batch")
+        total, n_ex = sum(self.seconds), sum(self.examples)
+        wall = self.times[-1] - self.t0
+        span = self.times[-1] - self.times[0]
+        if batched and len(self.times) > 1 and span > 0:
+            rate_a, rate_e = (total - self.seconds[0]) / span, (n_ex - self.examples[0]) / span
+        else:
+            rate_a, rate_e = total / wall, n_ex / wall
+        return RunFigures(
+            audio_seconds=total,
+            examples=n_ex,
+            audios=self.audios,
+            batches=len(self.times),
+            wall_s=wall,
+            first_batch_s=self.times[0] - self.t0 if batched else None,
+            audio_s_per_s=rate_a,
+            examples_per_s=rate_e,
+            padding_fraction=(1.0 - self.valid / self.cells) if self.cells else None,
+            peak_rss_mb=peak_rss_mb(),
+            drops=dict(drops or {}),
+        )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process plus its largest finished child, in MiB (Linux KiB units)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0
+
+
+# ------------------------------------------------------------------------------------ clips
+
+
+def save_clips(clips: Sequence[Clip], path: str | Path) -> None:
+    """Write clip spans as JSON (for the child processes)."""
+    Path(path).write_text(json.dumps([dataclasses.asdict(c) for c in clips]))
+
+
+def load_clips(path: str | Path) -> list[Clip]:
+    """Read clip spans written by :func:`save_clips`."""
+    return [Clip(**c) for c in json.loads(Path(path).read_text())]
+
+
+def _span_bytes(clip: Clip) -> tuple[bytes, str]:
+    """The encoded audio of exactly the clip's span, and its extension (``flac`` or ``wav``)."""
+    ext = "wav" if clip.format.upper() == "WAV" else "flac"
+    if clip.start == 0 and clip.frames == clip.file_frames and clip.format.upper() in ("WAV", "FLAC"):
+        return Path(clip.path).read_bytes(), ext
+    with sf.SoundFile(clip.path) as f:
+        f.seek(clip.start)
+        data = f.read(clip.frames, dtype="int16", always_2d=True)
+    buf = io.BytesIO()
+    sf.write(buf, data, clip.sample_rate, subtype="PCM_16", format=ext.upper())
+    return buf.getvalue(), ext
+
+
+def write_wds_shards(clips: Sequence[Clip], out_dir: str | Path, num_shards: int, seed: int) -> list[str]:
+    """Write every clip into ``num_shards`` webdataset-style tars (``key.flac|wav`` + ``key.json``).
+
+    The clips go in a seeded random order (as one prepares webdataset shards), dealt round-robin
+    to the shards; the key is ``e{example}_c{clip}``. Returns the tar paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng([int(seed), 0x3D5]).permutation(len(clips))
+    paths = [out / f"shard_{k:04d}.tar" for k in range(num_shards)]
+    with contextlib.ExitStack() as stack:
+        tars = [stack.enter_context(tarfile.open(p, "w")) for p in paths]
+        for pos, i in enumerate(order):
+            clip = clips[int(i)]
+            key = f"e{clip.example:09d}_c{clip.clip}"
+            audio, ext = _span_bytes(clip)
+            meta = json.dumps({"text": clip.text, "example": clip.example, "clip": clip.clip}).encode()
+            for name, data in ((f"{key}.{ext}", audio), (f"{key}.json", meta)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tars[pos % num_shards].addfile(info, io.BytesIO(data))
+    return [str(p) for p in paths]
+
+
+# ------------------------------------------------------------------------------------ peers
+
+
+def _to_mono(data: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1), dtype=np.float32)
+
+
+def run_floor(job: Job, meter: Meter) -> RunFigures:
+    """Decode every clip span with soundfile (seek + read), in manifest order, one process."""
+    clips = load_clips(job.clips_file)
+    budget = None
+    if job.max_batches is not None:
+        per_batch = (
+            job.batch_duration
+            if job.batch_duration is not None
+            else job.batch_size * np.mean([c.seconds for c in clips])
+        )
+        budget = job.max_batches * float(per_batch)
+    meter.start()
+    done = 0.0
+    for _ in range(job.epochs):
+        for c in clips:
+            with sf.SoundFile(c.path) as f:
+                if c.start:
+                    f.seek(c.start)
+                data = f.read(c.frames, dtype="float32", always_2d=True)
+            done += data.shape[0] / c.sample_rate
+            meter.batch(data.shape[0] / c.sample_rate, int(c.clip == 0), 1)
+            if budget is not None and done >= budget:
+                break
+    return meter.figures(batched=False)
+
+
+def run_speechdata(job: Job, meter: Meter) -> RunFigures:
+    """speechdata's loader, from ``build_dataloader`` to the last padded batch."""
+    from speechdata.config import make_dataset_config
+    from speechdata.loader import build_dataloader
+
+    cfg = make_dataset_config(job.dataset)
+    meter.start()
+    loader = build_dataloader(cfg, job.tokenizer, device=job.device)
+    n = 0
+    for _ in range(job.epochs):
+        it = iter(loader)
+        for batch in it:
+            meter.tensor_batch(
+                batch["audio_signal_length"], batch["audio_signal"], cfg.sample_rate, len(batch["num_audios"])
+            )
+            n += 1
+            if job.max_batches is not None and n >= job.max_batches:
+                break
+        it.close()
+        if job.max_batches is not None and n >= job.max_batches:
+            break
+    drops = loader.report()
+    del loader, it
+    gc.collect()
+    return meter.figures(drops=drops)
+
+
+class LhotseAudio(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """lhotse-style dataset: a CutSet in, ``(audio [B, T], lengths [B], first clips)`` out."""
+
+    def __getitem__(self, cuts: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from lhotse.dataset.collation import collate_audio
+
+        audio, lengths = collate_audio(cuts)
+        return audio, lengths, sum(1 for c in cuts if c.id.endswith("-0"))
+
+
+def _batches(loader: Iterable[Any], job: Job, meter: Meter, epoch_hook: Any = None) -> None:
+    n = 0
+    for epoch in range(job.epochs):
+        if epoch_hook is not None:
+            epoch_hook(epoch)
+        for audio, lengths, first_clips in loader:
+            audio = audio.to(job.device)
+            meter.tensor_batch(lengths, audio, job.sample_rate, first_clips)
+            n += 1
+            if job.max_batches is not None and n >= job.max_batches:
+                return
+
+
+def _loader(dataset: Any, job: Job, **kwargs: Any) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=job.workers, **kwargs)
+
+
+def run_lhotse(job: Job, meter: Meter) -> RunFigures:
+    """lhotse: CutSet in memory, DynamicBucketingSampler, collate_audio in DataLoader workers."""
+    from lhotse import AudioSource, CutSet, MonoCut, Recording
+    from lhotse.dataset import DynamicBucketingSampler
+
+    clips = load_clips(job.clips_file)
+    meter.start()
+    recordings: dict[str, Recording] = {}
+    cuts = []
+    for c in clips:
+        rec = recordings.get(c.path)
+        if rec is None:
+            rec = recordings[c.path] = Recording(
+                id=f"rec{len(recordings)}",
+                sources=[AudioSource(type="file", channels=list(range(c.channels)), source=c.path)],
+                sampling_rate=c.sample_rate,
+                num_samples=c.file_frames,
+                duration=c.file_frames / c.sample_rate,
+            )
+        cut = MonoCut(
+            id=f"{c.example}-{c.clip}",
+            start=c.start / c.sample_rate,
+            duration=c.seconds,
+            channel=0,
+            recording=rec,
+        )
+        cuts.append(cut.resample(job.sample_rate) if c.sample_rate != job.sample_rate else cut)
+    budget: dict[str, Any] = (
+        {"max_duration": job.batch_duration, "quadratic_duration": job.quadratic_duration}
+        if job.batch_duration is not None
+        else {"max_cuts": job.batch_size}
+    )
+    # lhotse refuses more buckets than cuts (tiny corpora)
+    buckets = min(LHOTSE_BUCKETS, len(cuts))
+    sampler = DynamicBucketingSampler(
+        CutSet.from_cuts(cuts), num_buckets=buckets, shuffle=True, seed=job.seed, **budget
+    )
+    loader = _loader(LhotseAudio(), job, sampler=sampler)
+    _batches(loader, job, meter, sampler.set_epoch)
+    del loader
+    gc.collect()
+    return meter.figures()
+
+
+def wds_audio(key: str, data: bytes) -> np.ndarray | None:
+    """webdataset decode handler: ``.flac``/``.wav`` bytes to float32 mono (other keys: ``None``)."""
+    if not key.endswith((".flac", ".wav")):
+        return None
+    audio, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return _to_mono(audio)
+
+
+class WdsCollate:
+    """Pads a list of ``(audio, meta)`` samples into ``(audio [B, T], lengths [B], first clips)``,
+    resampling (soxr) clips whose rate differs from ``sample_rate``."""
+
+    def __init__(self, sample_rate: int, rates: dict[str, int]) -> None:
+        self.sample_rate = sample_rate
+        self.rates = rates
+
+    def __call__(
+        self, samples: list[tuple[str, np.ndarray, dict[str, Any]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        import soxr
+
+        arrays = []
+        for key, audio, _ in samples:
+            sr = self.rates.get(key, self.sample_rate)
+            arrays.append(audio if sr == self.sample_rate else soxr.resample(audio, sr, self.sample_rate))
+        lengths = torch.tensor([len(a) for a in arrays], dtype=torch.int64)
+        out = torch.zeros(len(arrays), int(lengths.max()), dtype=torch.float32)
+        for row, a in enumerate(arrays):
+            out[row, : len(a)] = torch.from_numpy(a)
+        return out, lengths, sum(1 for _, _, meta in samples if meta["clip"] == 0)
+
+
+def run_webdataset(job: Job, meter: Meter) -> RunFigures:
+    """webdataset + soundfile: tars read back, decoded, fixed-size padded batches in DataLoader workers."""
+    import webdataset as wds
+
+    clips = load_clips(job.clips_file)
+    rates = {f"e{c.example:09d}_c{c.clip}": c.sample_rate for c in clips if c.sample_rate != job.sample_rate}
+    meter.start()
+    dataset = (
+        wds.WebDataset(job.wds_urls, shardshuffle=False, empty_check=False)
+        .decode(wds_audio)
+        .to_tuple("__key__", "flac;wav", "json")
+        .batched(job.wds_batch_size, collation_fn=WdsCollate(job.sample_rate, rates), partial=True)
+    )
+    loader = _loader(dataset, job)
+    _batches(loader, job, meter)
+    del loader
+    gc.collect()
+    return meter.figures()
+
+
+RUNNERS = {
+    "speechdata": run_speechdata,
+    "floor": run_floor,
+    "lhotse": run_lhotse,
+    "webdataset": run_webdataset,
+}
+#: Modules each peer needs; imported before the clock starts (a failure marks the peer skipped).
+IMPORTS = {
+    "speechdata": ("speechdata.loader",),
+    "floor": (),
+    "lhotse": ("lhotse", "lhotse.dataset", "lhotse.dataset.collation"),
+    "webdataset": ("webdataset", "soxr"),
+}
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one job in this process; returns ``{"figures": ...}``, ``{"skipped": why}`` or ``{"error": why}``."""
+    import importlib
+
+    for module in IMPORTS[job.peer]:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            return {"skipped": f"cannot import {module}: {type(e).__name__}: {e}".splitlines()[0]}
+    try:
+        figures = RUNNERS[job.peer](job, Meter(job.device))
+    except SpeechDataError as e:
+        return {"error": str(e)}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    return {"figures": dataclasses.asdict(figures)}
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m speechdata.bench_peers JOB.json OUT.json``."""
+    if len(argv) != 2:
+        print("usage: python -m speechdata.bench_peers JOB.json OUT.json", file=sys.stderr)
+        return 2
+    result = run_job(Job.load(argv[0]))
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
