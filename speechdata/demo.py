@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     _step(
         "bench",
         [
-            *("bench", str(train.manifest), "--tokenizer", str(tok / "tokenizer.model"), "--compare"),
+            *("bench", str(train.manifest), "audio_locator=|audio|"),
+            *("--tokenizer", str(tok / "tokenizer.model"), "--compare"),
             *("--batch-duration", "120", "--workers", "1", "--md", str(out / "bench.md")),
             *("--json", str(out / "bench.json")),
         ],
