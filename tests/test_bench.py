@@ -167,3 +167,17 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["bench", str(tmp_path / "nope.jsonl"), "--repeats", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("speechdata: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_tarred_folder(corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("speechdata.shards.read")
+    shards = tmp_path / "shards"
+    assert main(["shard", str(corpus.manifest), "--out", str(shards), "--num-shards", "2"]) == 0
+    args = ["bench", str(shards), "audio_locator='|audio|'", "--batch-duration", "12", "--repeats", "1"]
+    assert main([*args, "--json", str(tmp_path / "t.json")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    run = data["peers"]["speechdata"]["runs"][0]
+    assert run["examples"] == len(corpus.entries) and data["corpus"]["examples"] == len(corpus.entries)
+    capsys.readouterr()
+    assert main([*args, "--compare"]) == 1  # peers need plain files
+    assert "--compare needs plain audio files" in capsys.readouterr().err
