@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from speechdata.config import FeatureConfig
-from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter
+from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter, SpeechDataError
 from speechdata.manifest import Record
 from speechdata.text.prompt import PromptBuilder
 
@@ -55,7 +55,7 @@ class Packed:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     drops: DropCounter = field(default_factory=DropCounter)
     truncated: int = 0
-    error: DataError | None = None
+    error: SpeechDataError | None = None
 
     _TENSORS = (
         "audio",
@@ -72,8 +72,8 @@ class Packed:
         return int(self.ids_lengths.shape[0])
 
     @classmethod
-    def empty(cls, error: DataError | None = None) -> Packed:
-        """A batch with no examples (carrying ``error`` when a data error stopped it)."""
+    def empty(cls, error: SpeechDataError | None = None) -> Packed:
+        """A batch with no examples (carrying ``error`` when a data or config error stopped it)."""
         z = torch.zeros(0, dtype=torch.int64)
         return cls(torch.zeros(0), z, z, z, z, z, z, z, error=error)
 
@@ -188,8 +188,13 @@ def finalize(
     t = {name: getattr(packed, name).to(dev, non_blocking=nb) for name in Packed._TENSORS}
 
     alen = t["audio_lengths"]
-    width_audio = int(alen.max()) if alen.numel() else 0
-    audio_signal = _rows(t["audio"], _offsets(alen), alen, width_audio, 0.0)
+    # Audio is padded by one copy per clip (split + pad_sequence): a gather index over [A, T]
+    # would cost 8 bytes of index per sample and several full-size temporaries.
+    clips = torch.split(t["audio"], packed.audio_lengths.tolist())
+    if clips:
+        audio_signal = torch.nn.utils.rnn.pad_sequence(list(clips), batch_first=True)
+    else:
+        audio_signal = torch.zeros((0, 0), dtype=torch.float32, device=dev)
 
     n = t["ids_lengths"]
     start = _offsets(n)
