@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -73,8 +74,13 @@ def _name(source: AudioSource) -> str:
     )
 
 
+_OPENING = re.compile(r"^Error opening (?:<[^>]*>|'[^']*'|\S+): ")
+
+
 def _short(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    """The exception's text on one line, without libsndfile's ``Error opening <object at 0x..>:``
+    prefix (the caller names the place; an object's address would make messages irreproducible)."""
+    return _OPENING.sub("", " ".join(str(e).split())) or type(e).__name__
 
 
 def audio_info(source: AudioSource, where: str = "") -> AudioInfo:

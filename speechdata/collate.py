@@ -136,9 +136,8 @@ def pack(
                 **rec.extra,
             }
         )
-    flat = np.concatenate(clips) if clips else np.zeros(0, np.float32)
     return Packed(
-        audio=torch.from_numpy(flat),
+        audio=_flatten(clips),
         audio_lengths=torch.tensor([len(c) for c in clips], dtype=torch.int64),
         num_audios=torch.tensor(n_audio, dtype=torch.int64),
         audio_positions=torch.tensor(positions, dtype=torch.int64),
@@ -150,6 +149,23 @@ def pack(
         drops=drops,
         truncated=truncated,
     )
+
+
+def _flatten(clips: list[np.ndarray]) -> torch.Tensor:
+    """All clips back to back in one float32 tensor, written once.
+
+    In a DataLoader worker the tensor is allocated in shared memory up front, so handing it to
+    the main process costs no further copy (torch would otherwise copy it into shared memory).
+    """
+    flat = torch.empty(sum(len(c) for c in clips), dtype=torch.float32)
+    if torch.utils.data.get_worker_info() is not None:
+        flat.share_memory_()
+    view = flat.numpy()
+    pos = 0
+    for c in clips:
+        view[pos : pos + len(c)] = c
+        pos += len(c)
+    return flat
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -208,11 +208,26 @@ def load_config(
             raise ConfigError(f"override {item!r}: expected key=value, e.g. model.train_ds.max_duration=20")
         key, _, raw = item.partition("=")
         try:
-            value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+            value = _override_value(raw)
             OmegaConf.update(cfg, key.strip(), value, merge=True, force_add=True)
+        except yaml.MarkedYAMLError as e:
+            raise ConfigError(f"override {item!r}: YAML error: {e.problem}") from None
         except (OmegaConfBaseException, yaml.YAMLError) as e:
-            raise ConfigError(f"override {item!r}: {e}") from None
+            raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
     return cfg
+
+
+def _override_value(raw: str) -> Any:
+    """An override's value as YAML; text that is not YAML (a locator such as ``|audio|``) stays a
+    string, unless it was meant as a list or mapping (starts with ``[`` or ``{``)."""
+    if not raw.strip():
+        return raw
+    try:
+        return yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        if raw.lstrip()[:1] in ("[", "{"):
+            raise
+        return raw
 
 
 # ------------------------------------------------------------------------------ validation

@@ -43,6 +43,14 @@ class ConfigError(SpeechDataError):
     """A configuration file, key or value is wrong."""
 
 
+class WorkerDiedError(SpeechDataError):
+    """A DataLoader worker process died (killed, out of memory) while preparing batches.
+
+    Nothing is lost: the loader's ``state_dict()`` still holds the position of the last batch
+    handed out, so iterating again (or a fresh loader given that state) continues from there.
+    """
+
+
 class DataError(SpeechDataError):
     """One example (a manifest line, an audio file, a tar member) is bad.
 
@@ -123,5 +131,5 @@ class DropCounter:
 def handle(err: DataError, on_error: str, drops: DropCounter) -> None:
     """Apply the ``on_error`` policy to one data error: raise it, or count it in ``drops``."""
     if on_error == "raise":
-        raise err
+        raise err from None  # often called inside an except block: no chained library traceback
     drops.add_error(err)

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from speechdata.audio import load_audio
 from speechdata.collate import Packed, finalize, pack
 from speechdata.config import DatasetConfig, dataset_config, load_config
-from speechdata.errors import ConfigError, DataError, DropCounter
+from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, WorkerDiedError
 from speechdata.manifest import Index, ManifestKeys, Record, load_index
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
@@ -97,8 +97,9 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
     def __getitems__(self, ids: Sequence[int]) -> Packed:
         """Read, decode and tokenize the examples ``ids`` into one packed batch.
 
-        A data error under ``on_error: raise`` travels back inside the batch (``Packed.error``)
-        so that the main process re-raises it as the original one-line error.
+        A data error under ``on_error: raise`` (or a config error, such as a shard the config
+        does not list) travels back inside the batch (``Packed.error``) so that the main process
+        re-raises it as the original one-line error, not as a worker traceback.
         """
         records = []
         drops = DropCounter()
@@ -111,7 +112,7 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
                         raise
                     drops.add_error(err)
             packed = pack(records, self.read_audio, self.builder, on_error=self.on_error)
-        except DataError as err:
+        except SpeechDataError as err:
             return Packed.empty(error=err)
         packed.drops.merge(drops)
         return packed
@@ -196,6 +197,26 @@ class _Blobs:
 
 def _identity(x: Packed) -> Packed:
     return x
+
+
+def _synchronous_worker_checks(it: Any) -> None:
+    """Let ``next()`` report a dead DataLoader worker, not torch's SIGCHLD handler.
+
+    torch registers worker pids with a SIGCHLD handler that raises ``RuntimeError`` in whatever
+    code the main thread runs when a worker dies (the training step, a logger, pytest's own
+    code), and raises again at every later SIGCHLD. Unregistered, a death is found by the
+    iterator itself (it polls worker liveness every few seconds while waiting for data) and
+    surfaces from ``next()``, where :class:`SpeechDataLoader` turns it into a
+    :class:`WorkerDiedError`. Uses private torch hooks; without them torch's default stays.
+    """
+    if not getattr(it, "_worker_pids_set", False):
+        return
+    try:
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+    except ImportError:
+        return
+    _remove_worker_pids(id(it))
+    it._worker_pids_set = False
 
 
 class SpeechDataLoader:
@@ -302,8 +323,9 @@ class SpeechDataLoader:
         else:
             self.sampler.load_state_dict({"epoch": self._epoch, "batch": self._consumed})
         epoch_drops = DropCounter()
-        for packed in self._loader:
+        for packed in self._batches():
             if packed.error is not None:
+                self._drop_workers()  # in this process, before a later fork could inherit them
                 raise packed.error
             self._consumed += 1
             if self._consumed <= skip:
@@ -316,6 +338,39 @@ class SpeechDataLoader:
         if epoch_drops.total():
             log.warning("epoch %d: %s", self._epoch, epoch_drops.summary())
         self._epoch, self._consumed = self._epoch + 1, 0
+
+    def _batches(self) -> Iterator[Packed]:
+        """The DataLoader's packed batches; a dead worker becomes a one-line :class:`WorkerDiedError`."""
+        it = iter(self._loader)
+        _synchronous_worker_checks(it)
+        while True:
+            try:
+                packed = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if "DataLoader worker (pid" not in str(e):
+                    raise
+                self._drop_workers()
+                detail = str(e).splitlines()[0].rstrip(". ")
+                raise WorkerDiedError(
+                    f"{detail}; epoch {self._epoch}, {self._consumed} batches consumed, nothing lost: "
+                    "iterate again, or pass loader.state_dict() to a new loader's load_state_dict(), "
+                    "to continue with the next batch"
+                ) from None
+            yield packed
+
+    def _drop_workers(self) -> None:
+        """Shut down the surviving workers of a broken DataLoader iterator so the next ``iter()``
+        starts fresh ones (persistent workers would otherwise be reused)."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is None:
+            return
+        _synchronous_worker_checks(it)
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._loader._iterator = None
 
     def finalize(self, packed: Packed) -> dict[str, Any]:
         """Pad one packed batch on this loader's device."""

@@ -335,6 +335,7 @@ def _measure(audio: list[str], offsets: list[float], where: str) -> list[float]:
     out = []
     for path, off in zip(audio, offsets, strict=True):
         info = audio_info(path, where=f"{where}: {path}")
+        _check_not_empty(info.frames, path, where)
         d = info.duration - off
         if d <= 0:
             raise DataError(
@@ -342,6 +343,11 @@ def _measure(audio: list[str], offsets: list[float], where: str) -> list[float]:
             )
         out.append(d)
     return out
+
+
+def _check_not_empty(frames: int, path: str, where: str) -> None:
+    if frames <= 0:
+        raise DataError("decode_error", f"{where}: {path}", "audio is empty (0 samples)")
 
 
 # ------------------------------------------------------------------------------ building
@@ -530,7 +536,7 @@ def _columns(*cols: Any) -> dict[str, np.ndarray]:
 
 def _bad(err: DataError, on_error: str, drops: DropCounter) -> None:
     if on_error == "raise":
-        raise err
+        raise err from None  # often called inside an except block: no chained library traceback
     drops.add_error(err)
 
 
@@ -544,8 +550,9 @@ def _measure_cached(
         p = a if os.path.isabs(a) else os.path.join(root, a)
         total = cache.get(p)
         if total is None:
-            total = audio_info(p, where=f"{where}: {a}").duration
-            cache[p] = total
+            info = audio_info(p, where=f"{where}: {a}")
+            _check_not_empty(info.frames, a, where)
+            total = cache[p] = info.duration
         if total - o <= 0:
             raise DataError("decode_error", where, f"offset {o} s is past the end of {a} ({total:.3f} s)")
         out.append(total - o)

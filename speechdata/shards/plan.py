@@ -159,10 +159,18 @@ def member_codec(job: ShardJob, src: Source) -> str | None:
 
 
 def read_entries(
-    manifests: Sequence[str | Path], opts: ShardOptions, drops: DropCounter
+    manifests: Sequence[str | Path],
+    opts: ShardOptions,
+    drops: DropCounter,
+    cache_dir: str | Path | None = None,
 ) -> tuple[list[Entry], list[Source]]:
-    """Index the manifests, apply the duration filters, resolve and name the source files."""
-    index = load_index([str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error)
+    """Index the manifests, apply the duration filters, resolve and name the source files.
+
+    ``cache_dir`` holds the manifests' index cache (default: beside each manifest).
+    """
+    index = load_index(
+        [str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error, cache_dir=cache_dir
+    )
     drops.merge(index.drops)
     lo = opts.min_duration if opts.min_duration is not None else -math.inf
     hi = opts.max_duration if opts.max_duration is not None else math.inf

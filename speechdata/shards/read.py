@@ -146,6 +146,8 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
 
     The cache (``.speechdata_cache/<tar>.<digest>.members.v1.json``, or under
     ``~/.cache/speechdata`` when the folder is read-only) is keyed by the tar's size and mtime.
+    A truncated tar gives the members before the cut (see :func:`scan_members`), so entries whose
+    members survived can still be read; the others are reported as missing members.
     """
     path = Path(tar)
     try:
@@ -159,7 +161,7 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
             return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
     except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
         pass
-    table = scan_members(path)
+    table = scan_members(path, partial=True)
     blob = orjson.dumps(
         {
             "size": st.st_size,
@@ -260,13 +262,21 @@ class TarredDataset:
         self.__dict__.update(state)
         self._pid = os.getpid()
 
-    def shard_path(self, dataset: int, shard_id: int) -> str:
-        """The shard file of ``shard_id`` in manifest ``dataset`` (ConfigError when not listed)."""
+    def shard_path(self, dataset: int, shard_id: int, where: str = "") -> str:
+        """The shard file of ``shard_id`` in manifest ``dataset``.
+
+        A ``shard_id`` that ``tarred_audio_filepaths`` does not list is a bad manifest entry:
+        ``DataError("missing_audio")`` naming ``where`` (the entry's ``path:line``).
+        """
         try:
             return self.shard_paths[dataset][shard_id]
         except (KeyError, IndexError):
-            raise ConfigError(
-                f"tarred_audio_filepaths: no shard with id {shard_id} for manifest {self.index.datasets[dataset].path}"
+            known = sorted(self.shard_paths[dataset]) if dataset < len(self.shard_paths) else []
+            shown = f"{known[0]}..{known[-1]}" if known else "none"
+            raise DataError(
+                "missing_audio",
+                where or self.index.datasets[dataset].path,
+                f"shard_id {shard_id} names no shard of tarred_audio_filepaths (shard ids {shown})",
             ) from None
 
     def _fd(self, path: str) -> int:
@@ -285,7 +295,7 @@ class TarredDataset:
 
     def _locate(self, dataset: int, shard_id: int, name: str, where: str) -> tuple[str, Member]:
         candidates = (
-            [self.shard_path(dataset, shard_id)]
+            [self.shard_path(dataset, shard_id, where)]
             if shard_id >= 0
             else [self.shard_paths[dataset][k] for k in sorted(self.shard_paths[dataset])]
         )
@@ -314,13 +324,25 @@ class TarredDataset:
                 raise DataError(
                     "bad_line", record.where, f"tar_offset/tar_size need {n} values, one per audio"
                 )
-            path = self.shard_path(dataset, record.shard_id)
+            if not all(_is_count(v) for v in (*offs, *sizes)):
+                raise DataError("bad_line", record.where, "tar_offset/tar_size must be integers >= 0")
+            path = self.shard_path(dataset, record.shard_id, record.where)
             places = [(path, Member(int(o), int(s))) for o, s in zip(offs, sizes, strict=True)]
         else:
             places = [self._locate(dataset, record.shard_id, name, record.where) for name in record.audio]
         out = []
         for (path, m), name in zip(places, record.audio, strict=True):
-            data = os.pread(self._fd(path), m.size, m.offset)
+            fd = self._fd(path)
+            end = os.fstat(fd).st_size
+            # checked before reading: a wrong tar_size must not allocate a huge buffer
+            if m.offset + m.size > end:
+                raise DataError(
+                    "decode_error",
+                    f"{path}:{name}",
+                    f"member bytes {m.offset}-{m.offset + m.size} lie past the end of the tar ({end} bytes): "
+                    "the tar is truncated or tar_offset/tar_size are wrong",
+                )
+            data = os.pread(fd, m.size, m.offset)
             if len(data) != m.size:
                 raise DataError(
                     "decode_error", f"{path}:{name}", f"tar is truncated ({len(data)} of {m.size} bytes)"
@@ -333,6 +355,10 @@ class TarredDataset:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 # ------------------------------------------------------------------------------- streaming

@@ -160,25 +160,34 @@ class TarWriter:
             self.abort()
 
 
-def scan_members(path: str | os.PathLike[str]) -> dict[str, Member]:
+def scan_members(path: str | os.PathLike[str], *, partial: bool = False) -> dict[str, Member]:
     """Read only the headers of a tar and return ``{member name: Member(offset, size)}``.
 
     Data blocks are skipped with seeks, so a 1 GB shard is scanned in milliseconds. Directories
     and links are ignored; a name that occurs twice keeps its last occurrence (what ``tar x``
     would leave on disk). A file that is not a readable tar raises ``DataError("decode_error")``.
+    With ``partial=True`` a tar that breaks off (truncated, or a corrupted header after the
+    first) gives the members whose data lies wholly before the break instead of an error.
     """
     p = os.fspath(path)
     if not Path(p).is_file():
         raise DataError("missing_audio", p, "tar shard not found")
     out: dict[str, Member] = {}
     try:
+        end = os.path.getsize(p)
         with tarfile.open(p, mode="r:") as tf:
             for m in tf:
                 if m.isfile():
                     out[m.name] = Member(m.offset_data, m.size)
-    except (tarfile.TarError, EOFError) as e:
-        raise DataError("decode_error", p, f"not a readable tar file: {e}") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as e:
+        if not (partial and out):
+            raise DataError("decode_error", p, f"not a readable tar file: {_one_line(e)}") from None
+        out = {name: m for name, m in out.items() if m.offset + m.size <= end}
     return out
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

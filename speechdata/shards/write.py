@@ -7,6 +7,8 @@ Layout of the output folder (NeMo's, plus two keys per entry)::
     tarred_audio_manifest.json            every entry, shard by shard (written last but one)
     metadata.yaml                         settings, counts, hours, bytes, drops (written last)
     .speechdata/audio_{i}.done            per-shard completion markers (for resuming)
+    .speechdata/index_cache/              the input manifests' index cache (nothing is written
+                                          outside the output folder)
 
 With ``--buckets K`` (or ``--bucket-bins``) each bucket is such a folder, ``bucket1`` (shortest)
 to ``bucketK``, next to a top-level ``metadata.yaml``.
@@ -332,7 +334,8 @@ def write_shards(
     first = Path(manifests[0])
     out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
     drops = DropCounter()
-    entries, sources = read_entries(manifests, opts, drops)
+    # the index cache goes under the output folder: a shard job writes nothing anywhere else
+    entries, sources = read_entries(manifests, opts, drops, cache_dir=out / MARKER_DIR / "index_cache")
     if not entries:
         raise ConfigError(f"speechdata shard: no entries left to write ({drops.summary()})")
     bucketed = opts.buckets is not None or opts.bucket_bins is not None
