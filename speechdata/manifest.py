@@ -431,14 +431,11 @@ def _index_range(
     inf = math.inf
     rows: list[int] = []
     dur: list[float] = []
-    mn: list[float] = []
-    mx: list[float] = []
-    na: list[int] = []
     tl: list[int] = []
-    sid: list[int] = []
+    # rows that needed the full resolver: position in ``rows`` -> (min clip, max clip, clips, shard)
+    slow: dict[int, tuple[float, float, int, int]] = {}
     info_cache: dict[str, float] = {}
-    for j in range(n):
-        s, e = int(starts[j]) - base, int(ends[j]) - base
+    for j, (s, e) in enumerate(zip((starts - base).tolist(), (ends - base).tolist(), strict=True)):
         line = mv[s:e]
         try:
             obj = loads(line)
@@ -473,11 +470,7 @@ def _index_range(
             ):
                 rows.append(j)
                 dur.append(d)
-                mn.append(d)
-                mx.append(d)
-                na.append(1)
-                tl.append(len(ans) + (len(c) if c else 0))
-                sid.append(-1)
+                tl.append(len(ans) + len(c) if c else len(ans))
                 continue
         where = f"{name}:{first + j + 1}"
         try:
@@ -495,16 +488,24 @@ def _index_range(
         except DataError as err:
             _bad(err, on_error, drops)
             continue
+        slow[len(rows)] = (min(ds), max(ds), len(audio), shard)
         rows.append(j)
         dur.append(sum(ds))
-        mn.append(min(ds))
-        mx.append(max(ds))
-        na.append(len(audio))
         tl.append(len(answer) + (len(context) if context else 0))
-        sid.append(shard)
     idx = np.asarray(rows, dtype=np.int64)
+    durations = np.asarray(dur, dtype=np.float32)
+    mn, mx = durations.copy(), durations.copy()
+    na = np.ones(len(rows), np.uint8)
+    sid = np.full(len(rows), -1, np.int32)
+    if slow:
+        pos = np.fromiter(slow, dtype=np.int64, count=len(slow))
+        vals = list(slow.values())
+        mn[pos] = [v[0] for v in vals]
+        mx[pos] = [v[1] for v in vals]
+        na[pos] = [v[2] for v in vals]
+        sid[pos] = [v[3] for v in vals]
     return _columns(
-        dur,
+        durations,
         mn,
         mx,
         na,
