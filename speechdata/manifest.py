@@ -26,7 +26,6 @@ import gzip
 import hashlib
 import itertools
 import json
-import math
 import multiprocessing
 import os
 import tempfile
@@ -44,6 +43,9 @@ from speechdata.errors import DataError, DropCounter, SpeechDataError
 AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
 _RESERVED = {*AUDIO_KEYS, "duration", "offset"}
 CACHE_VERSION = 3
+#: Largest duration or offset accepted (about 116 days): larger values are typos or garbage, and
+#: would overflow the float32 columns to infinity.
+MAX_SECONDS = 1e7
 #: Manifests with at least this many lines are parsed by one forked process per core.
 PARALLEL_LINES = 200_000
 _COLUMNS = {
@@ -165,11 +167,11 @@ def parse_line(
     assert off is not None
     if dur is not None:
         for d in dur:
-            if not math.isfinite(d) or d <= 0:
-                raise ValueError(f"duration must be a finite number > 0, got {d}")
+            if not 0 < d < MAX_SECONDS:
+                raise ValueError(f"duration must be a finite number > 0 and < {MAX_SECONDS:g} s, got {d}")
     for o in off:
-        if not math.isfinite(o) or o < 0:
-            raise ValueError(f"offset must be a finite number >= 0, got {o}")
+        if not 0 <= o < MAX_SECONDS:
+            raise ValueError(f"offset must be a finite number >= 0 and < {MAX_SECONDS:g} s, got {o}")
     answer = obj.get(keys.answer_key)
     if answer is None:
         answer = obj.get("text")
@@ -428,7 +430,7 @@ def _index_range(
     loads = orjson.loads
     ak, ck = keys.answer_key, keys.context_key
     default_ctx, need_ctx = keys.default_context, keys.require_context
-    inf = math.inf
+    max_seconds = MAX_SECONDS
     rows: list[int] = []
     dur: list[float] = []
     tl: list[int] = []
@@ -461,10 +463,10 @@ def _index_range(
                 type(a) is str
                 and a
                 and (type(d) is float or type(d) is int)
-                and 0 < d < inf
+                and 0 < d < max_seconds
                 and type(ans) is str
                 and (type(c) is str or (c is None and not need_ctx))
-                and (off == 0 or ((type(off) is float or type(off) is int) and 0 < off < inf))
+                and (off == 0 or ((type(off) is float or type(off) is int) and 0 < off < max_seconds))
                 and "shard_id" not in obj
                 and "question" not in obj
             ):
