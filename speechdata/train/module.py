@@ -112,7 +112,10 @@ class SpeechLMModule(pl.LightningModule):
         """Optimiser from ``optim``; the ``optim.sched`` schedule steps every optimiser step."""
         cfg = dict(self.optim_cfg)
         sched_cfg = cfg.pop("sched", None)
-        optimizer = build_optimizer(self.model.parameters(), cfg)
+        trainer = self._trainer
+        clipping = trainer is not None and bool(trainer.gradient_clip_val)
+        mixed = trainer is not None and "mixed" in str(trainer.precision)
+        optimizer = build_optimizer(self.model.parameters(), cfg, allow_fused=not (clipping and mixed))
         scheduler = build_scheduler(optimizer, sched_cfg, self.max_steps)
         if scheduler is None:
             return optimizer

@@ -1,7 +1,9 @@
 """Optimisers and learning-rate schedules from the ``optim`` section (NeMo's names and formulas).
 
 Optimisers: ``fused_adam`` (NeMo/apex FusedAdam, whose default is AdamW mode) -> ``torch.optim.AdamW``
-with ``fused=True`` when the parameters are on CUDA; ``adamw``; ``adam``; ``sgd``.
+with ``fused=True`` when the parameters are on CUDA (except with gradient clipping under mixed
+precision, which Lightning refuses for fused optimisers: then the default multi-tensor kernel);
+``adamw``; ``adam``; ``sgd``.
 
 Schedules (stepped once per optimiser step), as in ``nemo.core.optim.lr_scheduler``:
 
@@ -39,9 +41,16 @@ def _check_keys(cfg: Mapping[str, Any], known: tuple[str, ...], path: str) -> No
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any], path: str = "optim"
+    params: Iterable[torch.nn.Parameter],
+    cfg: Mapping[str, Any],
+    path: str = "optim",
+    allow_fused: bool = True,
 ) -> torch.optim.Optimizer:
-    """The optimiser named by ``cfg["name"]`` over ``params`` (only those with ``requires_grad``)."""
+    """The optimiser named by ``cfg["name"]`` over ``params`` (only those with ``requires_grad``).
+
+    Adam(W) is fused when every parameter is on CUDA and ``allow_fused`` (Lightning cannot clip
+    gradients of a fused optimiser under mixed precision; the caller then passes ``False``).
+    """
     _check_keys(cfg, _OPTIM_KEYS, path)
     name = cfg.get("name", "fused_adam")
     if name not in OPTIMIZERS:
@@ -66,7 +75,7 @@ def build_optimizer(
         "eps": float(cfg.get("eps", 1e-8)),
         "weight_decay": wd,
     }
-    if all(p.is_cuda for p in trainable):
+    if allow_fused and all(p.is_cuda for p in trainable):
         kwargs["fused"] = True
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(trainable, **kwargs)

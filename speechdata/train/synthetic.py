@@ -1,7 +1,7 @@
 """Synthetic SPEC §6 batches for model tests and the learning check (no files, no tokenizer).
 
-Each example is ``context + answer + [eos]`` over a small vocabulary; its audios are tones whose
-pitch encodes a class, and the answer spells the classes of the example's audios, so a model can
+Each example is ``context + answer + [eos]`` over a small vocabulary; its audios are tones (with
+silence before and after) whose pitch encodes a class, and the answer spells the classes of the example's audios, so a model can
 only predict the answer well by listening. Every random choice comes from ``seed``.
 
 Example::
@@ -66,12 +66,16 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> dict[str
         context = [spec.bos_id, *rng.integers(first_word, spec.vocab_size, n_words).tolist()]
         classes = rng.integers(0, spec.num_classes, n_audio)
         answer = [first_class + int(c) for c in classes for _ in range(2)]
-        pos = np.sort(rng.integers(1, len(context) + 1, n_audio))
+        # inside the context, before its last token: the answer's first token can attend to the audio
+        pos = np.sort(rng.integers(1, len(context), n_audio))
         for c, p in zip(classes, pos, strict=True):
             seconds = rng.uniform(spec.min_seconds, spec.max_seconds)
             t = np.arange(int(seconds * spec.sample_rate)) / spec.sample_rate
             freq = 200.0 * 2 ** (float(c) * 0.5)
-            tone = 0.5 * np.sin(2 * math.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+            # the tone fills the middle of the clip: silence around it keeps it visible after
+            # per-feature normalisation (a stationary tone would normalise to noise)
+            envelope = ((t > 0.2 * seconds) & (t < 0.8 * seconds)).astype(np.float64)
+            tone = 0.5 * envelope * np.sin(2 * math.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
             audios.append(tone.astype(np.float32))
             positions.append(int(p))
         ids = context + answer + [spec.eos_id]

@@ -59,8 +59,6 @@ class BESTOW(SpeechLM):
         )
         self.xattn_norm = nn.LayerNorm(dim)
         self.xattn_out = nn.Linear(dim, dim)
-        nn.init.normal_(self.xattn_out.weight, std=0.02)
-        nn.init.zeros_(self.xattn_out.bias)
         self.setup_trainable()
 
     def decoder_inputs(

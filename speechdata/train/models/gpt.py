@@ -8,6 +8,8 @@ extra mask.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -21,6 +23,7 @@ class TinyGPT(nn.Module):
     def __init__(self, vocab_size: int, cfg: LLMConfig) -> None:
         super().__init__()
         self.hidden_size = cfg.hidden_size
+        self.embed_scale = math.sqrt(cfg.hidden_size)
         self.embed_tokens = nn.Embedding(vocab_size, cfg.hidden_size)
         self.drop = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(
@@ -42,8 +45,9 @@ class TinyGPT(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=0.02)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids ``[B, L]`` -> embeddings ``[B, L, D]``."""
-        return self.embed_tokens(tokens)
+        """Token ids ``[B, L]`` -> embeddings ``[B, L, D]``, scaled by ``sqrt(D)`` (as Vaswani et al.)
+        so that they are not drowned by the position encodings and audio embeddings at init."""
+        return self.embed_tokens(tokens) * self.embed_scale
 
     def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Right-padded input embeddings ``[B, S, D]`` -> logits ``[B, S, V]`` (causal)."""
