@@ -18,7 +18,7 @@ import importlib
 from typing import Any
 
 from speechdata.config import DatasetConfig, FeatureConfig, dataset_config, load_config, load_yaml
-from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError
+from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, WorkerDiedError
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "DropCounter",
     "FeatureConfig",
     "SpeechDataError",
+    "WorkerDiedError",
     "dataset_config",
     "load_config",
     "load_yaml",

@@ -39,6 +39,7 @@ import orjson
 
 from speechdata.audio import audio_info
 from speechdata.errors import DataError, DropCounter, SpeechDataError
+from speechdata.openfiles import OpenFiles
 
 AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
 _RESERVED = {*AUDIO_KEYS, "duration", "offset"}
@@ -227,20 +228,10 @@ class Index:
         self.datasets = datasets
         self.keys = keys
         self.drops = drops
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
+        self._files = OpenFiles()
 
     def __len__(self) -> int:
         return int(self.duration.shape[0])
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
 
     @property
     def num_datasets(self) -> int:
@@ -257,20 +248,10 @@ class Index:
         sel = slice(None) if ids is None else np.asarray(ids, dtype=np.int64)
         return (self.dataset[sel].astype(np.int64) << 32) | self.line_no[sel].astype(np.int64)
 
-    def _fd(self, ds: int) -> int:
-        if self._pid != os.getpid():
-            self._fds = {}
-            self._pid = os.getpid()
-        fd = self._fds.get(ds)
-        if fd is None:
-            fd = os.open(self.datasets[ds].source, os.O_RDONLY)
-            self._fds[ds] = fd
-        return fd
-
     def line(self, i: int) -> bytes:
         """The raw manifest line of row ``i``."""
-        ds = int(self.dataset[i])
-        return os.pread(self._fd(ds), int(self.line_length[i]), int(self.line_offset[i]))
+        source = self.datasets[int(self.dataset[i])].source
+        return self._files.pread(source, int(self.line_length[i]), int(self.line_offset[i]))
 
     def where(self, i: int) -> str:
         """``path:line`` of row ``i``, for messages."""
@@ -313,9 +294,7 @@ class Index:
 
     def close(self) -> None:
         """Close the manifest file handles opened by :meth:`record` (reopened on demand)."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
+        self._files.close()
 
     @classmethod
     def concat(cls, parts: Sequence[Index]) -> Index:

@@ -40,6 +40,7 @@ from braceexpand import braceexpand
 from speechdata.config import DatasetConfig, split_paths
 from speechdata.errors import ConfigError, DataError
 from speechdata.manifest import AUDIO_KEYS, Index, ManifestKeys, Record, load_index, unpack_sample_id
+from speechdata.openfiles import OpenFiles
 from speechdata.shards.tarfmt import Member, scan_members
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -250,17 +251,7 @@ class TarredDataset:
         self.buckets: np.ndarray | None = self.index.dataset.copy() if prebucketed else None
         self.cache_dir = cache_dir
         self._tables: dict[str, dict[str, Member]] = {}
-        self._fds: dict[str, int] = {}
-        self._pid = os.getpid()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
+        self._files = OpenFiles()
 
     def shard_path(self, dataset: int, shard_id: int, where: str = "") -> str:
         """The shard file of ``shard_id`` in manifest ``dataset``.
@@ -280,12 +271,7 @@ class TarredDataset:
             ) from None
 
     def _fd(self, path: str) -> int:
-        if self._pid != os.getpid():
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(str(local_path(path)), os.O_RDONLY)
-        return fd
+        return self._files.fd(str(local_path(path)))
 
     def _table(self, path: str) -> dict[str, Member]:
         table = self._tables.get(path)
@@ -352,9 +338,7 @@ class TarredDataset:
 
     def close(self) -> None:
         """Close shard file descriptors (reopened on demand)."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
+        self._files.close()
 
 
 def _is_count(v: Any) -> bool:
