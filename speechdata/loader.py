@@ -348,11 +348,16 @@ class SpeechDataLoader:
                 packed = next(it)
             except StopIteration:
                 return
-            except RuntimeError as e:
-                if "DataLoader worker (pid" not in str(e):
+            except (RuntimeError, ConnectionError, EOFError) as e:
+                if isinstance(e, RuntimeError) and "DataLoader worker (pid" not in str(e):
+                    raise
+                if not isinstance(e, RuntimeError) and self.cfg.num_workers == 0:
                     raise
                 self._drop_workers()
                 detail = str(e).splitlines()[0].rstrip(". ")
+                if not isinstance(e, RuntimeError):
+                    # the worker died after queueing a batch whose shared memory it still owned
+                    detail = f"a DataLoader worker died while handing over a batch ({type(e).__name__})"
                 raise WorkerDiedError(
                     f"{detail}; epoch {self._epoch}, {self._consumed} batches consumed, nothing lost: "
                     "iterate again, or pass loader.state_dict() to a new loader's load_state_dict(), "
