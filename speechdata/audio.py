@@ -137,7 +137,7 @@ def load_audio(
         try:
             if start:
                 f.seek(start)
-            data = f.read(want, dtype="float32", always_2d=True)
+            data = f.read(want, dtype="float32")  # 1-D for mono files: no strided copy later
         except (sf.LibsndfileError, RuntimeError) as e:
             raise DataError("decode_error", name, f"cannot decode audio: {_short(e)}") from None
     if data.shape[0] < want:
@@ -146,10 +146,12 @@ def load_audio(
             raise DataError("decode_error", name, f"audio is truncated: {missing:.3f} s of samples missing")
     if data.shape[0] == 0:
         raise DataError("decode_error", name, "no samples decoded")
-    mono = (
-        data[:, channel] if channel is not None else (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1))
-    )
-    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if data.ndim == 1:
+        mono = data
+    elif channel is not None:
+        mono = np.ascontiguousarray(data[:, channel])
+    else:
+        mono = data.mean(axis=1, dtype=np.float32)
     if sample_rate is not None and sample_rate != sr:
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return mono
