@@ -54,6 +54,14 @@ def manifest_keys(cfg: DatasetConfig, builder: PromptBuilder) -> ManifestKeys:
     )
 
 
+def decode_clips(rec: Record, sources: Sequence[Any], sample_rate: int) -> list[np.ndarray]:
+    """Decode each clip of ``rec`` from its source (a path, or the member's bytes) at ``sample_rate``."""
+    return [
+        load_audio(src, offset=o, duration=d, sample_rate=sample_rate, where=f"{rec.where}: {name}")
+        for src, name, o, d in zip(sources, rec.audio, rec.offset, rec.duration, strict=True)
+    ]
+
+
 class _FileAudio:
     """Reads a record's clips from files on disk (plain manifests)."""
 
@@ -61,10 +69,7 @@ class _FileAudio:
         self.sample_rate = sample_rate
 
     def __call__(self, rec: Record) -> list[np.ndarray]:
-        return [
-            load_audio(p, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {p}")
-            for p, o, d in zip(rec.audio, rec.offset, rec.duration, strict=True)
-        ]
+        return decode_clips(rec, rec.audio, self.sample_rate)
 
 
 class _TarAudio:
@@ -75,11 +80,7 @@ class _TarAudio:
         self.sample_rate = sample_rate
 
     def __call__(self, rec: Record) -> list[np.ndarray]:
-        blobs = self.tarred.read_audio_bytes(rec)
-        return [
-            load_audio(b, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {name}")
-            for b, name, o, d in zip(blobs, rec.audio, rec.offset, rec.duration, strict=True)
-        ]
+        return decode_clips(rec, self.tarred.read_audio_bytes(rec), self.sample_rate)
 
 
 class BatchDataset(torch.utils.data.Dataset[Packed]):
@@ -188,11 +189,7 @@ class _Blobs:
         self.sample_rate = tar_reader.sample_rate
 
     def __call__(self, rec: Record) -> list[np.ndarray]:
-        data = self.blobs[rec.row]
-        return [
-            load_audio(b, offset=o, duration=d, sample_rate=self.sample_rate, where=f"{rec.where}: {name}")
-            for b, name, o, d in zip(data, rec.audio, rec.offset, rec.duration, strict=True)
-        ]
+        return decode_clips(rec, self.blobs[rec.row], self.sample_rate)
 
 
 def _identity(x: Packed) -> Packed:

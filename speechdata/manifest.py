@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 from speechdata.audio import audio_info
-from speechdata.errors import DataError, DropCounter, SpeechDataError
+from speechdata.errors import DataError, DropCounter, SpeechDataError, handle
 from speechdata.openfiles import OpenFiles
 
 AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
@@ -272,7 +272,7 @@ class Index:
             audio = [a if os.path.isabs(a) else os.path.join(info.root, a) for a in audio]
         if dur is None:
             d = float(self.duration[i])
-            dur = [d] if len(audio) == 1 else _measure(audio, off, where)
+            dur = [d] if len(audio) == 1 else _measure_cached(audio, off, self.keys, info.root, {}, where)
         used = {
             self.keys.answer_key,
             "text" if self.keys.answer_key not in obj else "",
@@ -310,20 +310,6 @@ class Index:
         for p in parts:
             drops.merge(p.drops)
         return cls(columns, datasets, parts[0].keys, drops)
-
-
-def _measure(audio: list[str], offsets: list[float], where: str) -> list[float]:
-    out = []
-    for path, off in zip(audio, offsets, strict=True):
-        info = audio_info(path, where=f"{where}: {path}")
-        _check_not_empty(info.frames, path, where)
-        d = info.duration - off
-        if d <= 0:
-            raise DataError(
-                "decode_error", where, f"offset {off} s is past the end of {path} ({info.duration:.3f} s)"
-            )
-        out.append(d)
-    return out
 
 
 def _check_not_empty(frames: int, path: str, where: str) -> None:
@@ -423,7 +409,7 @@ def _index_range(
         except orjson.JSONDecodeError as err:
             if not bytes(line).strip():
                 continue  # blank line
-            _bad(
+            handle(
                 DataError("bad_line", f"{name}:{first + j + 1}", f"not valid JSON ({err.msg})"),
                 on_error,
                 drops,
@@ -464,10 +450,10 @@ def _index_range(
             if isinstance(shard, bool) or not isinstance(shard, int) or not -1 <= shard < 2**31:
                 raise ValueError(f"shard_id must be an integer >= 0, got {shard!r}")
         except ValueError as err:
-            _bad(DataError("bad_line", where, str(err)), on_error, drops)
+            handle(DataError("bad_line", where, str(err)), on_error, drops)
             continue
         except DataError as err:
-            _bad(err, on_error, drops)
+            handle(err, on_error, drops)
             continue
         slow[len(rows)] = (min(ds), max(ds), len(audio), shard)
         rows.append(j)
@@ -514,12 +500,6 @@ def _columns(*cols: Any) -> dict[str, np.ndarray]:
     )
     dtypes = {**_COLUMNS, "dataset": np.uint16}
     return {k: np.asarray(c, dtype=dtypes[k]) for k, c in zip(names, cols, strict=True)}
-
-
-def _bad(err: DataError, on_error: str, drops: DropCounter) -> None:
-    if on_error == "raise":
-        raise err from None  # often called inside an except block: no chained library traceback
-    drops.add_error(err)
 
 
 def _measure_cached(
