@@ -95,12 +95,13 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitems__(self, ids: Sequence[int]) -> Packed:
+    def __getitems__(self, ids: Sequence[int], read_audio: Any = None) -> Packed:
         """Read, decode and tokenize the examples ``ids`` into one packed batch.
 
         A data error under ``on_error: raise`` (or a config error, such as a shard the config
         does not list) travels back inside the batch (``Packed.error``) so that the main process
-        re-raises it as the original one-line error, not as a worker traceback.
+        re-raises it as the original one-line error, not as a worker traceback. ``read_audio``
+        replaces the dataset's audio reader for this batch (the streaming path passes bytes).
         """
         records = []
         drops = DropCounter()
@@ -112,7 +113,7 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
                     if self.on_error == "raise":
                         raise
                     drops.add_error(err)
-            packed = pack(records, self.read_audio, self.builder, on_error=self.on_error)
+            packed = pack(records, read_audio or self.read_audio, self.builder, on_error=self.on_error)
         except SpeechDataError as err:
             return Packed.empty(error=err)
         packed.drops.merge(drops)
@@ -169,24 +170,20 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         )
         rng = np.random.default_rng([cfg.seed, self.epoch, self.rank, wid, 0xB7])
         duration = index.duration
-        reader = self.batches.read_audio
+        sample_rate = cfg.sample_rate
         for group in bucketed_stream(
             rows, lambda r: float(duration[r[0]["_row"]]), cfg, rng, cfg.bucket_buffer_size
         ):
             blobs = {int(entry["_row"]): data for entry, data in group}
-            self.batches.read_audio = _Blobs(blobs, reader)
-            try:
-                yield self.batches.__getitems__(list(blobs))
-            finally:
-                self.batches.read_audio = reader
+            yield self.batches.__getitems__(list(blobs), read_audio=_Blobs(blobs, sample_rate))
 
 
 class _Blobs:
     """An audio reader over member bytes already streamed, keyed by Index row."""
 
-    def __init__(self, blobs: dict[int, list[bytes]], tar_reader: Any) -> None:
+    def __init__(self, blobs: dict[int, list[bytes]], sample_rate: int) -> None:
         self.blobs = blobs
-        self.sample_rate = tar_reader.sample_rate
+        self.sample_rate = sample_rate
 
     def __call__(self, rec: Record) -> list[np.ndarray]:
         return decode_clips(rec, self.blobs[rec.row], self.sample_rate)
