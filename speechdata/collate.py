@@ -1,16 +1,16 @@
 """The batch contract (SPEC §6) in two halves.
 
 * :func:`pack` runs in a DataLoader worker: it reads and decodes every audio of the batch's
-  examples, formats and tokenizes the text, and hands over *flat* buffers plus lengths
-  (:class:`Packed`), which cross the process boundary as shared-memory tensors and are pinned in
-  one call.
+  examples straight into one flat buffer (:class:`~speechdata.audiobuf.AudioBuffer`), formats and
+  tokenizes the text, and hands over *flat* buffers plus lengths (:class:`Packed`), which cross
+  the process boundary as shared-memory tensors and are pinned in one call.
 * :func:`finalize` runs on the target device: padding, masks, position ids and (optionally) log-mel
   features are computed there by vectorised torch ops, so the CPU path and the GPU path give the
   same batch.
 
 Example::
 
-    >>> packed = pack(ids, reader, builder, sample_rate=16000, on_error="skip")
+    >>> packed = pack(records, lambda rec: rec.audio, builder, sample_rate=16000, on_error="skip")
     >>> batch = finalize(packed, device="cuda", pad_id=0, pad_to_multiple=8)
     >>> batch["tokens"].shape, batch["audio_signal"].shape
     (torch.Size([4, 48]), torch.Size([5, 131200]))
@@ -22,16 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 
+from speechdata.audio import AudioSource
+from speechdata.audiobuf import AudioBuffer
 from speechdata.config import FeatureConfig
 from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter, SpeechDataError
 from speechdata.manifest import Record
 from speechdata.text.prompt import PromptBuilder
 
-#: Reads one record's audio: returns one float32 mono array per clip, at the target sample rate.
-AudioReader = Callable[[Record], list[np.ndarray]]
+#: Where one record's audio comes from: one source per clip (a path, or the member's bytes).
+AudioSources = Callable[[Record], Sequence[AudioSource]]
 
 
 @dataclass
@@ -87,19 +88,22 @@ class Packed:
 
 def pack(
     records: Sequence[Record],
-    read_audio: AudioReader,
+    sources: AudioSources,
     builder: PromptBuilder,
     *,
+    sample_rate: int,
     on_error: str = "raise",
 ) -> Packed:
     """Decode and tokenize ``records`` into one :class:`Packed` batch.
 
-    Data errors (bad line, missing or undecodable audio, locator mismatch) raise with
+    Every clip is decoded at ``sample_rate`` (float32 mono) straight into the batch's flat audio
+    buffer. Data errors (bad line, missing or undecodable audio, locator mismatch) raise with
     ``on_error="raise"`` and are counted drops with ``"skip"``; filter drops from the text stage
     (``too_long_text``, ``too_short_text``) are always counted, never raised.
     """
     drops = DropCounter()
-    clips: list[np.ndarray] = []
+    audio = AudioBuffer(sum(round(d * sample_rate) for rec in records for d in rec.duration))
+    clip_lengths: list[int] = []
     n_audio: list[int] = []
     positions: list[int] = []
     ids: list[int] = []
@@ -109,16 +113,21 @@ def pack(
     metadata: list[dict[str, Any]] = []
     truncated = 0
     for rec in records:
+        mark = audio.size
         try:
             prompt = builder.build(rec.context, rec.answer, len(rec.audio), rec.where)
-            audio = read_audio(rec)
+            clips = [
+                audio.decode(src, offset=o, duration=d, sample_rate=sample_rate, where=f"{rec.where}: {name}")
+                for src, name, o, d in zip(sources(rec), rec.audio, rec.offset, rec.duration, strict=True)
+            ]
         except DataError as err:
             if err.reason in DATA_ERROR_REASONS and on_error == "raise":
                 raise
+            audio.truncate(mark)
             drops.add_error(err)
             continue
-        clips.extend(audio)
-        n_audio.append(len(audio))
+        clip_lengths.extend(clips)
+        n_audio.append(len(clips))
         positions.extend(prompt.audio_positions)
         ids.extend(prompt.input_ids)
         lengths.append(len(prompt.input_ids))
@@ -137,8 +146,8 @@ def pack(
             }
         )
     return Packed(
-        audio=_flatten(clips),
-        audio_lengths=torch.tensor([len(c) for c in clips], dtype=torch.int64),
+        audio=audio.tensor(),
+        audio_lengths=torch.tensor(clip_lengths, dtype=torch.int64),
         num_audios=torch.tensor(n_audio, dtype=torch.int64),
         audio_positions=torch.tensor(positions, dtype=torch.int64),
         ids=torch.tensor(ids, dtype=torch.int64),
@@ -149,23 +158,6 @@ def pack(
         drops=drops,
         truncated=truncated,
     )
-
-
-def _flatten(clips: list[np.ndarray]) -> torch.Tensor:
-    """All clips back to back in one float32 tensor, written once.
-
-    In a DataLoader worker the tensor is allocated in shared memory up front, so handing it to
-    the main process costs no further copy (torch would otherwise copy it into shared memory).
-    """
-    flat = torch.empty(sum(len(c) for c in clips), dtype=torch.float32)
-    if torch.utils.data.get_worker_info() is not None:
-        flat.share_memory_()
-    view = flat.numpy()
-    pos = 0
-    for c in clips:
-        view[pos : pos + len(c)] = c
-        pos += len(c)
-    return flat
 
 
 def _round_up(n: int, multiple: int) -> int:

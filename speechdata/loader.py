@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from speechdata.audio import load_audio
-from speechdata.collate import Packed, finalize, pack
+from speechdata.collate import AudioSources, Packed, finalize, pack
 from speechdata.config import DatasetConfig, dataset_config, load_config
 from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, WorkerDiedError
 from speechdata.manifest import Index, ManifestKeys, Record, load_index
@@ -54,54 +53,43 @@ def manifest_keys(cfg: DatasetConfig, builder: PromptBuilder) -> ManifestKeys:
     )
 
 
-def decode_clips(rec: Record, sources: Sequence[Any], sample_rate: int) -> list[np.ndarray]:
-    """Decode each clip of ``rec`` from its source (a path, or the member's bytes) at ``sample_rate``."""
-    return [
-        load_audio(src, offset=o, duration=d, sample_rate=sample_rate, where=f"{rec.where}: {name}")
-        for src, name, o, d in zip(sources, rec.audio, rec.offset, rec.duration, strict=True)
-    ]
+def _file_sources(rec: Record) -> list[str]:
+    """A plain manifest's clips are files on disk."""
+    return rec.audio
 
 
-class _FileAudio:
-    """Reads a record's clips from files on disk (plain manifests)."""
+class _TarSources:
+    """A tarred dataset's clips are member bytes read from the shards by byte offset."""
 
-    def __init__(self, sample_rate: int) -> None:
-        self.sample_rate = sample_rate
-
-    def __call__(self, rec: Record) -> list[np.ndarray]:
-        return decode_clips(rec, rec.audio, self.sample_rate)
-
-
-class _TarAudio:
-    """Reads a record's clips from tar shards by byte offset."""
-
-    def __init__(self, tarred: Any, sample_rate: int) -> None:
+    def __init__(self, tarred: Any) -> None:
         self.tarred = tarred
-        self.sample_rate = sample_rate
 
-    def __call__(self, rec: Record) -> list[np.ndarray]:
-        return decode_clips(rec, self.tarred.read_audio_bytes(rec), self.sample_rate)
+    def __call__(self, rec: Record) -> list[bytes]:
+        return self.tarred.read_audio_bytes(rec)
 
 
 class BatchDataset(torch.utils.data.Dataset[Packed]):
     """Map-style dataset whose item is a whole batch: ``ds.__getitems__(ids) -> Packed``."""
 
-    def __init__(self, index: Index, read_audio: Any, builder: PromptBuilder, on_error: str) -> None:
+    def __init__(
+        self, index: Index, read_audio: AudioSources, builder: PromptBuilder, sample_rate: int, on_error: str
+    ) -> None:
         self.index = index
         self.read_audio = read_audio
         self.builder = builder
+        self.sample_rate = sample_rate
         self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitems__(self, ids: Sequence[int], read_audio: Any = None) -> Packed:
+    def __getitems__(self, ids: Sequence[int], read_audio: AudioSources | None = None) -> Packed:
         """Read, decode and tokenize the examples ``ids`` into one packed batch.
 
         A data error under ``on_error: raise`` (or a config error, such as a shard the config
         does not list) travels back inside the batch (``Packed.error``) so that the main process
         re-raises it as the original one-line error, not as a worker traceback. ``read_audio``
-        replaces the dataset's audio reader for this batch (the streaming path passes bytes).
+        replaces the dataset's audio sources for this batch (the streaming path passes bytes).
         """
         records = []
         drops = DropCounter()
@@ -113,7 +101,13 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
                     if self.on_error == "raise":
                         raise
                     drops.add_error(err)
-            packed = pack(records, read_audio or self.read_audio, self.builder, on_error=self.on_error)
+            packed = pack(
+                records,
+                read_audio or self.read_audio,
+                self.builder,
+                sample_rate=self.sample_rate,
+                on_error=self.on_error,
+            )
         except SpeechDataError as err:
             return Packed.empty(error=err)
         packed.drops.merge(drops)
@@ -170,23 +164,21 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         )
         rng = np.random.default_rng([cfg.seed, self.epoch, self.rank, wid, 0xB7])
         duration = index.duration
-        sample_rate = cfg.sample_rate
         for group in bucketed_stream(
             rows, lambda r: float(duration[r[0]["_row"]]), cfg, rng, cfg.bucket_buffer_size
         ):
             blobs = {int(entry["_row"]): data for entry, data in group}
-            yield self.batches.__getitems__(list(blobs), read_audio=_Blobs(blobs, sample_rate))
+            yield self.batches.__getitems__(list(blobs), read_audio=_Blobs(blobs))
 
 
 class _Blobs:
-    """An audio reader over member bytes already streamed, keyed by Index row."""
+    """Audio sources over member bytes already streamed, keyed by Index row."""
 
-    def __init__(self, blobs: dict[int, list[bytes]], sample_rate: int) -> None:
+    def __init__(self, blobs: dict[int, list[bytes]]) -> None:
         self.blobs = blobs
-        self.sample_rate = sample_rate
 
-    def __call__(self, rec: Record) -> list[np.ndarray]:
-        return decode_clips(rec, self.blobs[rec.row], self.sample_rate)
+    def __call__(self, rec: Record) -> list[bytes]:
+        return self.blobs[rec.row]
 
 
 def _identity(x: Packed) -> Packed:
@@ -246,16 +238,16 @@ class SpeechDataLoader:
 
             self.tarred = TarredDataset(cfg, index=self.index)
             buckets = self.tarred.buckets
-            reader: Any = _TarAudio(self.tarred, cfg.sample_rate)
+            reader: AudioSources = _TarSources(self.tarred)
         else:
             self.tarred = None
-            reader = _FileAudio(cfg.sample_rate)
+            reader = _file_sources
         self.filter_drops = DropCounter()
         self.keep = filter_mask(self.index, cfg, self.filter_drops)
         self.sampler = BatchSampler(
             self.index, self.keep, cfg, rank=rank, world_size=world_size, buckets=buckets
         )
-        self.dataset = BatchDataset(self.index, reader, self.builder, cfg.on_error)
+        self.dataset = BatchDataset(self.index, reader, self.builder, cfg.sample_rate, cfg.on_error)
         self.worker_drops = DropCounter()
         self._epoch = 0
         self._consumed = 0
