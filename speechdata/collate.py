@@ -42,7 +42,9 @@ class Packed:
     ``audio`` holds every clip's samples back to back (``audio_lengths`` per clip); ``ids`` every
     example's full token sequence back to back (``ids_lengths`` per example); ``answer_start`` is
     where each example's answer part begins. ``drops`` counts the examples of the planned batch
-    that were dropped, by reason.
+    that were dropped, by reason. ``slot_flag`` is the in-use flag of the worker's pooled buffer
+    that ``audio`` lives in (None when it does not): :meth:`release` clears it once the audio has
+    been copied out (padded, or pinned), and a received batch dropped unused releases itself.
     """
 
     audio: torch.Tensor
@@ -57,6 +59,7 @@ class Packed:
     drops: DropCounter = field(default_factory=DropCounter)
     truncated: int = 0
     error: SpeechDataError | None = None
+    slot_flag: torch.Tensor | None = None
 
     _TENSORS = (
         "audio",
@@ -79,11 +82,29 @@ class Packed:
         return cls(torch.zeros(0), z, z, z, z, z, z, z, error=error)
 
     def pin_memory(self) -> Packed:
-        """A copy with every tensor in page-locked memory (called by the DataLoader's pin thread)."""
+        """A copy with every tensor in page-locked memory (called by the DataLoader's pin thread);
+        this batch's pooled buffer is released."""
         pinned = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in self._TENSORS:
             pinned[name] = pinned[name].pin_memory()
+        pinned["slot_flag"] = None
+        self.release()
         return Packed(**pinned)
+
+    def release(self) -> None:
+        """Hand the worker's pooled audio buffer back (call once nothing reads ``audio`` any more)."""
+        if self.slot_flag is not None:
+            self.slot_flag[0] = 0
+            self.slot_flag = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # only the receiving side (the main process) may release when it drops the batch
+        self.__dict__.update(state)
+        self.__dict__["_received"] = True
+
+    def __del__(self) -> None:
+        if self.__dict__.get("_received"):
+            self.release()
 
 
 def pack(
@@ -101,8 +122,23 @@ def pack(
     ``on_error="raise"`` and are counted drops with ``"skip"``; filter drops from the text stage
     (``too_long_text``, ``too_short_text``) are always counted, never raised.
     """
-    drops = DropCounter()
     audio = AudioBuffer(sum(round(d * sample_rate) for rec in records for d in rec.duration))
+    try:
+        return _pack(records, sources, builder, audio, sample_rate, on_error)
+    except BaseException:
+        audio.release()
+        raise
+
+
+def _pack(
+    records: Sequence[Record],
+    sources: AudioSources,
+    builder: PromptBuilder,
+    audio: AudioBuffer,
+    sample_rate: int,
+    on_error: str,
+) -> Packed:
+    drops = DropCounter()
     clip_lengths: list[int] = []
     n_audio: list[int] = []
     positions: list[int] = []
@@ -157,6 +193,7 @@ def pack(
         metadata=metadata,
         drops=drops,
         truncated=truncated,
+        slot_flag=audio.flag,
     )
 
 

@@ -311,16 +311,20 @@ class SpeechDataLoader:
         epoch_drops = DropCounter()
         for packed in self._batches():
             if packed.error is not None:
+                packed.release()
                 self._drop_workers()  # in this process, before a later fork could inherit them
                 raise packed.error
             self._consumed += 1
-            if self._consumed <= skip:
+            if self._consumed > skip:
+                self.worker_drops.merge(packed.drops)
+                epoch_drops.merge(packed.drops)
+            if self._consumed <= skip or len(packed) == 0:
+                packed.release()
                 continue
-            self.worker_drops.merge(packed.drops)
-            epoch_drops.merge(packed.drops)
-            if len(packed) == 0:
-                continue
-            yield self.finalize(packed)
+            batch = self.finalize(packed)
+            packed.release()  # the padded batch holds copies: the worker may reuse the buffer
+            del packed
+            yield batch
         if epoch_drops.total():
             log.warning("epoch %d: %s", self._epoch, epoch_drops.summary())
         self._epoch, self._consumed = self._epoch + 1, 0

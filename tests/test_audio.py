@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechdata.audio import audio_info, load_audio
+from speechdata.audio import AudioInfo, PcmWav, audio_info, load_audio, parse_pcm16_wav
 from speechdata.errors import DataError
 
 
@@ -97,3 +97,58 @@ def test_missing_empty_truncated_and_garbage(tmp_path: Path, stereo) -> None:
         assert e.reason == "decode_error"
     else:  # libsndfile may shorten the frame count to what is there; then it must not claim more
         assert x.shape[0] < 16000 and audio_info(cut).frames == x.shape[0]
+
+
+def _pcm16(tmp_path: Path, name: str, channels: int, **kw) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(len(name) + channels)
+    pcm = rng.integers(-32768, 32768, size=(24000, channels), dtype=np.int16)
+    pcm[:2] = [[-32768] * channels, [32767] * channels]  # both extremes
+    path = tmp_path / name
+    sf.write(path, pcm, 16000, subtype="PCM_16", **kw)
+    return path, sf.read(path, dtype="float32", always_2d=True)[0]
+
+
+@pytest.mark.parametrize(("channels", "fmt"), [(1, "WAV"), (2, "WAV"), (1, "WAVEX")])
+def test_pcm16_wav_direct_path_equals_libsndfile(tmp_path: Path, channels: int, fmt: str) -> None:
+    path, ref = _pcm16(tmp_path, f"x{channels}{fmt}.wav", channels, format=fmt)
+    with PcmWav.open(path) as direct:
+        assert (direct.samplerate, direct.channels, direct.frames) == (16000, channels, 24000)
+    mono = ref[:, 0] if channels == 1 else ref.mean(axis=1, dtype=np.float32)
+    for source in (path, path.read_bytes()):
+        np.testing.assert_array_equal(load_audio(source), mono)
+        np.testing.assert_array_equal(load_audio(source, offset=0.25, duration=0.5), mono[4000:12000])
+        np.testing.assert_array_equal(load_audio(source, channel=channels - 1), ref[:, channels - 1])
+    assert audio_info(path) == AudioInfo(16000, 24000, channels, "WAV")
+
+
+def test_other_wavs_go_to_libsndfile(tmp_path: Path) -> None:
+    x = np.linspace(-1, 1, 1600, dtype=np.float32)
+    for subtype in ("FLOAT", "PCM_24", "PCM_U8"):
+        sf.write(tmp_path / f"{subtype}.wav", x, 16000, subtype=subtype)
+        assert PcmWav.open(tmp_path / f"{subtype}.wav") is None
+    path, ref = _pcm16(tmp_path, "whole.wav", 1)
+    blob = path.read_bytes()
+    assert PcmWav.open(blob[:-2]) is None  # data chunk incomplete: libsndfile decides
+    assert PcmWav.open(path.with_suffix(".flac")) is None  # not named .wav: not even opened
+    # a chunk before "data" (LIST metadata) is skipped
+    listed = blob[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + blob[36:]
+    listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
+    assert PcmWav.open(listed) is not None
+    np.testing.assert_array_equal(load_audio(listed), ref[:, 0])
+    assert parse_pcm16_wav(listed[:40], len(listed)) is None  # header cut before the data chunk
+
+
+def test_decode_into_a_buffer(stereo, tmp_path: Path) -> None:
+    path, ref = _pcm16(tmp_path, "m.wav", 1)
+    out = np.full(9000, -7.0, dtype=np.float32)
+    x = load_audio(path, offset=0.5, duration=0.5, out=out)
+    assert np.may_share_memory(x, out) and x.shape == (8000,)
+    np.testing.assert_array_equal(out[:8000], ref[8000:16000, 0])
+    assert (out[8000:] == -7.0).all()
+    y = load_audio(path, offset=0.5, duration=0.5, out=out[:100])  # does not fit: a new array
+    assert not np.may_share_memory(y, out)
+    np.testing.assert_array_equal(y, ref[8000:16000, 0])
+    st_path, _ = stereo  # downmixed and resampled, then copied into the buffer
+    z = load_audio(st_path, duration=0.5, sample_rate=8000, out=out)
+    assert np.may_share_memory(z, out)
+    np.testing.assert_array_equal(z, load_audio(st_path, duration=0.5, sample_rate=8000))

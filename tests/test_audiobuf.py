@@ -1,0 +1,80 @@
+"""The batch audio buffer: clips decoded in place, growth, roll-back, and the workers' slot pool."""
+
+from __future__ import annotations
+
+import pickle
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.multiprocessing  # registers the shared-memory reductions
+
+from speechdata.audio import load_audio
+from speechdata.audiobuf import AudioBuffer, SlotPool
+from speechdata.collate import Packed
+
+
+@pytest.fixture
+def clips(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, (sr, ext) in enumerate([(16000, "wav"), (16000, "flac"), (22050, "flac")]):
+        path = tmp_path / f"c{k}.{ext}"
+        sf.write(path, (rng.standard_normal(sr) * 0.1).astype(np.float32), sr, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def test_clips_back_to_back_equal_separate_decodes(clips: list[Path]) -> None:
+    buf = AudioBuffer(3 * 8000, pool=None)
+    lengths = [buf.decode(p, offset=0.25, duration=0.5, sample_rate=16000, where="t") for p in clips]
+    want = [load_audio(p, offset=0.25, duration=0.5, sample_rate=16000) for p in clips]
+    assert lengths == [len(w) for w in want]
+    torch.testing.assert_close(buf.tensor(), torch.from_numpy(np.concatenate(want)), rtol=0, atol=0)
+
+
+def test_grows_when_a_clip_does_not_fit_and_truncate_rolls_back(clips: list[Path]) -> None:
+    buf = AudioBuffer(100, pool=None)  # far too small: every clip grows it
+    first = buf.decode(clips[0], offset=0.0, duration=1.0, sample_rate=16000, where="t")
+    mark = buf.size
+    buf.decode(clips[2], offset=0.0, duration=1.0, sample_rate=16000, where="t")
+    buf.truncate(mark)
+    buf.decode(clips[1], offset=0.0, duration=1.0, sample_rate=16000, where="t")
+    want = np.concatenate([load_audio(clips[0]), load_audio(clips[1])])
+    assert first == 16000 and buf.size == 32000
+    torch.testing.assert_close(buf.tensor(), torch.from_numpy(want), rtol=0, atol=0)
+
+
+def test_pool_reuses_free_slots_and_never_blocks() -> None:
+    pool = SlotPool(size=2)
+    a = pool.acquire(1000)
+    b = pool.acquire(500)
+    assert a is not None and b is not None and b.capacity == 1000  # as large as the largest
+    assert pool.acquire(10) is None  # all in use and the pool is full: the caller allocates
+    b.flag[0] = 0  # the consumer is done with b
+    assert pool.acquire(800) is b
+    a.flag[0] = 0
+    c = pool.acquire(5000)  # the free slot is too small: replaced by a larger one
+    assert c is not None and c is not a and c.capacity == 5000 and len(pool.slots) == 2
+    assert c.flat.is_shared() and c.flag.is_shared()
+
+
+def test_pooled_buffer_is_released_by_whoever_ends_up_with_the_batch(clips: list[Path]) -> None:
+    pool = SlotPool(size=1)
+    buf = AudioBuffer(16000, pool=pool)
+    buf.decode(clips[0], offset=0.0, duration=1.0, sample_rate=16000, where="t")
+    assert buf.flag is not None and buf.tensor().is_shared()
+    z = torch.zeros(1, dtype=torch.int64)
+    packed = Packed(buf.tensor(), z, z, z, z, z, z, z, slot_flag=buf.flag)
+    received = pickle.loads(ForkingPickler.dumps(packed))  # as a worker sends it: shared, not copied
+    del packed  # the sender dropping its object releases nothing
+    assert int(buf.flag[0]) == 1 and pool.acquire(10) is None
+    del received  # the receiver dropping it unused does
+    assert int(buf.flag[0]) == 0
+    again = AudioBuffer(16000, pool=pool)
+    assert again.flag is buf.flag  # the same slot, reused
+    again.release()
+    assert int(buf.flag[0]) == 0
