@@ -213,6 +213,23 @@ def _rows(
     return torch.where(valid, flat[idx], torch.as_tensor(pad, dtype=flat.dtype, device=flat.device))
 
 
+def _pad_on_cpu(flat: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """``[A, max(lengths)]``: clip ``k`` of ``flat`` in row ``k``, zeros after it.
+
+    Every element is written once, by numpy on the calling thread: torch's parallel fill and
+    copy would use every intra-op thread, and in the main process those compete with the
+    DataLoader workers for the same cores (on 2 cores with 1 worker, 4-8x slower).
+    """
+    out = torch.empty((len(lengths), max(lengths, default=0)), dtype=torch.float32)
+    rows, src = out.numpy(), flat.numpy()
+    pos = 0
+    for k, n in enumerate(lengths):
+        rows[k, :n] = src[pos : pos + n]
+        rows[k, n:] = 0.0
+        pos += n
+    return out
+
+
 def _offsets(lengths: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(lengths, 0) - lengths
 
@@ -233,13 +250,16 @@ def finalize(
     t = {name: getattr(packed, name).to(dev, non_blocking=nb) for name in Packed._TENSORS}
 
     alen = t["audio_lengths"]
-    # Audio is padded by one copy per clip (split + pad_sequence): a gather index over [A, T]
-    # would cost 8 bytes of index per sample and several full-size temporaries.
-    clips = torch.split(t["audio"], packed.audio_lengths.tolist())
-    if clips:
-        audio_signal = torch.nn.utils.rnn.pad_sequence(list(clips), batch_first=True)
+    if dev.type == "cpu":
+        audio_signal = _pad_on_cpu(t["audio"], packed.audio_lengths.tolist())
     else:
-        audio_signal = torch.zeros((0, 0), dtype=torch.float32, device=dev)
+        # one copy per clip (split + pad_sequence): a gather index over [A, T] would cost
+        # 8 bytes of index per sample and several full-size temporaries
+        clips = torch.split(t["audio"], packed.audio_lengths.tolist())
+        if clips:
+            audio_signal = torch.nn.utils.rnn.pad_sequence(list(clips), batch_first=True)
+        else:
+            audio_signal = torch.zeros((0, 0), dtype=torch.float32, device=dev)
 
     n = t["ids_lengths"]
     start = _offsets(n)
