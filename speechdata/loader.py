@@ -137,13 +137,7 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         self.urls = [tarred.shard_paths[0][k] for k in sorted(tarred.shard_paths[0])]
         if index.num_datasets != 1:
             raise ConfigError("streaming reads one tarred manifest at a time; give one manifest_filepath")
-        # member name -> the Index rows that use it (read once here, shipped to the workers)
-        self.by_member: dict[str, list[dict[str, Any]]] = {}
-        for i in range(len(index)):
-            rec = index.record(i)
-            entry = {"audio_filepath": rec.audio, "shard_id": rec.shard_id, "_row": i}
-            for name in rec.audio:
-                self.by_member.setdefault(name, []).append(entry)
+        self.members = _MembersOfShard(index)
 
     def __iter__(self) -> Iterator[Packed]:
         from speechdata.sampling.stream import bucketed_stream
@@ -155,7 +149,7 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         rows = stream_tarred(
             cfg,
             self.urls,
-            self.by_member,
+            self.members,
             epoch=self.epoch,
             rank=self.rank,
             world_size=self.world_size,
@@ -169,6 +163,34 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         ):
             blobs = {int(entry["_row"]): data for entry, data in group}
             yield self.batches.__getitems__(list(blobs), read_audio=_Blobs(blobs))
+
+
+class _MembersOfShard:
+    """``shard_id -> {member name: [entries that use it]}``, from the Index when that shard is
+    streamed: only the shard's own rows are read (rows without a ``shard_id`` once, for every
+    shard), so start-up reads no manifest line and each worker reads only its shards' lines."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._unsharded: dict[str, list[dict[str, Any]]] | None = None
+
+    def _table(self, rows: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+        table: dict[str, list[dict[str, Any]]] = {}
+        for i in rows.tolist():
+            rec = self.index.record(i)
+            sid = rec.shard_id if rec.shard_id >= 0 else None  # None: found in whichever shard has it
+            entry = {"audio_filepath": rec.audio, "shard_id": sid, "_row": i}
+            for name in rec.audio:
+                table.setdefault(name, []).append(entry)
+        return table
+
+    def __call__(self, shard_id: int) -> dict[str, list[dict[str, Any]]]:
+        if self._unsharded is None:
+            self._unsharded = self._table(np.flatnonzero(self.index.shard_id < 0))
+        table = self._table(np.flatnonzero(self.index.shard_id == shard_id))
+        for name, entries in self._unsharded.items():
+            table[name] = [*table.get(name, ()), *entries]
+        return table
 
 
 class _Blobs:

@@ -4,6 +4,7 @@ exactly-once epochs, exact resume, multi-audio, errors."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -235,14 +236,8 @@ def shards(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tarred(corpus, shards: Path, spec: str, **kw):
-    return _cfg(
-        corpus,
-        manifest_filepath=str(shards / "tarred_audio_manifest.json"),
-        is_tarred=True,
-        tarred_audio_filepaths=spec,
-        batch_duration=30.0,
-        **kw,
-    )
+    kw.setdefault("manifest_filepath", str(shards / "tarred_audio_manifest.json"))
+    return _cfg(corpus, is_tarred=True, tarred_audio_filepaths=spec, batch_duration=30.0, **kw)
 
 
 def test_tarred_random_access_equals_plain_files(corpus, tokenizer, shards: Path) -> None:
@@ -287,3 +282,24 @@ def test_streamed_shards_every_example_once_and_resume(corpus, tokenizer, shards
     resumed = build_dataloader(cfg, tokenizer)
     resumed.load_state_dict({"epoch": 1, "batch": 2, "seed": cfg.seed, "world_size": 1})
     assert [b["sample_ids"].tolist() for b in resumed] == epoch1[2:]
+
+
+def test_streaming_reads_no_manifest_line_at_start_and_finds_entries_without_shard_id(
+    corpus, tokenizer, shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from speechdata.manifest import Index
+
+    lines = (shards / "tarred_audio_manifest.json").read_text().splitlines()
+    entries = [json.loads(x) for x in lines]
+    for e in entries[::2]:  # half the entries do not say which shard holds their audio
+        del e["shard_id"]
+    manifest = write_manifest(tmp_path / "tarred.json", entries)
+    spec = f"pipe:cat {shards}/audio__OP_0..2_CL_.tar"
+    cfg = _tarred(corpus, shards, spec, manifest_filepath=str(manifest), num_workers=0)
+    reads = []
+    real = Index.record
+    monkeypatch.setattr(Index, "record", lambda self, i: reads.append(i) or real(self, i))
+    loader = build_dataloader(cfg, tokenizer)
+    assert loader.streaming and reads == []
+    seen = [s for b in loader for s in b["sample_ids"].tolist()]
+    assert sorted(seen) == [pack_sample_id(0, i + 1) for i in range(len(entries))]

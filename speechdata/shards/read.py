@@ -29,7 +29,7 @@ import math
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -447,10 +447,24 @@ def _stream_shard(
                 yield entry, [kept[n] for n in names]
 
 
+#: Member name -> the tarred manifest entries that use it.
+MemberTable = Mapping[str, list[dict[str, Any]]]
+
+
+def _stripped(by_member: MemberTable) -> dict[str, list[dict[str, Any]]]:
+    """The entries again under member names without their sub-extension (``a.x.wav`` -> ``a.wav``)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in by_member.items():
+        base = strip_sub(name)
+        if base != name:
+            out.setdefault(base, []).extend(entries)
+    return out
+
+
 def stream_tarred(
     cfg: DatasetConfig,
     shard_urls: Sequence[str],
-    by_member: Mapping[str, list[dict[str, Any]]],
+    by_member: MemberTable | Callable[[int], MemberTable],
     *,
     epoch: int = 0,
     rank: int = 0,
@@ -463,18 +477,15 @@ def stream_tarred(
 
     ``shard_urls`` come from the config (``pipe:`` commands, http(s) URLs or paths opened with
     ``webdataset.gopen``); ``by_member`` maps member names to tarred manifest entries
-    (:func:`entries_by_member`). This reader's shards are :func:`deal_shards` of the epoch; with
+    (:func:`entries_by_member`), or is called with a shard's id to give that shard's map just
+    before the shard is streamed (so a reader looks up only the entries of its own shards). This reader's shards are :func:`deal_shards` of the epoch; with
     ``cfg.shuffle`` the shard order is seeded by ``(seed, epoch)`` and samples pass through a
     ``cfg.shuffle_n`` buffer seeded by ``(seed, epoch, rank, worker_id)``. An entry is yielded by
     the shard its ``shard_id`` names (all shards when it has none), once per shard pass.
     """
     seed = cfg.seed if seed is None else seed
     ids = shard_ids(list(shard_urls))
-    by_stripped: dict[str, list[dict[str, Any]]] = {}
-    for name, entries in by_member.items():
-        base = strip_sub(name)
-        if base != name:
-            by_stripped.setdefault(base, []).extend(entries)
+    fixed = None if callable(by_member) else (by_member, _stripped(by_member))
     mine = deal_shards(
         len(shard_urls),
         epoch=epoch,
@@ -488,7 +499,11 @@ def stream_tarred(
 
     def samples() -> Iterator[tuple[dict[str, Any], list[bytes]]]:
         for k in mine:
-            yield from _stream_shard(shard_urls[k], ids[k], by_member, by_stripped)
+            if fixed is None:
+                table = by_member(ids[k])  # type: ignore[operator]
+                yield from _stream_shard(shard_urls[k], ids[k], table, _stripped(table))
+            else:
+                yield from _stream_shard(shard_urls[k], ids[k], *fixed)
 
     if cfg.shuffle and cfg.shuffle_n > 1:
         from speechdata.sampling.stream import shuffle_buffer
