@@ -161,8 +161,10 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         for group in bucketed_stream(
             rows, lambda r: float(duration[r[0]["_row"]]), cfg, rng, cfg.bucket_buffer_size
         ):
-            blobs = {int(entry["_row"]): data for entry, data in group}
-            yield self.batches.__getitems__(list(blobs), read_audio=_Blobs(blobs))
+            # a row may come twice (a repeated shard): it stays twice, its bytes are kept once
+            rows = [int(entry["_row"]) for entry, _ in group]
+            blobs = {row: data for row, (_, data) in zip(rows, group, strict=True)}
+            yield self.batches.__getitems__(rows, read_audio=_Blobs(blobs))
 
 
 class _MembersOfShard:
