@@ -368,8 +368,9 @@ class SpeechDataLoader:
                 if not isinstance(e, RuntimeError) and self.cfg.num_workers == 0:
                     raise
                 self._drop_workers()
-                detail = str(e).splitlines()[0].rstrip(". ")
-                if not isinstance(e, RuntimeError):
+                if isinstance(e, RuntimeError):
+                    detail = (str(e).splitlines() or [type(e).__name__])[0].rstrip(". ")
+                else:
                     # the worker died after queueing a batch whose shared memory it still owned
                     detail = f"a DataLoader worker died while handing over a batch ({type(e).__name__})"
                 raise WorkerDiedError(

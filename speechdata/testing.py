@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -48,6 +48,9 @@ import soundfile as sf
 import soxr
 
 from speechdata.errors import ConfigError
+
+if TYPE_CHECKING:
+    from speechdata.text.tokenizer import Tokenizer
 
 #: Characters the tone alphabet can spell (index = tone number).
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
@@ -123,6 +126,17 @@ class Corpus:
     root: Path
     entries: list[dict[str, Any]]
     hours: float
+
+    def train_tokenizer(
+        self, vocab_size: int = 100, *, out_dir: str | Path | None = None, locator: str = "|audio|"
+    ) -> Tokenizer:
+        """A SentencePiece tokenizer trained on the answers and contexts, with ``locator`` as a
+        user symbol and no byte fallback (written under ``root/tok`` unless ``out_dir``)."""
+        from speechdata.text.tokenizer import train_tokenizer
+
+        texts = [str(e[k]) for e in self.entries for k in ("answer", "context") if e.get(k)]
+        out = self.root / "tok" if out_dir is None else Path(out_dir)
+        return train_tokenizer(texts, out, vocab_size=vocab_size, user_symbols=[locator], byte_fallback=False)
 
 
 # ----------------------------------------------------------------------------------- tones

@@ -18,7 +18,7 @@ from speechdata.errors import DataError
 from speechdata.manifest import load_index, pack_sample_id
 from speechdata.testing import make_corpus, write_manifest
 from speechdata.text.prompt import PromptBuilder
-from speechdata.text.tokenizer import Tokenizer, train_tokenizer
+from speechdata.text.tokenizer import Tokenizer
 
 LOCATOR = "|audio|"
 
@@ -30,10 +30,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tokenizer(corpus) -> Tokenizer:
-    texts = [e["answer"] for e in corpus.entries] + [e["context"] for e in corpus.entries]
-    return train_tokenizer(
-        texts, corpus.root / "tok", vocab_size=100, user_symbols=[LOCATOR], byte_fallback=False
-    )
+    return corpus.train_tokenizer(vocab_size=100, locator=LOCATOR)
 
 
 def _cfg(corpus, **kw):

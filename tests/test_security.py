@@ -27,7 +27,7 @@ from speechdata.shards.read import TarredDataset
 from speechdata.shards.validate import validate
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import make_corpus
-from speechdata.text.tokenizer import Tokenizer, train_tokenizer
+from speechdata.text.tokenizer import Tokenizer
 
 LOCATOR = "|audio|"
 PACKAGE = Path(speechdata.__file__).resolve().parent
@@ -42,10 +42,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tokenizer(corpus) -> Tokenizer:
-    texts = [e["answer"] for e in corpus.entries] + [e["context"] for e in corpus.entries]
-    return train_tokenizer(
-        texts, corpus.root / "tok", vocab_size=100, user_symbols=[LOCATOR], byte_fallback=False
-    )
+    return corpus.train_tokenizer(vocab_size=100, locator=LOCATOR)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from speechdata.config import make_dataset_config
 from speechdata.errors import WorkerDiedError
 from speechdata.manifest import Record
 from speechdata.testing import make_corpus
-from speechdata.text.tokenizer import Tokenizer, train_tokenizer
+from speechdata.text.tokenizer import Tokenizer
 
 LOCATOR = "|audio|"
 
@@ -33,10 +33,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tokenizer(corpus) -> Tokenizer:
-    texts = [e["answer"] for e in corpus.entries] + [e["context"] for e in corpus.entries]
-    return train_tokenizer(
-        texts, corpus.root / "tok", vocab_size=100, user_symbols=[LOCATOR], byte_fallback=False
-    )
+    return corpus.train_tokenizer(vocab_size=100, locator=LOCATOR)
 
 
 def _cfg(corpus, **kw: Any):
