@@ -84,7 +84,12 @@ class PcmWav:
             return None if found is None else cls(source, None, *found)
         if not isinstance(source, (str, os.PathLike)) or not os.fspath(source).lower().endswith(".wav"):
             return None
-        fd = os.open(os.fspath(source), os.O_RDONLY)
+        try:
+            fd = os.open(os.fspath(source), os.O_RDONLY)
+        except FileNotFoundError:
+            raise
+        except OSError:  # unreadable, a folder, ...: libsndfile reports it
+            return None
         try:
             found = parse_pcm16_wav(os.pread(fd, cls.HEAD, 0), os.fstat(fd).st_size)
         except OSError:

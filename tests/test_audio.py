@@ -130,6 +130,10 @@ def test_other_wavs_go_to_libsndfile(tmp_path: Path) -> None:
     blob = path.read_bytes()
     assert PcmWav.open(blob[:-2]) is None  # data chunk incomplete: libsndfile decides
     assert PcmWav.open(path.with_suffix(".flac")) is None  # not named .wav: not even opened
+    (tmp_path / "folder.wav").mkdir()
+    assert PcmWav.open(tmp_path / "folder.wav") is None
+    with pytest.raises(DataError, match="cannot decode"):
+        load_audio(tmp_path / "folder.wav")
     # a chunk before "data" (LIST metadata) is skipped
     listed = blob[:36] + b"LIST" + (6).to_bytes(4, "little") + b"INFOab" + blob[36:]
     listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
