@@ -8,11 +8,19 @@ the end. The control trains the same model with the same budget on the same audi
 answers shuffled against it (seeded permutation), so nothing but the answer prior can be learned:
 its CER must stay high, the real run's must fall.
 
+The corpus: 0.5-2.5 s clips at ``--seconds-per-char 0.25`` (with a 10 ms hop and 8x encoder
+subsampling, three encoder frames per character), so every answer is one word of 2-9 characters
+from :data:`speechdata.testing.WORDS`. At the make_corpus default of 0.08 s (one encoder frame per
+character, answers of up to 30 characters) the tiny models did not learn the alignment in 15
+CPU minutes (held-out CER 0.77-0.79; ``--seconds-per-char 0.08 --decay-steps 0`` is that
+setting). The learning rate decays (cosine) to the config's ``min_lr`` over ``--decay-steps``
+steps and stays there until the time budget ends.
+
 Runs can go two at a time (``--parallel 2``), one torch thread each: CPU minutes = wall minutes.
 
 Usage::
 
-    python benchmarks/learning_check_corpus.py --minutes 15 --out benchmarks/results/learning_corpus.json
+    python benchmarks/learning_check_corpus.py --minutes 12 --out benchmarks/results/learning_corpus_cpu.json
 """
 
 from __future__ import annotations
@@ -34,7 +42,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def build_corpus(work: Path, n_train: int, n_val: int, seed: int) -> dict[str, str]:
+def build_corpus(
+    work: Path,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    seconds_per_char: float = 0.25,
+    min_duration: float = 0.5,
+    max_duration: float = 2.5,
+) -> dict[str, str]:
     """Train / validation / shuffled-train manifests and a tokenizer, under ``work``."""
     from speechdata.text.tokenizer import train_tokenizer
 
@@ -43,8 +59,9 @@ def build_corpus(work: Path, n_train: int, n_val: int, seed: int) -> dict[str, s
         "sample_rates": (16000,),
         "stereo_fraction": 0.0,
         "multi_audio_fraction": 0.0,
-        "min_duration": 0.5,
-        "max_duration": 2.5,
+        "min_duration": min_duration,
+        "max_duration": max_duration,
+        "seconds_per_char": seconds_per_char,
     }
     train = make_corpus(work / "train", n=n_train, seed=seed, **common)
     val = make_corpus(work / "val", n=n_val, seed=seed + 7919, **common)
@@ -93,6 +110,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         f"model.seed={job['seed']}",
         f"optim.sched.warmup_steps={job['warmup']}",
         f"optim.lr={job['lr']}",
+        *job.get("overrides", []),
     ]
     cfg = load_config(ROOT / "configs" / f"{job['arch']}_tiny.yaml", overrides)
     t = time.perf_counter()
@@ -120,12 +138,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2, help="runs at once (one torch thread each)")
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument(
+        "--decay-steps",
+        type=int,
+        default=5000,
+        help="cosine decay from --lr to the config's min_lr over this many steps, then min_lr "
+        "(0: over trainer.max_steps, i.e. a constant LR for a time-limited run)",
+    )
+    p.add_argument(
+        "--seconds-per-char",
+        type=float,
+        default=0.25,
+        help="tone length per character (0.25 s: three encoder frames per character)",
+    )
+    p.add_argument("--min-duration", type=float, default=0.5, help="shortest clip, seconds")
+    p.add_argument("--max-duration", type=float, default=2.5, help="longest clip, seconds")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/speechdata_learning_check")
     p.add_argument("--out")
     args = p.parse_args(argv)
     work = Path(args.work)
-    data = build_corpus(work, args.train, args.val, args.seed)
+    data = build_corpus(
+        work,
+        args.train,
+        args.val,
+        args.seed,
+        seconds_per_char=args.seconds_per_char,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+    )
+    overrides = [f"optim.sched.max_steps={args.decay_steps}"] if args.decay_steps > 0 else []
     jobs = [
         {
             "arch": arch,
@@ -139,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "lr": args.lr,
             "warmup": args.warmup,
+            "overrides": [*overrides, *args.set],
         }
         for arch in [a.strip() for a in args.arch.split(",") if a.strip()]
         for control in (False, True)
@@ -148,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.parallel, mp_context=ctx, max_tasks_per_child=1) as pool:
         results = list(pool.map(one_run, jobs))
     lines = [
-        f"Learning check: {args.train} tone-alphabet examples ({data['train_hours']} h), "
-        f"{args.val} held out, {args.minutes:g} CPU minutes per run",
+        f"Learning check: {args.train} tone-alphabet examples ({data['train_hours']} h, "
+        f"{args.seconds_per_char:g} s per character), {args.val} held out, "
+        f"{args.minutes:g} CPU minutes per run",
         "",
         "| model | answers | steps | held-out CER | held-out loss |",
         "|---|---|---:|---:|---:|",
