@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -44,7 +45,8 @@ class Packed:
     where each example's answer part begins. ``drops`` counts the examples of the planned batch
     that were dropped, by reason. ``slot_flag`` is the in-use flag of the worker's pooled buffer
     that ``audio`` lives in (None when it does not): :meth:`release` clears it once the audio has
-    been copied out (padded, or pinned), and a received batch dropped unused releases itself.
+    been copied out (padded, or pinned), and a received batch dropped unused releases itself (so
+    whoever takes ``audio`` out of a received batch must keep the batch, or copy the audio).
     """
 
     audio: torch.Tensor
@@ -104,7 +106,9 @@ class Packed:
 
     def __del__(self) -> None:
         if self.__dict__.get("_received"):
-            self.release()
+            # at interpreter shutdown the flag's storage may be gone already
+            with contextlib.suppress(Exception):
+                self.release()
 
 
 def pack(
