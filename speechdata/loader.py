@@ -58,16 +58,6 @@ def _file_sources(rec: Record) -> list[str]:
     return rec.audio
 
 
-class _TarSources:
-    """A tarred dataset's clips are member bytes read from the shards by byte offset."""
-
-    def __init__(self, tarred: Any) -> None:
-        self.tarred = tarred
-
-    def __call__(self, rec: Record) -> list[bytes]:
-        return self.tarred.read_audio_bytes(rec)
-
-
 class BatchDataset(torch.utils.data.Dataset[Packed]):
     """Map-style dataset whose item is a whole batch: ``ds.__getitems__(ids) -> Packed``."""
 
@@ -262,7 +252,8 @@ class SpeechDataLoader:
 
             self.tarred = TarredDataset(cfg, index=self.index)
             buckets = self.tarred.buckets
-            reader: AudioSources = _TarSources(self.tarred)
+            # a tarred dataset's clips are member bytes read from the shards by byte offset
+            reader: AudioSources = self.tarred.read_audio_bytes
         else:
             self.tarred = None
             reader = _file_sources
