@@ -33,7 +33,7 @@ import torch
 from speechdata.config import FeatureConfig
 from speechdata.train.models import ModelConfig, build_model
 from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConfig, XAttnConfig
-from speechdata.train.module import edit_distance
+from speechdata.train.module import error_sums
 from speechdata.train.optim import CosineAnnealing, build_optimizer
 from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 
@@ -76,11 +76,14 @@ def _evaluate(model: Any, batches: list[dict[str, Any]], autocast: Any) -> tuple
             loss_sum += float(loss) * float(count)
             tokens += float(count)
             hyps = model.generate(batch, max_new_tokens=8)
-            for i, hyp in enumerate(hyps):
-                ref = batch["answers"][i, : int(batch["answer_lengths"][i])].tolist()
-                ref = [t for t in ref if t != SPEC.eos_id]
-                errors += edit_distance(hyp, ref)
-                ref_len += len(ref)
+            lengths = batch["answer_lengths"].tolist()
+            refs = [
+                [t for t in batch["answers"][i, :n].tolist() if t != SPEC.eos_id]
+                for i, n in enumerate(lengths)
+            ]
+            e, n = error_sums(zip(hyps, refs, strict=True))
+            errors += e
+            ref_len += n
     return loss_sum / tokens, errors / max(ref_len, 1)
 
 

@@ -40,7 +40,7 @@ import resource
 import sys
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,10 +135,15 @@ class RunFigures:
 
 
 class Meter:
-    """Counts what a loader delivers, batch by batch, against a clock started by :meth:`start`."""
+    """Counts what a loader delivers, batch by batch, against a clock started by :meth:`start`.
 
-    def __init__(self, device: str = "cpu") -> None:
+    ``clock`` returns seconds (``time.perf_counter`` unless a test injects another); it is read
+    once by :meth:`start` and once per :meth:`batch`.
+    """
+
+    def __init__(self, device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> None:
         self.cuda = device.startswith("cuda")
+        self.clock = clock
         self.t0 = 0.0
         self.times: list[float] = []
         self.seconds: list[float] = []
@@ -149,13 +154,13 @@ class Meter:
 
     def start(self) -> None:
         """Start the clock (the run's time zero)."""
-        self.t0 = time.perf_counter()
+        self.t0 = self.clock()
 
     def batch(self, seconds: float, examples: int, audios: int, valid: int = 0, cells: int = 0) -> None:
         """Record one batch in hand: its audio seconds, examples, clips and samples (valid / A × T)."""
         if self.cuda:
             torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
+        self.times.append(self.clock())
         self.seconds.append(float(seconds))
         self.examples.append(int(examples))
         self.audios += int(audios)
@@ -172,8 +177,10 @@ class Meter:
     def figures(self, *, batched: bool = True, drops: dict[str, int] | None = None) -> RunFigures:
         """The run's figures; call after the loader's workers are gone (peak RSS includes them).
 
-        ``batched=False`` (the floor: one "batch" per clip) measures the whole run and reports no
-        first batch."""
+        Steady-state rates: what arrived after the first batch over the time from the first batch
+        to the last, ``(sum - first) / (t_last - t_first)``. ``batched=False`` (the floor: one
+        "batch" per clip), a single batch, or batches all at one instant use the whole run,
+        ``sum / (t_last - t0)``; only ``batched`` runs report a first batch."""
         if not self.times:
             raise RuntimeError("the loader delivered no batch")
         total, n_ex = sum(self.seconds), sum(self.examples)

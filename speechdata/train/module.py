@@ -10,7 +10,7 @@ when a ``decode`` function is given, else on token ids).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,8 +20,10 @@ from speechdata.train.models.base import SpeechLM
 from speechdata.train.optim import build_optimizer, build_scheduler
 
 
-def edit_distance(a: list[Any] | str, b: list[Any] | str) -> int:
-    """Levenshtein distance between two sequences."""
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance between two sequences: the fewest substitutions, insertions and
+    deletions (each costing 1) that turn ``a`` into ``b``. Strings compare by code point, so
+    ``"é"`` (one code point) against ``"e"`` is one substitution; token-id lists compare by id."""
     prev = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
         cur = [i] + [0] * len(b)
@@ -29,6 +31,22 @@ def edit_distance(a: list[Any] | str, b: list[Any] | str) -> int:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
         prev = cur
     return prev[-1]
+
+
+def error_sums(pairs: Iterable[tuple[Sequence[Any], Sequence[Any]]]) -> tuple[int, int]:
+    """``(edits, reference length)`` summed over ``(hypothesis, reference)`` pairs.
+
+    The character error rate of a set of pairs is ``edits / reference length`` of the sums (not the
+    mean of per-pair rates), so it can exceed 1 when hypotheses hold more edits than the references
+    have characters. A pair with an empty reference adds its hypothesis's length in insertions and
+    nothing to the length; with no reference character at all the rate is undefined (``val_cer``
+    is then not logged).
+    """
+    edits = length = 0
+    for hyp, ref in pairs:
+        edits += edit_distance(hyp, ref)
+        length += len(ref)
+    return edits, length
 
 
 class SpeechLMModule(pl.LightningModule):
@@ -95,10 +113,11 @@ class SpeechLMModule(pl.LightningModule):
         if self.tokens_to_generate > 0:
             hyps = self.model.generate(batch, self.tokens_to_generate)
             answers, lengths = batch["answers"], batch["answer_lengths"].tolist()
-            for i, hyp in enumerate(hyps):
-                ref = self._text(answers[i, : lengths[i]].tolist())
-                self._val["errors"] += edit_distance(self._text(hyp), ref)
-                self._val["chars"] += len(ref)
+            edits, chars = error_sums(
+                (self._text(hyp), self._text(answers[i, : lengths[i]].tolist())) for i, hyp in enumerate(hyps)
+            )
+            self._val["errors"] += edits
+            self._val["chars"] += chars
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val_loss`` and ``val_cer`` (sums reduced over ranks first)."""
