@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
+from speechdata.cache import ENV_VAR
 from speechdata.errors import SpeechDataError
 
 #: name -> (module, one-line help). Two-word commands ("tokenizer train") use a space.
@@ -68,6 +70,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         p.set_defaults(_module=module)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
+            p.add_argument(
+                "--cache-dir",
+                metavar="DIR",
+                help="where manifest indexes and tar member tables are cached (sets SPEECHDATA_CACHE_DIR; "
+                "default ~/.cache/speechdata; a dataset's cache_dir key wins)",
+            )
     return parser
 
 
@@ -89,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
+    if getattr(args, "cache_dir", None):
+        os.environ[ENV_VAR] = args.cache_dir  # DataLoader workers and pools inherit it
     try:
         return int(importlib.import_module(module).run(args) or 0)
     except SpeechDataError as e:

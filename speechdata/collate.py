@@ -157,8 +157,14 @@ def _pack(
         try:
             prompt = builder.build(rec.context, rec.answer, len(rec.audio), rec.where)
             clips = [
-                audio.decode(src, offset=o, duration=d, sample_rate=sample_rate, where=f"{rec.where}: {name}")
-                for src, name, o, d in zip(sources(rec), rec.audio, rec.offset, rec.duration, strict=True)
+                audio.decode(
+                    src,
+                    offset=o,
+                    duration=d,
+                    sample_rate=sample_rate,
+                    where=f"{rec.where}: {rec.describe_audio(k)}",
+                )
+                for k, (src, o, d) in enumerate(zip(sources(rec), rec.offset, rec.duration, strict=True))
             ]
         except DataError as err:
             if err.reason in DATA_ERROR_REASONS and on_error == "raise":

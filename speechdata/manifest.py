@@ -2,8 +2,9 @@
 
 One pass with orjson fills the columns (duration, clip count, dataset, line number, byte offset of
 the line, text length, shard id). Paths and text stay in the manifest and are read back by byte
-offset when a batch needs them (:meth:`Index.record`). The index of each manifest is cached (an
-``.npz`` keyed by the manifest's size and mtime and the key settings) so the next start is a load.
+offset when a batch needs them (:meth:`Index.record`). The index of each manifest is cached in
+the user's cache folder, bound to the manifest's real path and content (:mod:`speechdata.cache`),
+so the next start is a load.
 
 Key resolution follows NeMo (SPEC §1): audio from ``audio_filepath`` (or ``audio_filename``,
 ``audio_file``), a string or a list for multi-audio; ``duration`` and ``offset`` as numbers or
@@ -28,6 +29,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ import numpy as np
 import orjson
 
 from speechdata.audio import audio_info
+from speechdata.cache import FileStamp, cache_folder, crc32_of, prune, source_digest, touch
 from speechdata.errors import DataError, DropCounter, SpeechDataError, handle
 from speechdata.openfiles import OpenFiles
 
@@ -96,6 +99,16 @@ class Record:
     sample_id: int
     shard_id: int = -1
     row: int = -1
+    #: the audio paths as the manifest line wrote them (``audio`` holds them resolved)
+    names: list[str] = field(default_factory=list)
+    #: the manifest the line came from (as the user named it), for messages
+    manifest: str = ""
+
+    def describe_audio(self, k: int) -> str:
+        """The ``k``-th audio as messages name it (see :func:`describe_audio`)."""
+        if not self.names:
+            return self.audio[k]
+        return describe_audio(self.names[k], self.manifest)
 
 
 @dataclass
@@ -108,6 +121,7 @@ class DatasetInfo:
     root: str
     num_lines: int
     drops: dict[str, int] = field(default_factory=dict)
+    crc32: int | None = None
 
 
 def pack_sample_id(dataset: int, line_no: int) -> int:
@@ -268,11 +282,16 @@ class Index:
             audio, dur, off, context, answer = parse_line(obj, self.keys)
         except (orjson.JSONDecodeError, ValueError) as e:  # the file changed under us
             raise DataError("bad_line", where, f"{e} (was the manifest modified after indexing?)") from None
-        if not self.keys.tarred:
-            audio = [a if os.path.isabs(a) else os.path.join(info.root, a) for a in audio]
+        names = [] if self.keys.tarred else list(audio)  # tar members are named as they are
         if dur is None:
             d = float(self.duration[i])
-            dur = [d] if len(audio) == 1 else _measure_cached(audio, off, self.keys, info.root, {}, where)
+            dur = (
+                [d]
+                if len(audio) == 1
+                else _measure_cached(audio, off, self.keys, info.root, info.path, {}, where)
+            )
+        if not self.keys.tarred:
+            audio = [resolve_audio(a, info.root) for a in audio]
         used = {
             self.keys.answer_key,
             "text" if self.keys.answer_key not in obj else "",
@@ -290,6 +309,8 @@ class Index:
             pack_sample_id(ds, self.line_no[i]),
             int(self.shard_id[i]),
             i,
+            names,
+            info.path,
         )
 
     def close(self) -> None:
@@ -320,17 +341,25 @@ def _check_not_empty(frames: int, path: str, where: str) -> None:
 # ------------------------------------------------------------------------------ building
 
 
-def _read_manifest(path: Path, cache_dir: Path) -> tuple[bytes, str]:
-    """The manifest's bytes, and the file that byte offsets refer to (a decompressed copy for .gz)."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def _read_manifest(path: Path, cache_folder: Path | None) -> tuple[bytes, str, int]:
+    """The manifest's bytes, the file that byte offsets refer to (a decompressed copy in the cache
+    folder for ``.gz``, or a temporary one without a cache), and the CRC-32 of the file as stored."""
+    raw = path.read_bytes()
+    crc = crc32_of(raw)
     if path.suffix != ".gz":
-        return path.read_bytes(), str(path)
+        return raw, str(path), crc
     try:
-        data = gzip.decompress(path.read_bytes())
+        data = gzip.decompress(raw)
     except (OSError, EOFError) as e:
         raise SpeechDataError(f"{path}: cannot decompress gzip manifest: {e}") from None
-    plain = cache_dir / (path.name[:-3] + ".plain")
+    if cache_folder is None:
+        cache_folder = Path(tempfile.mkdtemp(prefix="speechdata-"))
+    plain = cache_folder / f"{source_digest(path)}.{crc:08x}.plain"
     _atomic_write(plain, data)
-    return data, str(plain)
+    return data, str(plain), crc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -340,23 +369,52 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_dir: Path) -> Index:
-    """Index one manifest without the cache (see :func:`load_index`).
+def _check_json_lines(data: bytes, path: Path) -> None:
+    """A file that is one JSON array of objects (a common export format, pretty-printed or on one
+    line) is one clear error, not N bad lines."""
+    if not re.match(rb"(?:\xef\xbb\xbf)?\s*\[", data):
+        return
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return  # JSON Lines whose first line is broken: reported line by line
+    if isinstance(whole, list) and any(isinstance(x, dict) for x in whole):
+        raise SpeechDataError(
+            f"{path}: expected JSON Lines (one object per line), but the file is a JSON array; "
+            "convert it with: jq -c '.[]' FILE > FILE.jsonl"
+        )
 
-    Large manifests are split into byte ranges parsed by forked processes, one per core.
+
+def _json_error(line: bytes | memoryview, err: orjson.JSONDecodeError) -> str:
+    """What is wrong with a line that is not JSON, in the user's terms."""
+    text = bytes(line)
+    for token in (b"NaN", b"Infinity"):
+        if token in text and err.msg.startswith("unexpected character"):
+            name = token.decode()
+            return f"{name} is not valid JSON (write a number, or leave the key out)"
+    return f"not valid JSON ({err.msg})"
+
+
+def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_folder: Path | None = None) -> Index:
+    """Index one manifest without reading or writing a cache entry (see :func:`load_index`).
+
+    Large manifests are split into byte ranges parsed by forked processes, one per core. The
+    CRC-32 of the file as read is kept in ``index.datasets[0].crc32`` for the cache. A ``.gz``
+    manifest is decompressed into ``cache_folder`` (reads go there by byte offset).
     """
     path = Path(path)
-    data, source = _read_manifest(path, cache_dir)
+    data, source, crc = _read_manifest(path, cache_folder)
+    _check_json_lines(data, path)
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10)
     if len(data) and (not len(ends) or ends[-1] != len(data) - 1):
         ends = np.append(ends, len(data))
     starts = np.empty_like(ends)
     if len(ends):
-        starts[0] = 0
+        starts[0] = len(_BOM) if data.startswith(_BOM) else 0  # a UTF-8 byte order mark is skipped
         starts[1:] = ends[:-1] + 1
     n = len(ends)
-    root = str(path.parent.resolve())
+    root = manifest_root(path)
     procs = min(os.cpu_count() or 1, 8) if n >= PARALLEL_LINES else 1
     bounds = np.linspace(0, n, procs + 1).astype(np.int64)
     jobs = [
@@ -374,7 +432,7 @@ def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_dir: Pa
     drops = DropCounter()
     for _, d in results:
         drops.merge(d)
-    info = DatasetInfo(str(path), path.name.split(".")[0], source, root, n, drops.to_dict())
+    info = DatasetInfo(str(path), path.name.split(".")[0], source, root, n, drops.to_dict(), crc)
     return Index(columns, [info], keys, drops)
 
 
@@ -410,7 +468,7 @@ def _index_range(
             if not bytes(line).strip():
                 continue  # blank line
             handle(
-                DataError("bad_line", f"{name}:{first + j + 1}", f"not valid JSON ({err.msg})"),
+                DataError("bad_line", f"{name}:{first + j + 1}", _json_error(line, err)),
                 on_error,
                 drops,
             )
@@ -443,7 +501,7 @@ def _index_range(
         try:
             audio, ds, offs, context, answer = parse_line(obj, keys)
             if ds is None:
-                ds = _measure_cached(audio, offs, keys, root, info_cache, where)
+                ds = _measure_cached(audio, offs, keys, root, name, info_cache, where)
             shard = obj.get("shard_id", -1)
             if shard is None:
                 shard = -1
@@ -503,72 +561,83 @@ def _columns(*cols: Any) -> dict[str, np.ndarray]:
 
 
 def _measure_cached(
-    audio: list[str], off: list[float], keys: ManifestKeys, root: str, cache: dict[str, float], where: str
+    audio: list[str],
+    off: list[float],
+    keys: ManifestKeys,
+    root: str,
+    manifest: str,
+    cache: dict[str, float],
+    where: str,
 ) -> list[float]:
     if keys.tarred:
         raise DataError("bad_line", where, "tarred manifests must give 'duration' for every entry")
     out = []
     for a, o in zip(audio, off, strict=True):
-        p = a if os.path.isabs(a) else os.path.join(root, a)
+        p = resolve_audio(a, root)
+        shown = describe_audio(a, manifest)
         total = cache.get(p)
         if total is None:
-            info = audio_info(p, where=f"{where}: {a}")
-            _check_not_empty(info.frames, a, where)
+            info = audio_info(p, where=f"{where}: {shown}")
+            _check_not_empty(info.frames, shown, where)
             total = cache[p] = info.duration
         if total - o <= 0:
-            raise DataError("decode_error", where, f"offset {o} s is past the end of {a} ({total:.3f} s)")
+            raise DataError("decode_error", where, f"offset {o} s is past the end of {shown} ({total:.3f} s)")
         out.append(total - o)
     return out
 
 
-def default_cache_dir(manifest: Path) -> Path:
-    """``<manifest folder>/.speechdata_cache`` if writable, else ``~/.cache/speechdata/<digest>``."""
-    local = manifest.parent / ".speechdata_cache"
-    try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local
-    except OSError:
-        pass
-    digest = hashlib.sha1(str(manifest.resolve()).encode()).hexdigest()[:16]
-    home = Path(os.environ.get("SPEECHDATA_CACHE", Path.home() / ".cache" / "speechdata")) / digest
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+def _cache_path(path: Path, keys: ManifestKeys, on_error: str, folder: Path) -> Path:
+    return folder / f"{source_digest(path)}.{keys.digest()}.{on_error}.v{CACHE_VERSION}.npz"
 
 
-def _cache_path(path: Path, keys: ManifestKeys, on_error: str, cache_dir: Path) -> Path:
-    return cache_dir / f"{path.name}.{keys.digest()}.{on_error}.v{CACHE_VERSION}.npz"
-
-
-def _load_cached(path: Path, cache_file: Path, keys: ManifestKeys) -> Index | None:
-    st = path.stat()
+def _load_cached(path: Path, cache_file: Path, keys: ManifestKeys, root: str) -> Index | None:
+    """The cached Index of ``path`` if the entry is still valid (see :mod:`speechdata.cache`)."""
     try:
         with np.load(cache_file, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode())
-            if meta["size"] != st.st_size or meta["mtime_ns"] != st.st_mtime_ns:
-                return None
             columns = {name: z[name] for name in (*_COLUMNS, "dataset")}
-    except (OSError, KeyError, ValueError):
+        stamp = FileStamp.from_dict(meta["stamp"])
+        if meta["real_path"] != os.path.realpath(path):
+            return None
+    except (OSError, KeyError, TypeError, ValueError):
         return None
-    if not os.path.exists(meta["info"]["source"]):
+    now = FileStamp.of(path)
+    if not stamp.same_file(now):
+        if (stamp.size, stamp.mtime_ns) != (now.size, now.mtime_ns) or crc32_of(path=path) != meta["crc32"]:
+            return None
+        if now != stamp:  # unchanged content (a restore, a chmod): keep the fresh stamp
+            meta["stamp"] = now.to_dict()
+            _write_npz(cache_file, columns, meta)
+    info = meta["info"]
+    source = str(path) if info["plain"] is None else str(cache_file.parent / info["plain"])
+    if info["plain"] is not None and not os.path.exists(source):
         return None
     drops = DropCounter()
     drops.merge(meta["drops"])
     drops.examples = meta.get("drop_examples", {})
-    return Index(columns, [DatasetInfo(**meta["info"])], keys, drops)
+    touch(cache_file)
+    dataset = DatasetInfo(str(path), info["name"], source, root, info["num_lines"], meta["drops"])
+    return Index(columns, [dataset], keys, drops)
 
 
-def _save_cached(path: Path, cache_file: Path, index: Index) -> None:
-    st = path.stat()
+def _save_cached(path: Path, cache_file: Path, index: Index, stamp: FileStamp, crc: int) -> None:
     info = index.datasets[0]
+    plain = None if info.source == str(path) else Path(info.source).name
     meta = {
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "info": info.__dict__,
+        "real_path": os.path.realpath(path),
+        "stamp": stamp.to_dict(),
+        "crc32": crc,
+        "info": {"name": info.name, "num_lines": info.num_lines, "plain": plain},
         "drops": index.drops.to_dict(),
         "drop_examples": index.drops.examples,
     }
-    arrays = {name: getattr(index, name) for name in (*_COLUMNS, "dataset")}
+    _write_npz(cache_file, {name: getattr(index, name) for name in (*_COLUMNS, "dataset")}, meta)
+    keep_plain = None if plain is None else cache_file.parent / plain
+    prune(cache_file.parent, source_digest(path), keep=cache_file, keep_plain=keep_plain)
+
+
+def _write_npz(cache_file: Path, columns: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    arrays = dict(columns)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz.tmp")
     try:
@@ -590,27 +659,62 @@ def load_index(
 ) -> Index:
     """Index one or more manifests (``.json``, ``.jsonl``, optionally ``.gz``).
 
-    ``manifests`` is a path, a comma-separated string of paths, or a list. With ``on_error="raise"``
-    the first bad line raises a one-line :class:`DataError` naming file and line; with ``"skip"``
-    it is counted in ``index.drops`` under its reason. Each manifest's index is cached (see the
-    module docstring) unless ``cache=False``.
+    ``manifests`` is a path, a comma-separated string of paths, or a list (``~`` is expanded).
+    With ``on_error="raise"`` the first bad line raises a one-line :class:`DataError` naming file
+    and line; with ``"skip"`` it is counted in ``index.drops`` under its reason. Each manifest's
+    index is cached under :func:`speechdata.cache.cache_root` (``cache_dir``, else
+    ``$SPEECHDATA_CACHE_DIR``, else ``~/.cache/speechdata``), bound to the manifest's real path
+    and content; ``cache=False`` neither reads nor writes entries.
     """
     if isinstance(manifests, (str, Path)):
         manifests = [p.strip() for p in str(manifests).split(",") if p.strip()]
     keys = keys or ManifestKeys()
     parts = []
     for m in manifests:
-        path = Path(m)
+        path = Path(os.path.expanduser(str(m)))
         if not path.is_file():
-            raise SpeechDataError(f"{path}: manifest not found")
-        cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir(path)
-        cdir.mkdir(parents=True, exist_ok=True)
-        cfile = _cache_path(path, keys, on_error, cdir)
-        part = _load_cached(path, cfile, keys) if cache else None
+            raise SpeechDataError(f"{m}: manifest not found")
+        try:
+            folder: Path | None = cache_folder("index", cache_dir)
+        except OSError as e:
+            if cache and cache_dir is not None:
+                raise SpeechDataError(f"{cache_dir}: cannot use as cache folder ({e.strerror})") from None
+            folder = None  # no writable cache: index every time
+        use_cache = cache and folder is not None
+        root = manifest_root(path)
+        part = None
+        if use_cache:
+            assert folder is not None
+            cfile = _cache_path(path, keys, on_error, folder)
+            part = _load_cached(path, cfile, keys, root)
         if part is None:
-            part = build_one(path, keys, on_error, cdir)
-            if cache:
-                _save_cached(path, cfile, part)
+            stamp = FileStamp.of(path)
+            part = build_one(path, keys, on_error, folder)
+            if use_cache and FileStamp.of(path) == stamp:  # not edited while it was being indexed
+                assert part.datasets[0].crc32 is not None
+                _save_cached(path, cfile, part, stamp, part.datasets[0].crc32)
         part.datasets[0].path = str(m)
         parts.append(part)
     return parts[0] if len(parts) == 1 else Index.concat(parts)
+
+
+def manifest_root(path: str | os.PathLike[str]) -> str:
+    """The folder that relative audio paths of manifest ``path`` resolve against: the manifest's
+    folder as it is now (``~`` expanded, symlinks of the folder resolved), never a stored one."""
+    return str(Path(os.path.expanduser(os.fspath(path))).parent.resolve())
+
+
+def resolve_audio(name: str, root: str) -> str:
+    """An audio path of a manifest line as a file path: ``~`` expanded, relative ones joined to
+    the manifest's folder ``root`` (see :func:`manifest_root`)."""
+    name = os.path.expanduser(name)
+    return name if os.path.isabs(name) else os.path.join(root, name)
+
+
+def describe_audio(name: str, manifest: str) -> str:
+    """How messages name an audio path of a manifest line: as written, and for a relative path
+    the folder it was taken relative to (``a.wav (relative to data/manifests/)``)."""
+    if os.path.isabs(os.path.expanduser(name)):
+        return name
+    folder = os.path.dirname(manifest) or "."
+    return f"{name} (relative to {folder}/)"

@@ -1,9 +1,11 @@
-"""Shared test setup: one torch thread (2-core machines), a bounded hypothesis profile."""
+"""Shared test setup: one torch thread (2-core machines), a bounded hypothesis profile, and a
+cache folder of each test's own (never the user's ``~/.cache/speechdata``)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -15,3 +17,10 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test indexes into a fresh cache folder (``SPEECHDATA_CACHE_DIR``), so no test sees
+    another's entries and nothing is written to the home folder."""
+    monkeypatch.setenv("SPEECHDATA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

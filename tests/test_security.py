@@ -304,8 +304,8 @@ def test_index_cache_is_never_unpickled(tmp_path: Path, corpus) -> None:
     import numpy as np
 
     manifest = shutil.copy(corpus.manifest, tmp_path / "m.jsonl")  # durations given: no audio needed
-    index = load_index(manifest)
-    caches = list((tmp_path / ".speechdata_cache").glob("*.npz"))
+    index = load_index(manifest, cache_dir=tmp_path / "cache")
+    caches = list((tmp_path / "cache" / "index").glob("*.npz"))
     assert len(caches) == 1
     marker = tmp_path / "pwned"
 
@@ -317,6 +317,6 @@ def test_index_cache_is_never_unpickled(tmp_path: Path, corpus) -> None:
     arr[0] = Evil()
     with open(caches[0], "wb") as f:
         np.savez(f, meta=arr, duration=arr)
-    again = load_index(manifest)
+    again = load_index(manifest, cache_dir=tmp_path / "cache")
     assert len(again) == len(index)
     assert not marker.exists()
