@@ -15,12 +15,12 @@ from speechdata import build_dataloader
 from speechdata.audio import load_audio
 from speechdata.config import make_dataset_config
 from speechdata.errors import DataError
-from speechdata.manifest import load_index, pack_sample_id
+from speechdata.manifest import pack_sample_id, unpack_sample_id
 from speechdata.testing import make_corpus, write_manifest
-from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
 
 LOCATOR = "|audio|"
+TEMPLATE = "Q: {context}\nA: {answer}"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def _cfg(corpus, **kw):
     base = {
         "manifest_filepath": str(corpus.manifest),
         "audio_locator": LOCATOR,
-        "prompt_template": "Q: {context}\nA: {answer}",
+        "prompt_template": TEMPLATE,
         "micro_batch_size": 4,
         "drop_last": False,
         "min_duration": None,
@@ -48,55 +48,91 @@ def _cfg(corpus, **kw):
     return make_dataset_config(base)
 
 
-def reference_batch(cfg, tokenizer: Tokenizer, sample_ids: list[int], index) -> dict[str, torch.Tensor]:
-    """A slow, obviously-correct collator: python loops over examples, per SPEC §6."""
-    builder = PromptBuilder(cfg, tokenizer)
-    by_id = {int(s): i for i, s in enumerate(index.sample_ids())}
-    recs = [index.record(by_id[s]) for s in sample_ids]
-    prompts = [builder.build(r.context, r.answer, len(r.audio), r.where) for r in recs]
+def expected_prompt(tokenizer: Tokenizer, context: str, answer: str) -> tuple[list[int], int, list[int]]:
+    """``(input_ids, answer_start, audio_positions)`` of one example under :data:`TEMPLATE`, by hand.
+
+    Independent of ``PromptBuilder``; the rules are those of docs/differences-from-nemo.md: only
+    trailing spaces of the context part move to the answer, so the context part is ``"Q: "`` +
+    context + ``"\nA:"`` and the answer part is ``" "`` + answer; template text and manifest text
+    are tokenized as separate pieces (the context cut at each locator), the first piece plainly and
+    every later one as a continuation; BOS first (``add_bos``), EOS last (``add_eos``); each
+    audio's position is the index in the final sequence, BOS included, where its locator was.
+    """
+    segments = context.split(LOCATOR)
+    pieces: list[str | None] = ["Q: ", segments[0]]  # None marks a locator
+    for segment in segments[1:]:
+        pieces += [None, segment]
+    pieces += ["\nA:", " ", answer]
+    ids = [tokenizer.bos_id]
+    positions = []
+    answer_start = -1
+    first = True
+    for k, piece in enumerate(pieces):
+        if k == len(pieces) - 2:
+            answer_start = len(ids)
+        if piece is None:
+            positions.append(len(ids))
+        elif piece:
+            ids += tokenizer.encode(piece, continuation=not first)
+            first = False
+    return [*ids, tokenizer.eos_id], answer_start, positions
+
+
+def reference_batch(
+    cfg, tokenizer: Tokenizer, sample_ids: list[int], entries: list[dict], root: Path
+) -> dict[str, torch.Tensor]:
+    """A slow, obviously-correct collator: python loops over the manifest's entries, per SPEC §6."""
+    recs = [entries[unpack_sample_id(s)[1] - 1] for s in sample_ids]
+    prompts = [expected_prompt(tokenizer, r["context"], r["answer"]) for r in recs]
+    listed = [(r["audio_filepath"], r["offset"], r["duration"]) for r in recs]
     clips = [
-        load_audio(p, offset=o, duration=d, sample_rate=cfg.sample_rate)
-        for r in recs
-        for p, o, d in zip(r.audio, r.offset, r.duration, strict=True)
+        load_audio(root / p, offset=o, duration=d, sample_rate=cfg.sample_rate)
+        for paths, offsets, durations in listed
+        for p, o, d in (
+            zip(paths, offsets, durations, strict=True)
+            if isinstance(paths, list)
+            else [(paths, offsets, durations)]
+        )
     ]
     T = max(len(c) for c in clips)
     audio = torch.zeros(len(clips), T)
     for k, c in enumerate(clips):
         audio[k, : len(c)] = torch.from_numpy(c)
-    n = max(len(p.input_ids) - 1 for p in prompts)
-    L = -(-n // cfg.pad_to_multiple) * cfg.pad_to_multiple
+    n = max(len(ids) - 1 for ids, _, _ in prompts)
+    L = -(-n // 8) * 8  # pad_to_multiple 8
     pad = tokenizer.pad_id
     tokens = torch.full((len(recs), L), pad)
     labels = torch.full((len(recs), L), pad)
     mask = torch.zeros(len(recs), L)
-    for b, p in enumerate(prompts):
-        ids = p.input_ids
+    for b, (ids, start, _) in enumerate(prompts):
         for j in range(len(ids) - 1):
             tokens[b, j] = ids[j]
             labels[b, j] = ids[j + 1]
-            mask[b, j] = p.loss_mask[j + 1]
-    Lc = max(len(p.context_ids) for p in prompts)
+            # label j is token j + 1: a target in the answer part (answer_only_loss), else always
+            mask[b, j] = 1.0 if j + 1 >= start or not cfg.answer_only_loss else 0.0
+    Lc = max(start for _, start, _ in prompts)
     contexts = torch.full((len(recs), Lc), pad)
-    for b, p in enumerate(prompts):
-        contexts[b, : len(p.context_ids)] = torch.tensor(p.context_ids)
-    La = max(len(p.answer_ids) for p in prompts)
+    for b, (ids, start, _) in enumerate(prompts):
+        contexts[b, :start] = torch.tensor(ids[:start])
+    La = max(len(ids) - start for ids, start, _ in prompts)
     answers = torch.full((len(recs), La), pad)
-    for b, p in enumerate(prompts):
-        answers[b, : len(p.answer_ids)] = torch.tensor(p.answer_ids)
+    for b, (ids, start, _) in enumerate(prompts):
+        answers[b, : len(ids) - start] = torch.tensor(ids[start:])
+    num_audios = [len(p) if isinstance(p, list) else 1 for p, _, _ in listed]
     return {
         "audio_signal": audio,
         "audio_signal_length": torch.tensor([len(c) for c in clips]),
-        "num_audios": torch.tensor([len(r.audio) for r in recs]),
-        "audio_positions": torch.tensor([q for p in prompts for q in p.audio_positions]),
+        "num_audios": torch.tensor(num_audios),
+        "audio_positions": torch.tensor([q for _, _, positions in prompts for q in positions]),
         "tokens": tokens,
-        "tokens_length": torch.tensor([len(p.input_ids) - 1 for p in prompts]),
+        "tokens_length": torch.tensor([len(ids) - 1 for ids, _, _ in prompts]),
         "labels": labels,
         "loss_mask": mask,
         "position_ids": torch.arange(L).expand(len(recs), L),
         "contexts": contexts,
-        "context_lengths": torch.tensor([len(p.context_ids) for p in prompts]),
+        "context_lengths": torch.tensor([start for _, start, _ in prompts]),
         "answers": answers,
-        "answer_lengths": torch.tensor([len(p.answer_ids) for p in prompts]),
+        "answer_lengths": torch.tensor([len(ids) - start for ids, start, _ in prompts]),
     }
 
 
@@ -107,14 +143,14 @@ def test_batches_equal_the_reference_collator(
     cfg = _cfg(
         corpus, add_bos=True, answer_only_loss=answer_only_loss, batch_duration=40.0, num_workers=workers
     )
+    assert (cfg.prompt_template, cfg.add_eos, cfg.pad_to_multiple) == (TEMPLATE, True, 8)
     loader = build_dataloader(cfg, tokenizer)
-    index = load_index(corpus.manifest)
     seen_multi = False
     # two epochs kept whole: the workers reuse their pooled audio buffers meanwhile, which must
     # not change a batch already handed out
     batches = list(loader) + list(loader)
     for batch in batches:
-        ref = reference_batch(cfg, tokenizer, batch["sample_ids"].tolist(), index)
+        ref = reference_batch(cfg, tokenizer, batch["sample_ids"].tolist(), corpus.entries, corpus.root)
         for key, want in ref.items():
             got = batch[key]
             assert got.dtype == (torch.float32 if key in ("audio_signal", "loss_mask") else torch.int64), key
@@ -173,17 +209,33 @@ def test_different_seed_or_epoch_changes_order(corpus, tokenizer) -> None:
     assert ea == [x["sample_ids"].tolist() for x in c]
 
 
-def test_ranks_split_the_epoch(corpus, tokenizer) -> None:
-    cfg = _cfg(corpus, batch_duration=30.0, bucketing_strategy="synced_randomized")
-    seen = []
-    lengths = []
-    for rank in range(2):
-        loader = build_dataloader(cfg, tokenizer, rank=rank, world_size=2)
-        ids = [b["sample_ids"].tolist() for b in loader]
-        lengths.append(len(ids))
-        seen.append({s for b in ids for s in b})
-    assert lengths[0] == lengths[1]
-    assert len(seen[0] | seen[1]) == len(corpus.entries)
+@pytest.mark.parametrize(
+    ("strategy", "world", "drop_last"),
+    [("synced_randomized", 2, True), ("fully_randomized", 3, False), ("synced_randomized", 2, False)],
+)
+def test_ranks_split_the_epoch_without_overlap(
+    corpus, tokenizer, strategy: str, world: int, drop_last: bool
+) -> None:
+    cfg = _cfg(corpus, batch_duration=30.0, num_buckets=4, bucketing_strategy=strategy, drop_last=drop_last)
+    per_rank = []
+    dropped = 0
+    for rank in range(world):
+        loader = build_dataloader(cfg, tokenizer, rank=rank, world_size=world)
+        per_rank.append([tuple(sorted(b["sample_ids"].tolist())) for b in loader])
+        dropped = loader.report().get("drop_last_tail", 0)  # the global plan's: the same on every rank
+    assert len({len(batches) for batches in per_rank}) == 1  # equal steps
+    everything = {pack_sample_id(0, i + 1) for i in range(len(corpus.entries))}
+    if drop_last:
+        # no example on two ranks, none twice on one; the rest is the counted tail
+        flat = [s for batches in per_rank for b in batches for s in b]
+        assert len(flat) == len(set(flat)) == len(everything) - dropped
+        assert set(flat) <= everything
+    else:
+        # an epoch is filled up by repeating whole batches: the distinct batches partition the data
+        distinct = {b for batches in per_rank for b in batches}
+        flat = [s for b in distinct for s in b]
+        assert len(flat) == len(set(flat)) and set(flat) == everything
+        assert dropped == 0
 
 
 def test_bad_audio_raises_one_line_error_or_is_counted(tmp_path: Path, corpus, tokenizer) -> None:
