@@ -8,6 +8,8 @@ with the bins (needs the ``plot`` extra), ``--json`` writes every figure.
 Example::
 
     $ speechdata inspect train.jsonl --num-buckets 8 --png hist.png
+    $ speechdata inspect train_tarred/          # a tarred dataset, bucketed or not
+    $ speechdata inspect manifests/             # every *.json[l][.gz] in the folder
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from speechdata.errors import DropCounter, SpeechDataError
 from speechdata.manifest import Index, ManifestKeys, load_index
 from speechdata.sampling.buckets import estimate_bins
+from speechdata.shards.read import MANIFEST, tarred_dataset_folders
 
 HELP = "dataset statistics: hours, histograms, suggested bucket bins"
 
@@ -52,21 +55,25 @@ def _hist(values: np.ndarray, bins: int) -> dict[str, list[float]]:
     return {"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]}
 
 
+#: Manifest file names a folder of manifests is scanned for.
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
 def resolve_manifests(paths: list[str]) -> tuple[list[str], bool]:
-    """Manifests named by the arguments: files, or a folder (a tarred dataset's
-    ``tarred_audio_manifest.json``, else its ``*.json``/``*.jsonl`` files). Returns (paths, tarred)."""
+    """Manifests named by the arguments: files, or a folder: a tarred dataset (its
+    ``tarred_audio_manifest.json``, or those of its ``bucket*`` datasets, found as ``speechdata
+    validate`` finds them), else its ``*.json``, ``*.jsonl``, ``*.json.gz`` and ``*.jsonl.gz``
+    files. Returns (paths, tarred)."""
     out: list[str] = []
     tarred = False
     for p in map(Path, paths):
         if p.is_dir():
-            tm = p / "tarred_audio_manifest.json"
-            if tm.is_file():
-                out.append(str(tm))
+            folders = tarred_dataset_folders(p)
+            if folders:
+                out.extend(str(f / MANIFEST) for f in folders)
                 tarred = True
                 continue
-            found = sorted(
-                x for x in p.iterdir() if x.suffix in (".json", ".jsonl") or x.name.endswith(".jsonl.gz")
-            )
+            found = sorted(x for x in p.iterdir() if x.is_file() and x.name.endswith(MANIFEST_SUFFIXES))
             if not found:
                 raise SpeechDataError(f"{p}: no manifest in this folder")
             out.extend(map(str, found))

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from speechdata.audio import audio_info
+from speechdata.audio import DURATION_TOLERANCE, AudioInfo, audio_info
 from speechdata.errors import ConfigError, DataError, DropCounter, handle
 from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index
 from speechdata.shards.codec import CODECS, EXTENSIONS
@@ -37,7 +38,7 @@ DEFAULT_SHARD_ENTRIES = 1000
 #: ... or this many bytes, whichever is reached first.
 DEFAULT_SHARD_BYTES = 1_000_000_000
 FORMAT_VERSION = 1
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+#: A member name stem keeps at most this many bytes (UTF-8) of the path, taken from the end.
 _MAX_STEM = 120
 
 
@@ -128,25 +129,65 @@ class ShardJob:
     digest: str = ""
 
 
+def _safe_char(c: str) -> str:
+    """``c`` itself when it is a letter, mark or digit of any script, ``_`` or ``-``; else ``_``."""
+    return c if c in "_-" or unicodedata.category(c)[0] in "LMN" else "_"
+
+
 def member_stem(path_as_given: str) -> str:
-    """A safe member name stem for an audio path: folders joined by ``_``, dots and odd characters
-    replaced by ``_`` (webdataset keys end at the first dot), no ``..`` or leading ``/``."""
+    """A safe, readable member name stem for an audio path.
+
+    The path is normalised to Unicode NFC, its folders are joined by ``_``, the extension is
+    dropped, and every character that is not a letter, mark or digit (of any script), ``_`` or
+    ``-`` becomes ``_``: dots too, since webdataset keys end at the first dot. No ``/``, ``..`` or
+    leading ``-`` or dot survives. At most :data:`_MAX_STEM` bytes of UTF-8 are kept, whole
+    characters taken from the end, so a member extracted by ``tar x`` fits any file system's name
+    limit. ``naïve_日本.wav`` keeps its stem ``naïve_日本``.
+    """
+    path_as_given = unicodedata.normalize("NFC", path_as_given)
     parts = [p for p in path_as_given.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     joined = "_".join(parts)
     stem = os.path.splitext(joined)[0] if "." in (parts[-1] if parts else "") else joined
-    stem = _UNSAFE.sub("_", stem).lstrip("-") or "audio"
-    return stem[-_MAX_STEM:].lstrip("-") or "audio"
+    stem = "".join(map(_safe_char, stem)).lstrip("-")
+    while len(stem.encode()) > _MAX_STEM:
+        stem = stem[max(1, (len(stem.encode()) - _MAX_STEM) // 4) :]
+    return stem.lstrip("-") or "audio"
 
 
-def _extension(path: str, codec: str, sliced: bool, where: str) -> str:
+def _extension(path: str, codec: str, sliced: bool, info: AudioInfo) -> str:
     ext = re.sub(r"[^a-z0-9]", "", os.path.splitext(path)[1].lower())
     if codec != "keep":
         return EXTENSIONS[codec]
     if sliced:
         return ext if ext in ("wav", "flac") else "flac"
     if not ext:
-        ext = re.sub(r"[^a-z0-9]", "", audio_info(path, where=where).format.lower()) or "bin"
+        ext = re.sub(r"[^a-z0-9]", "", info.format.lower()) or "bin"
     return ext
+
+
+def check_span(info: AudioInfo, offset: float, duration: float, where: str) -> None:
+    """Raise the reader's ``decode_error`` when ``[offset, offset + duration]`` does not fit in
+    audio whose header is ``info``: empty audio, an offset at or past the end, or a span that runs
+    past the end by more than :data:`speechdata.audio.DURATION_TOLERANCE`.
+
+    The frame arithmetic and the messages are those of :func:`speechdata.audio.load_audio`, so an
+    entry that passes here is one the loader reads, and one that fails gets the loader's error.
+    """
+    sr, total = info.sample_rate, info.frames
+    if total <= 0:
+        raise DataError("decode_error", where, "audio is empty (0 samples)")
+    start = round(offset * sr)
+    if start >= total:
+        raise DataError(
+            "decode_error", where, f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)"
+        )
+    if start + round(duration * sr) > total + round(DURATION_TOLERANCE * sr):
+        raise DataError(
+            "decode_error",
+            where,
+            f"offset {offset:.3f} s + duration {duration:.3f} s runs past the end of the audio "
+            f"({total / sr:.3f} s)",
+        )
 
 
 def member_codec(job: ShardJob, src: Source) -> str | None:
@@ -164,9 +205,12 @@ def read_entries(
     drops: DropCounter,
     cache_dir: str | Path | None = None,
 ) -> tuple[list[Entry], list[Source]]:
-    """Index the manifests, apply the duration filters, resolve and name the source files.
+    """Index the manifests, apply the duration filters, check and name the source files.
 
-    ``cache_dir`` holds the manifests' index cache (default: beside each manifest).
+    Each clip's span ``[offset, offset + duration]`` is checked against its file's header (read
+    once per file, no samples decoded) with :func:`check_span`, so an entry the loader could not
+    read is an error (or, with ``on_error="skip"``, a counted ``decode_error``) here rather than
+    later. ``cache_dir`` holds the manifests' index cache (default: beside each manifest).
     """
     index = load_index(
         [str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error, cache_dir=cache_dir
@@ -177,7 +221,7 @@ def read_entries(
     entries: list[Entry] = []
     sources: list[Source] = []
     by_key: dict[tuple[str, float, float] | str, int] = {}
-    stats: dict[str, os.stat_result] = {}
+    files: dict[str, tuple[os.stat_result, AudioInfo]] = {}
     taken: set[str] = set()
     for i in range(len(index)):
         clip_min, clip_max = float(index.min_clip[i]), float(index.max_clip[i])
@@ -193,22 +237,21 @@ def read_entries(
             rec = index.record(i)
             given = next(raw[k] for k in AUDIO_KEYS if k in raw)
             given = given if isinstance(given, list) else [given]
+            clips = list(zip(rec.audio, given, rec.offset, rec.duration, strict=True))
+            # every clip is checked before any is named: a dropped entry takes no member name
+            for path, _, off, dur in clips:
+                check_span(_header(path, where, files)[1], off, dur, f"{where}: {path}")
             ids = []
-            for path, rel, off, dur in zip(rec.audio, given, rec.offset, rec.duration, strict=True):
+            for path, rel, off, dur in clips:
                 real = os.path.realpath(path)
                 span = (off, dur) if opts.slice_with_offset else None
                 key = (real, off, dur) if span else real
                 if key not in by_key:
-                    st = stats.get(real)
-                    if st is None:
-                        try:
-                            st = stats[real] = os.stat(real)
-                        except OSError:
-                            raise DataError("missing_audio", where, f"audio file not found: {path}") from None
+                    st, info = _header(path, where, files)
                     stem = member_stem(rel)
                     if span:
                         stem = f"{stem}_{round(off * 1000)}_{round(dur * 1000)}"
-                    name = _unique(stem, taken) + "." + _extension(real, opts.codec, span is not None, where)
+                    name = _unique(stem, taken) + "." + _extension(real, opts.codec, span is not None, info)
                     by_key[key] = len(sources)
                     sources.append(Source(real, name, st.st_size, st.st_mtime_ns, span))
                 ids.append(by_key[key])
@@ -221,17 +264,33 @@ def read_entries(
     return entries, sources
 
 
+def _header(
+    path: str, where: str, files: dict[str, tuple[os.stat_result, AudioInfo]]
+) -> tuple[os.stat_result, AudioInfo]:
+    """The file's stat and audio header, read once per file (``files`` caches them by real path)."""
+    real = os.path.realpath(path)
+    found = files.get(real)
+    if found is None:
+        try:
+            st = os.stat(real)
+        except OSError:
+            raise DataError("missing_audio", where, f"audio file not found: {path}") from None
+        found = files[real] = (st, audio_info(real, where=f"{where}: {path}"))
+    return found
+
+
 def _audio_key(raw: dict[str, Any]) -> str:
     return next(k for k in AUDIO_KEYS if k in raw)
 
 
 def _unique(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3``... : the first one not taken (case-insensitively)."""
+    """``stem``, or ``stem_2``, ``stem_3``... : the first one not taken (case-insensitively, by
+    Unicode case folding)."""
     name, k = stem, 1
-    while name.lower() in taken:
+    while name.casefold() in taken:
         k += 1
         name = f"{stem}_{k}"
-    taken.add(name.lower())
+    taken.add(name.casefold())
     return name
 
 

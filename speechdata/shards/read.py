@@ -10,6 +10,9 @@
   once, cached beside the tar keyed by its size and mtime) for datasets written by NeMo's script,
   whose entries name members by their flattened basename (``-subN`` suffixes of repeated entries
   are resolved to the member they repeat).
+* :func:`tarred_dataset_folders` finds the dataset folders of a ``speechdata shard`` output
+  folder: the folder itself, or its ``bucket*`` datasets (``speechdata validate`` and
+  ``speechdata inspect`` both use it).
 * :func:`stream_tarred` reads non-seekable shards (``pipe:`` commands, http(s) URLs) front to
   back through webdataset's URL openers, with a per-epoch shard order, shards dealt evenly to
   ranks and workers (repeating a few, never dropping any) and a ``shuffle_n`` sample buffer.
@@ -47,6 +50,24 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD_NUMBER = re.compile(r"(\d+)\.tar(?![A-Za-z0-9])")
 _SUB = re.compile(r"-sub\d+(?=\.[^./]*$|$)")
 _CACHE_VERSION = 1
+#: The manifest of every entry of a tarred dataset folder.
+MANIFEST = "tarred_audio_manifest.json"
+
+
+# ------------------------------------------------------------------------------ folders
+
+
+def tarred_dataset_folders(root: str | Path) -> list[Path]:
+    """The tarred dataset folders in ``root``: ``[root]`` when it holds :data:`MANIFEST`, else its
+    ``bucket*`` subfolders that do, in bucket order (``bucket2`` before ``bucket10``); ``[]`` when
+    there are none."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root]
+    return sorted(
+        (p for p in root.glob("bucket*") if (p / MANIFEST).is_file()),
+        key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
+    )
 
 
 # ------------------------------------------------------------------------------ expansion

@@ -1,10 +1,10 @@
 """Low-level tar access: a deterministic writer that reports member offsets, and a header scan.
 
-The writer emits POSIX (ustar, with a pax record only for names over 100 characters) headers
-built by :mod:`tarfile` with fixed metadata: mtime 0, uid/gid 0, empty user and group names,
-mode ``0o644``. Member data is copied straight from the source file (``os.sendfile``) or written
-from bytes, so a shard is a plain tar that ``tar``, :mod:`tarfile` and webdataset read, and the same
-members in the same order give the same bytes.
+The writer emits POSIX headers (ustar, with a pax ``path`` record in UTF-8 only for a name over
+100 bytes or with non-ASCII characters) built by :mod:`tarfile` with fixed metadata: mtime 0,
+uid/gid 0, empty user and group names, mode ``0o644``. Member data is copied straight from the
+source file (``os.sendfile``) or written from bytes, so a shard is a plain tar that ``tar``,
+:mod:`tarfile` and webdataset read, and the same members in the same order give the same bytes.
 
 Example::
 

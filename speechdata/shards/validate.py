@@ -3,10 +3,11 @@
 For each entry of ``DIR/tarred_audio_manifest.json`` (or of every ``DIR/bucket*/`` dataset) and
 each of its audios: the member is in its shard (``audio_{shard_id}.tar``; NeMo's ``-subN`` names
 resolve to the member they repeat), ``tar_offset``/``tar_size`` (when present) point at it, the
-span ``[offset, offset + duration]`` decodes, and the duration matches the audio within the
-tolerance (``max(0.1 s, 1 %)``): the span must fit in the member, and for datasets written with
-``--slice-with-offset`` the member's length must equal the entry's duration. Members that no entry
-uses are listed as orphans. The tars' headers are scanned afresh (no cached index is trusted).
+span ``[offset, offset + duration]`` fits in the member by the loader's own rule
+(:func:`~speechdata.shards.plan.check_span`: at most ``DURATION_TOLERANCE`` = 0.05 s past the
+end) and decodes, and for datasets written with ``--slice-with-offset`` the member's length equals
+the entry's duration within ``max(0.1 s, 1 %)``. Members that no entry uses are listed as
+orphans. The tars' headers are scanned afresh (no cached index is trusted).
 
 Exit status 0 only when nothing is wrong; every problem is printed on its own line, then a summary.
 
@@ -34,11 +35,11 @@ from tqdm import tqdm
 
 from speechdata.audio import audio_info, load_audio
 from speechdata.errors import ConfigError, DataError
-from speechdata.shards.read import entry_names, lookup_member, strip_sub
+from speechdata.shards.plan import check_span
+from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_sub, tarred_dataset_folders
 from speechdata.shards.tarfmt import Member, scan_members
 
 HELP = "check every entry of a tarred dataset against its tars"
-MANIFEST = "tarred_audio_manifest.json"
 _SHARD = re.compile(r"^audio_(\d+)\.tar$")
 
 
@@ -72,17 +73,12 @@ class ValidationReport:
 
 
 def dataset_folders(root: str | Path) -> list[Path]:
-    """The dataset folders under ``root``: itself, or its ``bucket*`` subfolders."""
-    root = Path(root)
-    if (root / MANIFEST).is_file():
-        return [root]
-    buckets = sorted(
-        (p for p in root.glob("bucket*") if (p / MANIFEST).is_file()),
-        key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
-    )
-    if not buckets:
+    """The dataset folders under ``root`` (:func:`~speechdata.shards.read.tarred_dataset_folders`);
+    :class:`ConfigError` when there is none."""
+    folders = tarred_dataset_folders(root)
+    if not folders:
         raise ConfigError(f"{root}: no {MANIFEST} here or in bucket*/ subfolders")
-    return buckets
+    return folders
 
 
 def _as_list(v: Any, n: int, default: float | None) -> list[Any]:
@@ -107,16 +103,12 @@ def _check_clip(
         total = info.duration
         if duration is None:
             duration = total - offset
-        tol = max(0.1, 0.01 * duration)
-        if offset + duration > total + tol:
-            report.problems.append(
-                (
-                    "duration",
-                    f"{where}: span {offset:.3f}+{duration:.3f} s runs past the audio ({total:.3f} s)",
-                )
-            )
+        try:
+            check_span(info, offset, duration, where)
+        except DataError as e:
+            report.problems.append(("duration", str(e)))
             return
-        if sliced and abs(total - duration) > tol:
+        if sliced and abs(total - duration) > max(0.1, 0.01 * duration):
             report.problems.append(
                 ("duration", f"{where}: audio is {total:.3f} s but the entry says {duration:.3f} s")
             )

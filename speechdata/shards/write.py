@@ -11,15 +11,18 @@ Layout of the output folder (NeMo's, plus two keys per entry)::
                                           outside the output folder)
 
 With ``--buckets K`` (or ``--bucket-bins``) each bucket is such a folder, ``bucket1`` (shortest)
-to ``bucketK``, next to a top-level ``metadata.yaml``.
+to ``bucketK``, next to a top-level ``metadata.yaml`` whose paths are relative to the output
+folder (``bucket1/tarred_audio_manifest.json``), not to the working directory.
 
 Every entry keeps its manifest keys; ``audio_filepath`` becomes the member name (a list for
 multi-audio entries), and ``shard_id``, ``tar_offset`` (byte offset of the member's data in its
 tar) and ``tar_size`` (its length) are added, so a reader can ``pread`` the member without parsing
-the tar. Entries sharing a source file are kept together in one shard and the file is stored once;
-shard sizes differ by at most one entry (nothing is dropped but by the duration filters, which are
-counted). Each shard is written to ``audio_i.tar.tmp``, fsynced and renamed, then its manifest and
-marker are written: a rerun after a crash skips finished shards and produces the same bytes.
+the tar. Every clip's span is checked against its file's header before anything is written (the
+loader's rule and message). Entries sharing a source file are kept together in one shard and the
+file is stored once; shard sizes differ by at most one entry (nothing is dropped but by the
+duration filters and, with ``--on-error skip``, bad entries, all counted). Each shard is written
+to ``audio_i.tar.tmp``, fsynced and renamed, then its manifest and marker are written: a rerun
+after a crash skips finished shards and produces the same bytes.
 
 Example::
 
@@ -393,8 +396,9 @@ def write_shards(
         top = {
             "buckets": [f.name for f, _ in plans],
             "bucket_duration_bins": bins,
-            "tarred_audio_filepaths": [[str(f / f"audio__OP_0..{len(j) - 1}_CL_.tar")] for f, j in plans],
-            "manifest_filepath": [str(f / "tarred_audio_manifest.json") for f, _ in plans],
+            # relative to the output folder, so the dataset can be moved and read from any cwd
+            "tarred_audio_filepaths": [[f"{f.name}/audio__OP_0..{len(j) - 1}_CL_.tar"] for f, j in plans],
+            "manifest_filepath": [f"{f.name}/tarred_audio_manifest.json" for f, _ in plans],
             "entries": report.entries,
             "hours": round(report.seconds / 3600, 6),
             "bytes": report.bytes,
