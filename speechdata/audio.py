@@ -214,6 +214,35 @@ def audio_info(source: AudioSource, where: str = "") -> AudioInfo:
         return AudioInfo(int(f.samplerate), int(f.frames), int(f.channels), str(f.format))
 
 
+def check_span(
+    sample_rate: int, frames: int, offset: float, duration: float | None, where: str
+) -> tuple[int, int]:
+    """``(first frame, frames to read)`` of ``[offset, offset + duration]`` in audio of ``frames``
+    frames at ``sample_rate``, or the reader's one-line ``decode_error``: empty audio, an offset at
+    or past the end, or a span running past the end by more than :data:`DURATION_TOLERANCE`.
+
+    The one rule for spans: :func:`load_audio` applies it before decoding, ``speechdata shard``
+    and ``speechdata validate`` apply it to headers, so all three accept and reject the same spans.
+    """
+    sr, total = sample_rate, frames
+    if total <= 0:
+        raise DataError("decode_error", where, "audio is empty (0 samples)")
+    start = round(offset * sr)
+    if start >= total:
+        raise DataError(
+            "decode_error", where, f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)"
+        )
+    want = total - start if duration is None else round(duration * sr)
+    if duration is not None and start + want > total + round(DURATION_TOLERANCE * sr):
+        raise DataError(
+            "decode_error",
+            where,
+            f"offset {offset:.3f} s + duration {duration:.3f} s runs past the end of the audio "
+            f"({total / sr:.3f} s)",
+        )
+    return start, min(want, total - start)
+
+
 def load_audio(
     source: AudioSource,
     *,
@@ -242,24 +271,7 @@ def load_audio(
     with _open(source, where) as f:
         sr = int(f.samplerate)
         total = int(f.frames)
-        start = round(offset * sr)
-        if total <= 0:
-            raise DataError("decode_error", name, "audio is empty (0 samples)")
-        if start >= total:
-            raise DataError(
-                "decode_error",
-                name,
-                f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)",
-            )
-        want = total - start if duration is None else round(duration * sr)
-        if duration is not None and start + want > total + round(DURATION_TOLERANCE * sr):
-            raise DataError(
-                "decode_error",
-                name,
-                f"offset {offset:.3f} s + duration {duration:.3f} s runs past the end of the audio "
-                f"({total / sr:.3f} s)",
-            )
-        want = min(want, total - start)
+        start, want = check_span(sr, total, offset, duration, name)
         if channel is not None and not 0 <= channel < f.channels:
             raise DataError(
                 "decode_error", name, f"channel {channel} requested but the audio has {f.channels}"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -240,11 +241,15 @@ def test_buckets_equal_duration_and_bins(corpus, tmp_path):
     assert sum(len(t) for t in totals) == len(corpus.entries)
     assert abs(sum(totals[0]) - sum(totals[1])) <= max(max(t) for t in totals) + 1e-6
     top = yaml.safe_load((out / "metadata.yaml").read_text())
+
+    def under_out(value):  # metadata.yaml names paths relative to the dataset folder
+        return [under_out(v) for v in value] if isinstance(value, list) else str(out / value)
+
     cfg = make_dataset_config(
         {
-            "manifest_filepath": top["manifest_filepath"],
+            "manifest_filepath": under_out(top["manifest_filepath"]),
             "is_tarred": True,
-            "tarred_audio_filepaths": top["tarred_audio_filepaths"],
+            "tarred_audio_filepaths": under_out(top["tarred_audio_filepaths"]),
         }
     )
     ds = TarredDataset(cfg)
@@ -370,7 +375,10 @@ def test_pairs_are_never_split_when_shards_are_even(pairs, k):
 @given(st.text(max_size=60))
 def test_member_stem_is_always_safe(path):
     stem = member_stem(path)
-    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", stem) and len(stem) <= 120
+    assert stem and not stem.startswith("-") and "." not in stem and len(stem.encode()) <= 120
+    assert all(c in "_-" or unicodedata.category(c)[0] in "LMN" for c in stem), stem
+    if path.isascii():
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", stem)
 
 
 def test_opus_is_deterministic(corpus, tmp_path):

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from speechdata.audio import DURATION_TOLERANCE, AudioInfo, audio_info
+from speechdata.audio import AudioInfo, audio_info
+from speechdata.audio import check_span as audio_check_span
 from speechdata.errors import ConfigError, DataError, DropCounter, handle
 from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index
 from speechdata.shards.codec import CODECS, EXTENSIONS
@@ -166,28 +167,9 @@ def _extension(path: str, codec: str, sliced: bool, info: AudioInfo) -> str:
 
 
 def check_span(info: AudioInfo, offset: float, duration: float, where: str) -> None:
-    """Raise the reader's ``decode_error`` when ``[offset, offset + duration]`` does not fit in
-    audio whose header is ``info``: empty audio, an offset at or past the end, or a span that runs
-    past the end by more than :data:`speechdata.audio.DURATION_TOLERANCE`.
-
-    The frame arithmetic and the messages are those of :func:`speechdata.audio.load_audio`, so an
-    entry that passes here is one the loader reads, and one that fails gets the loader's error.
-    """
-    sr, total = info.sample_rate, info.frames
-    if total <= 0:
-        raise DataError("decode_error", where, "audio is empty (0 samples)")
-    start = round(offset * sr)
-    if start >= total:
-        raise DataError(
-            "decode_error", where, f"offset {offset:.3f} s is past the end of the audio ({total / sr:.3f} s)"
-        )
-    if start + round(duration * sr) > total + round(DURATION_TOLERANCE * sr):
-        raise DataError(
-            "decode_error",
-            where,
-            f"offset {offset:.3f} s + duration {duration:.3f} s runs past the end of the audio "
-            f"({total / sr:.3f} s)",
-        )
+    """The reader's span rule (:func:`speechdata.audio.check_span`) on a header already read: an
+    entry that passes here is one the loader reads, one that fails gets the loader's error."""
+    audio_check_span(info.sample_rate, info.frames, offset, duration, where)
 
 
 def member_codec(job: ShardJob, src: Source) -> str | None:
