@@ -3,9 +3,11 @@
 YAML is read with a safe loader that rejects duplicated keys (naming both lines), then handed to
 OmegaConf for its semantics: ``???`` marks a required value, ``${a.b}`` interpolates, and dotted
 overrides such as ``model.train_ds.max_duration=20`` are merged on top. Dataset sections
-(``train_ds``, ``validation_ds``, ``test_ds``) are checked key by key against
-:class:`DatasetConfig`: an unknown key gets a "did you mean", a wrong type names the key, a
-required key left ``???`` names its full path.
+(``train_ds``, ``validation_ds``, ``test_ds``; under ``model.``, ``model.data.`` as in NeMo's own
+SpeechLLM configs, or at the top level) are checked key by key against :class:`DatasetConfig`: an
+unknown key gets a "did you mean", a wrong type names the key, a required key left ``???`` names
+its full path. NeMo's keys that do not change what is loaded (:data:`NEMO_IGNORED_KEYS`) are
+accepted with one warning per section; NeMo's ``label_key`` is ``answer_key``.
 
 Example::
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import re
 import types
 import typing
@@ -37,6 +41,29 @@ TRUNCATION_FIELDS = ("context", "answer")
 BUCKETING_STRATEGIES = ("fully_randomized", "synced_randomized", "fixed_order")
 CONCAT_TECHNIQUES = ("random", "temperature", "round-robin")
 ON_ERROR = ("raise", "skip")
+
+log = logging.getLogger("speechdata")
+
+#: Keys of NeMo's SpeechLLM (and lhotse) dataset sections that do not change what is loaded, with
+#: what NeMo uses them for. A dataset section may contain them: they are dropped, and one warning
+#: per section names them. ``sample_alpha`` is accepted only as null (see :data:`NEMO_NULL_ONLY_KEYS`).
+NEMO_IGNORED_KEYS: dict[str, str] = {
+    "index_mapping_dir": "folder of NeMo's text index-mapping files",
+    "memmap_workers": "workers that build NeMo's text memmap index",
+    "names": "dataset names used when logging evaluation metrics",
+    "metric": "evaluation metric (name, average, num_classes)",
+    "log_every_n_steps": "logging interval of evaluation",
+    "write_predictions_to_file": "whether evaluation writes its predictions",
+    "output_file_path_prefix": "file prefix of written predictions",
+    "output_dir": "folder of written predictions",
+    "validation_drop_last": "how NeMo reduces the validation loss over partial batches",
+    "use_lhotse": "selects NeMo's lhotse loader (speechdata is the loader)",
+    "sample_alpha": "SentencePiece subword sampling of answers",
+}
+#: Ignored keys that are accepted only as null: any other value would change loading.
+NEMO_NULL_ONLY_KEYS = ("sample_alpha",)
+#: NeMo's names of speechdata keys: ``{nemo_name: speechdata_name}``.
+NEMO_ALIASES: dict[str, str] = {"label_key": "answer_key"}
 
 
 @dataclass
@@ -105,6 +132,7 @@ class DatasetConfig:
     streaming: bool | str = "auto"
     bucket_buffer_size: int = 10000
     features: FeatureConfig | None = None
+    cache_dir: str | None = None
     #: Manifest paths as a list (filled from ``manifest_filepath`` by :func:`dataset_config`).
     manifests: list[str] = field(default_factory=list, repr=False)
 
@@ -119,6 +147,7 @@ class DatasetConfig:
 EVAL_DEFAULTS: dict[str, Any] = {"shuffle": False, "drop_last": False}
 
 _DATASET_SECTIONS = ("train_ds", "validation_ds", "test_ds")
+_SECTION_PARENTS = ("model.", "model.data.", "")
 
 
 # --------------------------------------------------------------------------------------- YAML
@@ -233,13 +262,30 @@ def _override_value(raw: str) -> Any:
 # ------------------------------------------------------------------------------ validation
 
 
+def section_paths(name: str) -> list[str]:
+    """Where a dataset section ``name`` is looked for, in order: ``model.<name>``,
+    ``model.data.<name>`` (NeMo's own SpeechLLM configs), then ``<name>``."""
+    return [f"{parent}{name}" for parent in _SECTION_PARENTS]
+
+
 def find_section(cfg: DictConfig, name: str) -> tuple[DictConfig, str]:
-    """Return a dataset section and its dotted path: ``model.<name>``, else top-level ``<name>``."""
-    for path in (f"model.{name}", name):
+    """Return a dataset section and its dotted path (the first of :func:`section_paths` that is a
+    mapping); a :class:`ConfigError` naming every place looked at when there is none."""
+    paths = section_paths(name)
+    for path in paths:
         node = OmegaConf.select(cfg, path, throw_on_missing=False, throw_on_resolution_failure=False)
         if isinstance(node, DictConfig):
             return node, path
-    raise ConfigError(f"config has no '{name}' section (looked for model.{name} and {name})")
+    raise ConfigError(f"config has no '{name}' section (looked for {', '.join(paths)})")
+
+
+def has_section(cfg: DictConfig, name: str) -> bool:
+    """Whether :func:`find_section` finds ``name`` (an optional ``validation_ds``, say)."""
+    try:
+        find_section(cfg, name)
+    except ConfigError:
+        return False
+    return True
 
 
 def dataset_config(
@@ -249,7 +295,8 @@ def dataset_config(
 
     ``cfg`` is a whole config (the section is found by :func:`find_section`) or the section itself
     (when it has no ``train_ds``/``model`` key). Evaluation sections (``validation_ds``,
-    ``test_ds``, or ``evaluation=True``) default to no shuffling and no ``drop_last``.
+    ``test_ds``, or ``evaluation=True``) default to no shuffling and no ``drop_last``. NeMo's keys
+    are handled as :func:`make_dataset_config` says.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
@@ -260,15 +307,14 @@ def dataset_config(
     if evaluation is None:
         evaluation = name != "train_ds"
     values: dict[str, Any] = {}
-    known = [f.name for f in dataclasses.fields(DatasetConfig) if f.name != "manifests"]
     for key in node:
         key = str(key)
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, known)}")
         if OmegaConf.is_missing(node, key):
             raise ConfigError(f"{path}.{key}: required value is missing (still '???')")
         try:
-            raw = OmegaConf.to_container(node, resolve=True)[key]  # type: ignore[index]
+            raw = node[key]
+            if isinstance(raw, (DictConfig, ListConfig)):
+                raw = OmegaConf.to_container(raw, resolve=True)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{path}.{key}: cannot resolve: {e}".splitlines()[0]) from None
         values[key] = raw
@@ -278,9 +324,16 @@ def dataset_config(
 
 
 def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> DatasetConfig:
-    """Build a :class:`DatasetConfig` from plain values, checking types and choices."""
+    """Build a :class:`DatasetConfig` from plain values, checking types and choices.
+
+    NeMo's keys: :data:`NEMO_IGNORED_KEYS` are dropped with one warning (logger ``speechdata``)
+    naming them and ``path``; :data:`NEMO_ALIASES` (``label_key``) set the speechdata key, and
+    both names with different values are an error. Any other unknown key is an error with a
+    "did you mean".
+    """
     hints = typing.get_type_hints(DatasetConfig)
     known = [f.name for f in dataclasses.fields(DatasetConfig) if f.name != "manifests"]
+    values = _nemo_keys(values, path, known)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
@@ -290,9 +343,43 @@ def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> Dat
             continue
         kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
     ds = DatasetConfig(**kwargs)
-    _check_choices(ds, path)
     ds.manifests = split_paths(ds.manifest_filepath)
+    _check_choices(ds, path)
     return ds
+
+
+def _nemo_keys(values: Mapping[str, Any], path: str, known: Sequence[str]) -> dict[str, Any]:
+    """``values`` without NeMo's ignored keys (one warning names them) and with NeMo's aliases
+    renamed."""
+    out: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in values.items():
+        key = str(key)
+        if key in known:
+            out[key] = value
+        elif key in NEMO_IGNORED_KEYS:
+            if key in NEMO_NULL_ONLY_KEYS and value is not None:
+                raise ConfigError(
+                    f"{path}.{key}: not supported ({NEMO_IGNORED_KEYS[key]}); set it to null or remove it"
+                )
+            ignored.append(key)
+        elif key not in NEMO_ALIASES:
+            out[key] = value  # unknown: reported with a "did you mean" by the caller
+    for alias, target in NEMO_ALIASES.items():
+        if alias not in values:
+            continue
+        value = values[alias]
+        if target in values and values[target] != value:
+            raise ConfigError(
+                f"{path}: {alias} {value!r} and {target} {values[target]!r} differ; "
+                f"{alias} is NeMo's name for {target}, give one of them"
+            )
+        out[target] = value
+    if ignored:
+        log.warning(
+            "%s: ignoring NeMo key(s) that do not change loading: %s", path, ", ".join(sorted(ignored))
+        )
+    return out
 
 
 def split_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -360,6 +447,40 @@ def _check_choices(ds: DatasetConfig, path: str) -> None:
         ds.bucket_duration_bins
     ):
         raise ConfigError(f"{path}.bucket_duration_bins: must be increasing; got {ds.bucket_duration_bins}")
+    if ds.seed < 0:
+        raise ConfigError(f"{path}.seed: must be >= 0; got {ds.seed}")
+    check_concat_sampling(ds, len(ds.manifests) or None, path)
+
+
+def check_concat_sampling(cfg: DatasetConfig, num_manifests: int | None, path: str = "") -> None:
+    """The rules of ``concat_sampling_probabilities`` and ``concat_sampling_temperature`` that need
+    no data: weights only with technique ``random``, one finite weight >= 0 per manifest
+    (``num_manifests``; ``None``: not checked), summing to 1 (within 1e-3); a temperature > 0.
+
+    :func:`make_dataset_config` calls it, so a bad config fails when it is read, before any
+    manifest is indexed. ``path`` (``model.train_ds``) prefixes the key in errors.
+    """
+    where = f"{path}." if path else ""
+    if cfg.concat_sampling_temperature <= 0:
+        raise ConfigError(
+            f"{where}concat_sampling_temperature: must be positive; got {cfg.concat_sampling_temperature}"
+        )
+    probs = cfg.concat_sampling_probabilities
+    if probs is None:
+        return
+    key = f"{where}concat_sampling_probabilities"
+    if cfg.concat_sampling_technique != "random":
+        raise ConfigError(
+            f"{key} is only used with concat_sampling_technique 'random'; "
+            f"set it to null for {cfg.concat_sampling_technique!r}"
+        )
+    if num_manifests is not None and len(probs) != num_manifests:
+        raise ConfigError(f"{key}: {len(probs)} weights for {num_manifests} manifests; give one per manifest")
+    if any(not math.isfinite(w) or w < 0 for w in probs):
+        raise ConfigError(f"{key}: weights must be finite and >= 0; got {list(probs)}")
+    total = math.fsum(probs)
+    if abs(total - 1.0) > 1e-3:
+        raise ConfigError(f"{key}: weights must sum to 1; they sum to {total:.6g}")
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
