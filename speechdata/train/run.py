@@ -11,30 +11,38 @@
 * ``model`` -> tokenizer (``model.tokenizer.model``), loaders (``model.train_ds``,
   ``model.validation_ds``) and the SALM / BESTOW architecture (:mod:`.models.config`).
 
-The training loader is wrapped so that checkpoints hold its exact position (:mod:`.data`).
+The config is checked first (:func:`check_config`: dataset sections, batch sizes, tokenizer file,
+model section, manifest files), before Lightning is imported or anything is built, so a mistake
+is one line naming the key. The training loader is wrapped so that checkpoints hold its exact
+position (:mod:`.data`).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from speechdata.config import _suggest, dataset_config, load_config
+from speechdata.config import DatasetConfig, _suggest, dataset_config, find_section, has_section, load_config
 from speechdata.errors import ConfigError
-from speechdata.train.data import EvalLoader, LoaderStateCallback, ResumableLoader
-from speechdata.train.exp_manager import setup_experiment
-from speechdata.train.models import build_model, model_config
-from speechdata.train.module import SpeechLMModule
+
+if TYPE_CHECKING:  # Lightning, torch and the models are imported once the config has been checked
+    import lightning.pytorch as pl
+
+    from speechdata.train.models import ModelConfig
+    from speechdata.train.module import SpeechLMModule
+
+log = logging.getLogger("speechdata")
 
 HELP = "train the bundled tiny SALM / BESTOW model from a config"
 
@@ -115,6 +123,9 @@ def trainer_kwargs(
     cfg: DictConfig, *, global_batch_size: int, micro_batch_size: int, cuda_count: int | None = None
 ) -> TrainerPlan:
     """Map the ``trainer`` section to Lightning ``Trainer`` keyword arguments (see module docstring)."""
+    import lightning.pytorch as pl
+    import torch
+
     node = cfg.get("trainer") or {}
     tr = dict(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)
     known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
@@ -201,12 +212,43 @@ def _required(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def build_module(cfg: DictConfig, tokenizer: Any, *, max_steps: int) -> SpeechLMModule:
-    """The LightningModule (model from ``model``, optimiser from ``optim``)."""
+@dataclass
+class TrainSetup:
+    """A config checked by :func:`check_config`: its dataset sections, tokenizer and model."""
+
+    train_ds: DatasetConfig
+    val_ds: DatasetConfig | None
+    tokenizer: Any
+    model: ModelConfig
+    optim: dict[str, Any]
+
+
+def check_config(
+    cfg: DictConfig, *, tokenizer: Any = None, manifests_of: Sequence[str] = ("train_ds", "validation_ds")
+) -> TrainSetup:
+    """Check everything :func:`train` reads that needs neither Lightning nor data, in this order:
+
+    the dataset sections (``train_ds``, optional ``validation_ds``; found as
+    :func:`speechdata.config.find_section` says), ``model.micro_batch_size`` /
+    ``model.global_batch_size`` against ``train_ds``, the tokenizer (``model.tokenizer.model``,
+    loaded unless ``tokenizer`` is given), the ``model`` and ``optim`` sections (names and types;
+    optimiser values are checked when it is built), and that every manifest file of
+    the sections in ``manifests_of`` exists. The first problem is a one-line :class:`ConfigError`.
+    """
     train_ds = dataset_config(cfg, "train_ds")
-    val_ds = dataset_config(cfg, "validation_ds") if OmegaConf.select(cfg, "model.validation_ds") else None
+    val_ds = dataset_config(cfg, "validation_ds") if has_section(cfg, "validation_ds") else None
+    model = cfg.get("model") or {}
+    for key in ("global_batch_size", "micro_batch_size"):
+        if key in model and model.get(key) != getattr(train_ds, key):
+            raise ConfigError(
+                f"model.{key}: {model.get(key)} differs from model.train_ds.{key} {getattr(train_ds, key)}"
+            )
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(cfg)
     if tokenizer.eos_id is None:
         raise ConfigError("model.tokenizer.model: the tokenizer has no EOS id (needed to stop generation)")
+    from speechdata.train.models import model_config
+
     mcfg = model_config(
         cfg.model,
         vocab_size=tokenizer.vocab_size,
@@ -220,12 +262,46 @@ def build_module(cfg: DictConfig, tokenizer: Any, *, max_steps: int) -> SpeechLM
             "model.train_ds.features differ from model.perception.preprocessor: the loader's features must be "
             "the ones the encoder expects"
         )
+    optim = _optim_section(cfg)
+    for name, ds in (("train_ds", train_ds), ("validation_ds", val_ds)):
+        if ds is not None and name in manifests_of:
+            _check_manifests(ds, find_section(cfg, name)[1])
+    return TrainSetup(train_ds, val_ds, tokenizer, mcfg, optim)
+
+
+def _load_tokenizer(cfg: DictConfig) -> Any:
+    from speechdata.text.tokenizer import Tokenizer
+
+    key = "model.tokenizer.model"
+    path = str(_required(cfg, key))
+    if not Path(os.path.expanduser(path)).exists():
+        raise ConfigError(f"{key}: tokenizer file not found: {path}")
+    try:
+        return Tokenizer.load(os.path.expanduser(path))
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_manifests(ds: DatasetConfig, path: str) -> None:
+    """Every manifest of a dataset section exists (the loader reads them only later)."""
+    if not ds.manifests:
+        raise ConfigError(f"{path}.manifest_filepath: no manifest given")
+    for m in ds.manifests:
+        if not Path(os.path.expanduser(m)).is_file():
+            raise ConfigError(f"{path}.manifest_filepath: manifest not found: {m}")
+
+
+def build_module(cfg: DictConfig, setup: TrainSetup, *, max_steps: int) -> SpeechLMModule:
+    """The LightningModule (model from the checked ``model`` section, optimiser from ``optim``)."""
+    from speechdata.train.models import build_model
+    from speechdata.train.module import SpeechLMModule
+
     return SpeechLMModule(
-        build_model(mcfg),
-        _optim_section(cfg),
+        build_model(setup.model),
+        setup.optim,
         max_steps=max_steps,
-        tokens_to_generate=val_ds.tokens_to_generate if val_ds is not None else 0,
-        decode=tokenizer.decode,
+        tokens_to_generate=setup.val_ds.tokens_to_generate if setup.val_ds is not None else 0,
+        decode=setup.tokenizer.decode,
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
 
@@ -243,26 +319,28 @@ def train(
     ``tokenizer`` (anything with ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``, ``decode``) and
     the loaders may be given; otherwise they are built from ``model.tokenizer.model`` and the
     dataset sections with :func:`speechdata.build_dataloader`. ``callbacks`` are added to the
-    Trainer's.
+    Trainer's. The config is checked by :func:`check_config` before anything else.
     """
-    train_ds = dataset_config(cfg, "train_ds")
-    model = cfg.get("model") or {}
-    for key in ("global_batch_size", "micro_batch_size"):
-        if key in model and model.get(key) != getattr(train_ds, key):
-            raise ConfigError(
-                f"model.{key}: {model.get(key)} differs from model.train_ds.{key} {getattr(train_ds, key)}"
-            )
+    to_build = [
+        name for name, given in (("train_ds", train_loader), ("validation_ds", val_loader)) if given is None
+    ]
+    setup = check_config(cfg, tokenizer=tokenizer, manifests_of=to_build)
+    train_ds = setup.train_ds
+
+    import lightning.pytorch as pl
+    import torch
+
+    from speechdata.train.data import EvalLoader, LoaderStateCallback, ResumableLoader
+    from speechdata.train.exp_manager import setup_experiment
+
     plan = trainer_kwargs(
         cfg, global_batch_size=train_ds.global_batch_size, micro_batch_size=train_ds.micro_batch_size
     )
     for note in plan.notes:
-        warnings.warn(note, stacklevel=2)
+        log.warning("%s", note)
+    model = cfg.get("model") or {}
     seed = int(model.get("seed", train_ds.seed) or 0)
     pl.seed_everything(seed, workers=True, verbose=False)
-    if tokenizer is None:
-        from speechdata.text.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.load(_required(cfg, "model.tokenizer.model"))
 
     exp = setup_experiment(cfg)
     raw_trainer = OmegaConf.select(cfg, "trainer.resume_from_checkpoint", default=None)
@@ -273,17 +351,24 @@ def train(
     trainer = pl.Trainer(callbacks=[*exp.callbacks, *callbacks], **kwargs)
 
     device = trainer.strategy.root_device if plan.kwargs["accelerator"] == "gpu" else None
-    if train_loader is None or (val_loader is None and OmegaConf.select(cfg, "model.validation_ds")):
+    if train_loader is None or (val_loader is None and setup.val_ds is not None):
         from speechdata.loader import build_dataloader
 
         if train_loader is None:
             train_loader = build_dataloader(
-                train_ds, tokenizer, device=device, rank=trainer.global_rank, world_size=trainer.world_size
+                train_ds,
+                setup.tokenizer,
+                device=device,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
             )
-        if val_loader is None:
-            val_ds = dataset_config(cfg, "validation_ds")
+        if val_loader is None and setup.val_ds is not None:
             val_loader = build_dataloader(
-                val_ds, tokenizer, device=device, rank=trainer.global_rank, world_size=trainer.world_size
+                setup.val_ds,
+                setup.tokenizer,
+                device=device,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
             )
     wrapped = ResumableLoader(train_loader)
     if val_loader is not None:
@@ -294,7 +379,7 @@ def train(
     if max_steps <= 0:
         epochs = int(plan.kwargs.get("max_epochs") or 1)
         max_steps = max(epochs, 1) * math.ceil(len(train_loader) / plan.accumulate_grad_batches)
-    module = build_module(cfg, tokenizer, max_steps=max_steps)
+    module = build_module(cfg, setup, max_steps=max_steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
