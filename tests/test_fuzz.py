@@ -73,7 +73,12 @@ def check_manifest_bytes(data: bytes) -> None:
         load_index(path, cache=False)
     except SpeechDataError as e:
         _one_line(e)
-    index = load_index(path, on_error="skip", cache=False)
+    try:
+        index = load_index(path, on_error="skip", cache=False)
+    except SpeechDataError as e:  # the one whole-file mistake: a JSON array instead of JSON Lines
+        assert "expected JSON Lines" in str(e) and isinstance(orjson.loads(data), list), str(e)
+        _one_line(e)
+        return
     lines = sum(1 for line in data.split(b"\n") if line.strip())
     assert len(index) + index.drops.total() == lines, (len(index), index.drops, lines)
     for msgs in index.drops.examples.values():

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from speechdata.audio import load_audio
+from speechdata.cache import cache_root
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DataError
 from speechdata.shards import (
@@ -130,8 +131,9 @@ def test_reads_tars_written_by_nemo_script(written, tmp_path):
         rec = ds.index.record(i)
         (data,) = ds.read_audio_bytes(rec)
         assert data == (corpus.root / rec.extra["_source"]).read_bytes()
-    caches = list((tmp_path / ".speechdata_cache").glob("audio_*.members.*.json"))
-    assert len(caches) == 2
+    caches = list((cache_root() / "tar_members").glob("*.members.*.json"))
+    assert len(caches) == 2  # in the cache folder (conftest: one per test), none beside the tars
+    assert not (tmp_path / ".speechdata_cache").exists()
     # The cached table is used, and invalidated when the tar changes.
     again = TarredDataset(_cfg(manifest, str(tmp_path / "audio__OP_0..1_CL_.tar")))
     assert again.read_audio_bytes(again.index.record(0)) == ds.read_audio_bytes(ds.index.record(0))

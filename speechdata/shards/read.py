@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -40,6 +39,7 @@ import numpy as np
 import orjson
 from braceexpand import braceexpand
 
+from speechdata.cache import FileStamp, cache_folder, source_digest, touch
 from speechdata.config import DatasetConfig, split_paths
 from speechdata.errors import ConfigError, DataError
 from speechdata.manifest import AUDIO_KEYS, Index, ManifestKeys, Record, load_index, unpack_sample_id
@@ -49,7 +49,7 @@ from speechdata.shards.tarfmt import Member, scan_members
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD_NUMBER = re.compile(r"(\d+)\.tar(?![A-Za-z0-9])")
 _SUB = re.compile(r"-sub\d+(?=\.[^./]*$|$)")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 #: The manifest of every entry of a tarred dataset folder.
 MANIFEST = "tarred_audio_manifest.json"
 
@@ -146,48 +146,43 @@ def strip_sub(name: str) -> str:
 # ------------------------------------------------------------------------- member tables
 
 
-def _cache_file(tar: Path, cache_dir: str | Path | None) -> Path:
-    digest = hashlib.sha1(str(tar.resolve()).encode()).hexdigest()[:12]
-    name = f"{tar.name}.{digest}.members.v{_CACHE_VERSION}.json"
-    if cache_dir is not None:
-        return Path(cache_dir) / name
-    local = tar.parent / ".speechdata_cache"
-    try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local / name
-    except OSError:
-        pass
-    home = Path(os.environ.get("SPEECHDATA_CACHE", Path.home() / ".cache" / "speechdata")) / "tar_members"
-    home.mkdir(parents=True, exist_ok=True)
-    return home / name
-
-
 def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = None) -> dict[str, Member]:
-    """``{member name: Member(offset, size)}`` of a tar, from a header scan cached beside it.
+    """``{member name: Member(offset, size)}`` of a tar, from a header scan that is cached.
 
-    The cache (``.speechdata_cache/<tar>.<digest>.members.v1.json``, or under
-    ``~/.cache/speechdata`` when the folder is read-only) is keyed by the tar's size and mtime.
+    The cache entry (``<cache folder>/tar_members/<digest>.members.v2.json``, the folder as in
+    ``docs/caching.md``; one entry per tar) is bound to the tar's real path and reused while the tar's stamp (size,
+    mtime, ctime, inode) is unchanged and was not racy; otherwise the headers are scanned again.
     A truncated tar gives the members before the cut (see :func:`scan_members`), so entries whose
     members survived can still be read; the others are reported as missing members.
     """
     path = Path(tar)
     try:
-        st = path.stat()
+        now = FileStamp.of(path)
     except FileNotFoundError:
         raise DataError("missing_audio", str(path), "tar shard not found") from None
-    cfile = _cache_file(path, cache_dir)
     try:
-        cached = orjson.loads(cfile.read_bytes())
-        if cached["size"] == st.st_size and cached["mtime_ns"] == st.st_mtime_ns:
-            return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
-    except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
-        pass
+        folder: Path | None = cache_folder("tar_members", cache_dir)
+    except OSError:
+        folder = None  # no writable cache: scan every time
+    digest = source_digest(path)
+    cfile = None if folder is None else folder / f"{digest}.members.v{_CACHE_VERSION}.json"
+    if cfile is not None:
+        try:
+            cached = orjson.loads(cfile.read_bytes())
+            if cached["real_path"] == os.path.realpath(path) and FileStamp.from_dict(
+                cached["stamp"]
+            ).same_file(now):
+                touch(cfile)
+                return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
+        except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
+            pass
     table = scan_members(path, partial=True)
+    if cfile is None or FileStamp.of(path) != now:  # changed while scanned: do not cache
+        return table
     blob = orjson.dumps(
         {
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
+            "real_path": os.path.realpath(path),
+            "stamp": now.to_dict(),
             "members": {k: [m.offset, m.size] for k, m in table.items()},
         }
     )
@@ -270,7 +265,7 @@ class TarredDataset:
         )
         self.index = index if index is not None else load_index(manifests, keys, on_error=cfg.on_error)
         self.buckets: np.ndarray | None = self.index.dataset.copy() if prebucketed else None
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
         self._tables: dict[str, dict[str, Member]] = {}
         self._files = OpenFiles()
 
