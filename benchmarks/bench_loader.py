@@ -28,7 +28,7 @@ from speechdata.bench import (
     run_benchmark,
     train_default_tokenizer,
 )
-from speechdata.manifest import default_cache_dir
+from speechdata.cache import cache_folder, source_digest
 from speechdata.testing import make_corpus, write_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -115,7 +115,7 @@ def main() -> int:
 
     big = big_manifest(flac, root / f"big-{args.lines}.jsonl", args.lines)
     big_cfg, _ = load_dataset(big)
-    for stale in default_cache_dir(big).glob("*.npz"):
+    for stale in cache_folder("index").glob(f"{source_digest(big)}.*"):
         stale.unlink()  # time one index build from scratch
     t = time.perf_counter()
     dataset_index(big_cfg, tok)
