@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -75,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         t_build = _median(lambda: load_index(path, cache=False), args.repeats)
         cache_dir = Path(tmp) / "cache"
         t_first = _median(lambda: load_index(path, cache_dir=cache_dir), 1)
+        os.utime(path, ns=(0, path.stat().st_mtime_ns - 10**10))  # not "racy": stamp alone decides
+        load_index(path, cache_dir=cache_dir)
         t_cached = _median(lambda: load_index(path, cache_dir=cache_dir), args.repeats)
+        os.chmod(path, 0o640)  # ctime changes, content does not: every load re-checks the CRC-32
+        t_crc = _median(lambda: load_index(path, cache_dir=cache_dir), args.repeats)
         index = load_index(path, cache_dir=cache_dir)
         per_example = index.nbytes / len(index)
     rows = [
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Index build, no cache", t_build, t_build / t_raw),
         ("Index build + cache write", t_first, t_first / t_raw),
         ("Index load from cache", t_cached, t_cached / t_raw),
+        ("Index load from cache, content re-checked (CRC-32)", t_crc, t_crc / t_raw),
     ]
     out = [
         f"Manifest indexing, {args.lines:,} lines ({len(data) / 1e6:.0f} MB), median of {args.repeats}",
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Index memory: {per_example:.1f} bytes per example (target <= 64).",
         f"Targets: build < 3 s ({'met' if t_build < 3 else 'MISSED'}), "
-        f"cached load < 0.3 s ({'met' if t_cached < 0.3 else 'MISSED'}).",
+        f"cached load < 0.3 s ({'met' if t_cached < 0.3 else 'MISSED'}; "
+        f"with the CRC re-check {'met' if t_crc < 0.3 else 'MISSED'}).",
         f"Command: python benchmarks/bench_index.py --lines {args.lines} --repeats {args.repeats}",
     ]
     text = "\n".join(out)
