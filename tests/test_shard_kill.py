@@ -1,14 +1,19 @@
-"""``speechdata shard`` killed at random points, then rerun, gives the bytes of an uninterrupted run.
+"""``speechdata shard`` killed in the middle of a shard, then rerun, gives the bytes of an
+uninterrupted run.
 
-SPEC §7: writes are atomic per shard and rerunning after a crash completes the job. Each seed
-starts ``python -m speechdata shard`` in its own process group, waits until it has started
-writing, SIGKILLs the whole group (pool workers included) after a seeded random delay, reruns the
-same command to completion and compares every file of the output folder with a reference run.
-``benchmarks/`` is not needed for this: three seeds, one with a process pool, keep it short.
+SPEC §7: writes are atomic per shard and rerunning after a crash completes the job. Each case
+starts ``python -m speechdata shard`` in its own process group and watches the output folder;
+the kill moment is chosen from progress, not from a timer: once at least ``done`` shards have
+their completion marker and a shard's ``audio_i.tar.tmp`` holds data, the whole group (pool
+workers included) is frozen with SIGSTOP and the folder looked at again (if the partial tar was
+renamed meanwhile, the group continues with SIGCONT and is watched again), then SIGKILLed. So the
+kill always lands mid-shard, after the first shard and before the last. The rerun must reuse
+exactly the finished shards, and every file of the output folder must equal a reference run's. ``benchmarks/`` is not needed for this: three cases, one with a process pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from speechdata.shards.write import MARKER_DIR
 from speechdata.testing import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
+SHARDS = 6
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def _command(manifest: Path, out: Path, workers: int) -> list[str]:
         "--out",
         str(out),
         "--num-shards",
-        "6",
+        str(SHARDS),
         "--codec",
         "flac",
         "--shuffle",
@@ -67,35 +73,36 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def _run(manifest: Path, out: Path, workers: int) -> float:
-    """Run the command to completion; returns the seconds from the first output folder to exit."""
-    proc = subprocess.Popen(_command(manifest, out, workers), env=_env(), stderr=subprocess.PIPE)
-    started = _wait_for_start(proc, out)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()
-    return time.monotonic() - started
+def _run(manifest: Path, out: Path, workers: int) -> str:
+    """Run the command to completion; returns its standard output (the summary line)."""
+    proc = subprocess.run(_command(manifest, out, workers), env=_env(), capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
 
 
-def _wait_for_start(proc: subprocess.Popen[bytes], out: Path) -> float:
-    while not (out / "sharded_manifests").is_dir() and proc.poll() is None:
-        time.sleep(0.005)
-    return time.monotonic()
+def _progress(out: Path) -> tuple[int, int]:
+    """``(finished shards, partial tars holding data)`` in the output folder right now."""
+    markers = len(list((out / MARKER_DIR).glob("audio_*.done")))
+    partial = 0
+    for p in out.glob("audio_*.tar.tmp"):
+        with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+            partial += p.stat().st_size > 0
+    return markers, partial
 
 
 @pytest.fixture(scope="module")
-def reference(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, bytes], float]:
+def reference(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("kill_ref") / "out"
-    seconds = _run(manifest, out, workers=1)
+    assert "(0 reused)" in _run(manifest, out, workers=1)
     files = _files(out)
-    assert sum(name.endswith(".tar") for name in files) == 6
-    return files, seconds
+    assert sum(name.endswith(".tar") for name in files) == SHARDS
+    return files
 
 
-@pytest.mark.parametrize(("seed", "workers"), [(0, 1), (1, 1), (2, 2)])
-def test_killed_shard_run_completes_to_the_same_bytes(
-    tmp_path: Path, manifest: Path, reference: tuple[dict[str, bytes], float], seed: int, workers: int
+@pytest.mark.parametrize(("done", "workers"), [(1, 1), (4, 1), (2, 2)])
+def test_shard_run_killed_mid_shard_completes_to_the_same_bytes(
+    tmp_path: Path, manifest: Path, reference: dict[str, bytes], done: int, workers: int
 ) -> None:
-    files, write_seconds = reference
     out = tmp_path / "out"
     proc = subprocess.Popen(
         _command(manifest, out, workers),
@@ -104,17 +111,29 @@ def test_killed_shard_run_completes_to_the_same_bytes(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the pool workers die with it
     )
-    _wait_for_start(proc, out)
-    delay = float(np.random.default_rng([seed, 0xC0DE]).uniform(0.0, 0.8 * write_seconds))
-    time.sleep(delay)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, f"the run ended before {done} shards were done and another begun"
+        assert time.monotonic() < deadline, "no progress"
+        markers, partial = _progress(out)
+        if markers >= done and partial:
+            os.killpg(proc.pid, signal.SIGSTOP)  # freeze the group, then look again
+            markers, partial = _progress(out)
+            if markers >= done and partial:
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    if killed:
-        assert proc.returncode == -signal.SIGKILL
-    _run(manifest, out, workers)
+    assert proc.returncode == -signal.SIGKILL
+    # the kill landed mid-shard: some shards finished, not all, and a partial tar left behind
+    assert _progress(out) == (markers, partial)
+    assert done <= markers < SHARDS and partial >= 1
+    assert not (out / "metadata.yaml").exists()
+
+    summary = _run(manifest, out, workers)
+    assert f"({markers} reused)" in summary, summary
     got = _files(out)
-    assert sorted(got) == sorted(files)
-    for name, data in files.items():
+    assert sorted(got) == sorted(reference)
+    for name, data in reference.items():
         assert got[name] == data, f"{name} differs after the killed run was resumed"
