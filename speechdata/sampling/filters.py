@@ -1,8 +1,9 @@
 """Metadata filters (SPEC §3): which examples of an Index take part in sampling.
 
 Everything here reads numpy columns only; no audio or text is touched. Every example that a
-filter removes is counted in a :class:`~speechdata.errors.DropCounter` under its reason, so
-nothing disappears silently.
+filter removes is counted in a :class:`~speechdata.errors.DropCounter` under its reason, with
+the setting that dropped it (``max_duration 1.0``) and the places (``train.jsonl:4``) of the first
+few, so nothing disappears silently.
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -77,7 +79,10 @@ def filter_mask(
       text stage truncates it (or drops it as ``too_long_text`` when it cannot).
 
     Each dropped example is counted once, under the first failing reason in the order
-    ``too_short_audio``, ``too_long_audio``, ``too_short_text``.
+    ``too_short_audio``, ``too_long_audio``, ``too_short_text``, with the bound as the drop's
+    note. When ``index`` has ``where(i)`` (a :class:`~speechdata.manifest.Index` does), the place
+    and value of the first :attr:`~speechdata.errors.DropCounter.keep_examples` drops of each
+    reason are kept too.
     """
     min_clip = np.asarray(index.min_clip)
     max_clip = np.asarray(index.max_clip)
@@ -85,24 +90,68 @@ def filter_mask(
     if len(max_clip) != n:
         raise ValueError(f"index columns differ in length: min_clip {n}, max_clip {len(max_clip)}")
     keep = np.ones(n, dtype=bool)
+    where = getattr(index, "where", None)
     if cfg.min_duration is not None:
-        short = min_clip < np.float32(cfg.min_duration)
-        _drop(keep, short, "too_short_audio", drops)
+        bound = np.float32(cfg.min_duration)
+        note = f"min_duration {cfg.min_duration}"
+        short = min_clip < bound
+        _drop(
+            keep,
+            short,
+            "too_short_audio",
+            drops,
+            note,
+            where,
+            lambda i: f"clip of {min_clip[i]:.3f} s < {note} s",
+        )
     if cfg.max_duration is not None:
-        long = max_clip > np.float32(cfg.max_duration)
-        _drop(keep, long, "too_long_audio", drops)
+        bound = np.float32(cfg.max_duration)
+        note = f"max_duration {cfg.max_duration}"
+        long = max_clip > bound
+        _drop(
+            keep,
+            long,
+            "too_long_audio",
+            drops,
+            note,
+            where,
+            lambda i: f"clip of {max_clip[i]:.3f} s > {note} s",
+        )
     if token_lengths is not None:
         lengths = np.asarray(token_lengths)
         if lengths.shape != (n,):
             raise ValueError(f"token_lengths has shape {lengths.shape}, expected ({n},)")
-        _drop(keep, lengths < cfg.min_seq_length, "too_short_text", drops)
+        note = f"min_seq_length {cfg.min_seq_length}"
+        _drop(
+            keep,
+            lengths < cfg.min_seq_length,
+            "too_short_text",
+            drops,
+            note,
+            where,
+            lambda i: f"{lengths[i]} tokens < {note}",
+        )
     return keep
 
 
-def _drop(keep: np.ndarray, failed: np.ndarray, reason: str, drops: DropCounter) -> None:
-    """Clear ``keep`` where ``failed`` and count the examples that were still kept."""
+def _drop(
+    keep: np.ndarray,
+    failed: np.ndarray,
+    reason: str,
+    drops: DropCounter,
+    note: str,
+    where: Callable[[int], str] | None,
+    detail: Callable[[int], str],
+) -> None:
+    """Clear ``keep`` where ``failed`` and count the examples that were still kept; the first few
+    are recorded with their place (``where(i)``) and ``detail(i)``."""
     newly = failed & keep
     count = int(np.count_nonzero(newly))
-    if count:
-        keep &= ~newly
-        drops.add(reason, n=count)
+    if not count:
+        return
+    keep &= ~newly
+    first = np.flatnonzero(newly)[: drops.keep_examples].tolist() if where is not None else []
+    drops.add(reason, n=count - len(first), note=note)
+    for i in first:
+        place = where(i)  # type: ignore[misc]
+        drops.add(reason, f"{place}: {detail(i)}", where=place)

@@ -35,7 +35,9 @@ seeds identically:
    drops the tail, otherwise the first batches are repeated to fill the last step; both are
    counted in :class:`Plan` (``dropped``, ``repeated``, in examples over all ranks). With fixed
    batch sizes ``drop_last`` also drops the incomplete last batch of each bucket (PyTorch/NeMo
-   meaning of the key).
+   meaning of the key). The ids ``drop_last`` left out are ``Plan.dropped_ids``: the same on
+   every rank, since they come from the global plan (the loader counts them as
+   ``drop_last_tail``).
 
 Example::
 
@@ -49,7 +51,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,7 @@ from speechdata.sampling.buckets import Buckets, effective_duration, make_bucket
 from speechdata.sampling.filters import IndexColumns, num_datasets
 
 __all__ = [
+    "MIN_FILL",
     "BatchSampler",
     "BatchTable",
     "Plan",
@@ -357,7 +360,11 @@ class Plan:
     ``ids[offsets[k]:offsets[k + 1]]`` and comes from bucket ``bucket[k]``.
 
     ``repeated`` / ``dropped`` count examples (over all ranks) that were repeated to even out the
-    ranks or dropped by ``drop_last`` (incomplete batches and the uneven tail).
+    ranks or dropped by ``drop_last`` (incomplete batches and the uneven tail); ``dropped_ids``
+    are the dropped examples' ids (``dropped`` of them, the same on every rank). ``formed`` is
+    the number of batches cut for the epoch over all ranks, before ``drop_last`` and dealing, and
+    ``fill`` their mean fullness: a batch's examples over the examples a full batch of its kind
+    holds (its bucket's size, or ``floor(batch_duration / its longest effective duration)``).
     """
 
     ids: np.ndarray
@@ -368,6 +375,9 @@ class Plan:
     epoch: int
     rank: int
     world_size: int
+    dropped_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    formed: int = 0
+    fill: float = 1.0
 
     def __len__(self) -> int:
         return int(self.offsets.size - 1)
@@ -398,15 +408,16 @@ def _deal(
     cfg: DatasetConfig,
     world_size: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, int, int]:
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Order the selected batches by strategy and make their number a multiple of ``world_size``.
 
-    Returns the slots (batch ids; slot ``k * world_size + r`` is rank ``r``'s step ``k``) and the
-    numbers of repeated and dropped examples.
+    Returns the slots (batch ids; slot ``k * world_size + r`` is rank ``r``'s step ``k``), the
+    number of repeated examples and the batches ``drop_last`` dropped.
     """
+    none = np.zeros(0, dtype=np.int64)
     t = selected.size
     if t == 0:
-        return selected, 0, 0
+        return selected, 0, none
     w = world_size
     lengths = table.length
     if cfg.bucketing_strategy == "synced_randomized":
@@ -419,7 +430,7 @@ def _deal(
         pos = np.repeat(starts, per) + within % np.maximum(cnt, 1)
         repeated = int(lengths[selected[pos[within >= cnt]]].sum())
         rank_of = np.arange(t, dtype=np.int64) - np.repeat(starts, counts)
-        dropped = int(lengths[selected[rank_of >= np.repeat(per, counts)]].sum())
+        dropped = selected[rank_of >= np.repeat(per, counts)]
         rows = selected[pos].reshape(-1, w)
         if cfg.shuffle and rows.shape[0] > 1:
             rows = rows[rng.permutation(rows.shape[0])]
@@ -430,12 +441,12 @@ def _deal(
         order = selected
     rest = t % w
     if rest == 0:
-        return order, 0, 0
+        return order, 0, none
     if cfg.drop_last:
         keep = t - rest
-        return order[:keep], 0, int(lengths[order[keep:]].sum())
+        return order[:keep], 0, order[keep:]
     slots = np.resize(order, t + w - rest)
-    return slots, int(lengths[slots[t:]].sum()), 0
+    return slots, int(lengths[slots[t:]].sum()), none
 
 
 def _check_rank(rank: int, world_size: int) -> None:
@@ -478,17 +489,14 @@ def plan_epoch(
     if buckets.sizes is None:
         assert cfg.batch_duration is not None
         table = form_batches(bucket, buckets.num_buckets, eff, batch_duration=cfg.batch_duration, rng=soft)
-        selected = np.arange(len(table), dtype=np.int64)
-        dropped = 0
     else:
         table = form_batches(bucket, buckets.num_buckets, eff, sizes=buckets.sizes, rng=soft)
-        if cfg.drop_last:
-            selected = np.flatnonzero(table.full)
-            dropped = int(table.length[~table.full].sum())
-        else:
-            selected = np.arange(len(table), dtype=np.int64)
-            dropped = 0
-    slots, repeated, tail_dropped = _deal(table, selected, cfg, world_size, rng)
+    # with fixed sizes, drop_last leaves out each bucket's incomplete batch
+    cut = cfg.drop_last and buckets.sizes is not None
+    selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
+    incomplete = np.flatnonzero(~table.full) if cut else np.zeros(0, dtype=np.int64)
+    slots, repeated, tail = _deal(table, selected, cfg, world_size, rng)
+    dropped_ids = entries[table.positions(np.concatenate((incomplete, tail)))]
     mine = slots[rank::world_size]
     ids = entries[table.positions(mine)]
     offsets = np.zeros(mine.size + 1, dtype=np.int64)
@@ -498,11 +506,34 @@ def plan_epoch(
         offsets=offsets,
         bucket=table.bucket[mine],
         repeated=repeated,
-        dropped=dropped + tail_dropped,
+        dropped=int(dropped_ids.size),
         epoch=epoch,
         rank=rank,
         world_size=world_size,
+        dropped_ids=dropped_ids,
+        formed=len(table),
+        fill=_mean_fill(table, eff, buckets.sizes, cfg.batch_duration),
     )
+
+
+def _mean_fill(
+    table: BatchTable, effective: np.ndarray, sizes: np.ndarray | None, batch_duration: float | None
+) -> float:
+    """Mean over the formed batches of (examples / examples a full batch of that kind holds)."""
+    if len(table) == 0:
+        return 1.0
+    if sizes is not None:
+        capacity = sizes[table.bucket]
+    else:
+        assert batch_duration is not None
+        longest = np.maximum.reduceat(effective[table.order], table.start)
+        capacity = _caps(longest, batch_duration, int(table.order.size))
+    return float(np.mean(np.minimum(table.length / capacity, 1.0)))
+
+
+#: Mean batch fullness (:attr:`Plan.fill`) under which the loader warns that the data is too
+#: small for its buckets: below one half, most batches are a bucket's leftovers, not full batches.
+MIN_FILL = 0.5
 
 
 # ----------------------------------------------------------------------------------- sampler
@@ -588,6 +619,26 @@ class BatchSampler:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[epoch] = plan
         return plan
+
+    def small_data_warning(self, epoch: int = 0) -> str | None:
+        """A one-line warning when ``epoch``'s batches are on average less than :data:`MIN_FILL`
+        full (:attr:`Plan.fill`) because there are too few examples for the buckets (or for one
+        batch), else ``None``. Computed from the global plan: the same on every rank."""
+        plan = self.plan(epoch)
+        if plan.formed == 0 or plan.fill >= MIN_FILL:
+            return None
+        k = self.buckets.num_buckets
+        kept = int(np.count_nonzero(self.keep_mask))
+        need, fix = (
+            (f"{k} buckets", "lower num_buckets (or use fewer bucket_duration_bins), or give more data")
+            if k > 1
+            else ("a full batch", "lower micro_batch_size / batch_duration, or give more data")
+        )
+        return (
+            f"{kept} examples are too few for {need}: epoch {epoch} has {plan.formed} batches of "
+            f"{kept / plan.formed:.1f} examples on average, {100 * plan.fill:.0f}% as many as full "
+            f"batches would hold; {fix}"
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch; a call with the current epoch keeps the position
