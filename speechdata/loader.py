@@ -16,6 +16,12 @@ Example::
     ...     loss = model(batch)
     >>> loader.report()
     {'too_long_audio': 12}
+
+Nothing is dropped silently: every epoch with drops logs one WARNING line on the ``speechdata``
+logger with the counts by reason and the first places, e.g.
+``epoch 0: 3 dropped: too_long_audio=3 (max_duration 1.0) e.g. train.jsonl:4, train.jsonl:9``,
+and a loader that would yield nothing is an :class:`~speechdata.errors.EmptyDatasetError` when
+it is built.
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ from omegaconf import DictConfig
 
 from speechdata.collate import AudioSources, Packed, finalize, pack
 from speechdata.config import DatasetConfig, dataset_config, load_config
-from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, WorkerDiedError
+from speechdata.errors import (
+    ConfigError,
+    DataError,
+    DropCounter,
+    EmptyDatasetError,
+    SpeechDataError,
+    WorkerDiedError,
+)
 from speechdata.manifest import Index, ManifestKeys, Record, load_index
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
@@ -114,10 +127,17 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
     (seeded order, repeated never dropped, ``shuffle_n`` sample buffer); rows are grouped into
     batches by :func:`speechdata.sampling.stream.bucketed_stream` with the planner's batch rules.
     Everything after that — decoding, text, packing — is shared with the random-access path.
+    Rows outside ``keep`` (the filters' mask) are not streamed.
     """
 
     def __init__(
-        self, batches: BatchDataset, tarred: Any, cfg: DatasetConfig, rank: int, world_size: int
+        self,
+        batches: BatchDataset,
+        tarred: Any,
+        cfg: DatasetConfig,
+        rank: int,
+        world_size: int,
+        keep: np.ndarray,
     ) -> None:
         self.batches = batches
         self.cfg = cfg
@@ -127,7 +147,7 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
         self.urls = [tarred.shard_paths[0][k] for k in sorted(tarred.shard_paths[0])]
         if index.num_datasets != 1:
             raise ConfigError("streaming reads one tarred manifest at a time; give one manifest_filepath")
-        self.members = _MembersOfShard(index)
+        self.members = _MembersOfShard(index, keep)
 
     def __iter__(self) -> Iterator[Packed]:
         from speechdata.sampling.stream import bucketed_stream
@@ -160,10 +180,12 @@ class StreamDataset(torch.utils.data.IterableDataset[Packed]):
 class _MembersOfShard:
     """``shard_id -> {member name: [entries that use it]}``, from the Index when that shard is
     streamed: only the shard's own rows are read (rows without a ``shard_id`` once, for every
-    shard), so start-up reads no manifest line and each worker reads only its shards' lines."""
+    shard), so start-up reads no manifest line and each worker reads only its shards' lines.
+    Rows the filters dropped (``keep`` false) are left out: their members are skipped."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, keep: np.ndarray) -> None:
         self.index = index
+        self.keep = keep
         self._unsharded: dict[str, list[dict[str, Any]]] | None = None
 
     def _table(self, rows: np.ndarray) -> dict[str, list[dict[str, Any]]]:
@@ -178,8 +200,8 @@ class _MembersOfShard:
 
     def __call__(self, shard_id: int) -> dict[str, list[dict[str, Any]]]:
         if self._unsharded is None:
-            self._unsharded = self._table(np.flatnonzero(self.index.shard_id < 0))
-        table = self._table(np.flatnonzero(self.index.shard_id == shard_id))
+            self._unsharded = self._table(np.flatnonzero((self.index.shard_id < 0) & self.keep))
+        table = self._table(np.flatnonzero((self.index.shard_id == shard_id) & self.keep))
         for name, entries in self._unsharded.items():
             table[name] = [*table.get(name, ()), *entries]
         return table
@@ -259,11 +281,16 @@ class SpeechDataLoader:
             reader = _file_sources
         self.filter_drops = DropCounter()
         self.keep = filter_mask(self.index, cfg, self.filter_drops)
+        empty = _nothing_kept(cfg.manifests, self.index, self.keep, self.filter_drops)
+        if empty is not None:
+            raise EmptyDatasetError(empty)
         self.sampler = BatchSampler(
             self.index, self.keep, cfg, rank=rank, world_size=world_size, buckets=buckets
         )
         self.dataset = BatchDataset(self.index, reader, self.builder, cfg.sample_rate, cfg.on_error)
         self.worker_drops = DropCounter()
+        self.plan_drops = DropCounter()  # drop_last_tail of every epoch iterated
+        self._tails_counted: set[int] = set()
         self._epoch = 0
         self._consumed = 0
         self.streaming = cfg.streaming is True or (
@@ -271,6 +298,8 @@ class SpeechDataLoader:
         )
         if self.streaming and self.tarred is None:
             raise ConfigError("streaming: true needs a tarred dataset (is_tarred: true)")
+        if not self.streaming:
+            self._check_first_plan()
         workers = cfg.num_workers
         self._pin = bool(cfg.pin_memory and self.device.type == "cuda" and torch.cuda.is_available())
         common: dict[str, Any] = {
@@ -281,13 +310,44 @@ class SpeechDataLoader:
             "multiprocessing_context": "fork" if workers > 0 and os.name == "posix" else None,
         }
         if self.streaming:
-            self.stream = StreamDataset(self.dataset, self.tarred, cfg, self.rank, self.world_size)
+            self.stream = StreamDataset(self.dataset, self.tarred, cfg, self.rank, self.world_size, self.keep)
             # not persistent: each epoch's workers receive the dataset with its new epoch number
             self._loader = torch.utils.data.DataLoader(self.stream, batch_size=None, **common)
         else:
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, persistent_workers=workers > 0, **common
             )
+
+    def _check_first_plan(self) -> None:
+        """Epoch 0 must give this rank a batch; warn (once) when the data is too small to fill
+        the buckets' batches."""
+        plan = self.sampler.plan(0)
+        if len(plan) == 0:
+            kept = int(np.count_nonzero(self.keep))
+            raise EmptyDatasetError(
+                f"{_names(self.cfg.manifests)}: epoch 0 has no batch for rank {self.rank} of "
+                f"{self.world_size}: drop_last left out all {kept} kept examples (the {plan.formed} "
+                f"batch(es) formed were incomplete, or fewer than the ranks); set drop_last: false "
+                f"or give more data"
+            )
+        warning = self.sampler.small_data_warning(0)
+        if warning is not None:
+            log.warning("%s: %s", _names(self.cfg.manifests), warning)
+
+    def _epoch_plan_drops(self, epoch: int) -> DropCounter:
+        """The examples ``drop_last`` left out of ``epoch``'s global plan (the same on every rank),
+        as ``drop_last_tail`` drops with the places of the first few."""
+        drops = DropCounter()
+        if self.streaming:
+            return drops  # a stream drops no tail: every row is yielded
+        plan = self.sampler.plan(epoch)
+        if plan.dropped:
+            note = "drop_last" if self.world_size == 1 else f"drop_last, over {self.world_size} ranks"
+            first = plan.dropped_ids[: drops.keep_examples].tolist()
+            drops.add("drop_last_tail", n=plan.dropped - len(first), note=note)
+            for i in first:
+                drops.add("drop_last_tail", where=self.index.where(i))
+        return drops
 
     @property
     def rank(self) -> int:
@@ -316,33 +376,67 @@ class SpeechDataLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skip = 0
+        epoch, start = self._epoch, self._consumed
         if self.streaming:
             # the stream is deterministic for a given (seed, epoch, rank, workers): resuming
             # replays the epoch and skips the batches already consumed
-            self.stream.epoch, skip = self._epoch, self._consumed
+            self.stream.epoch, skip = epoch, self._consumed
             self._consumed = 0
         else:
-            self.sampler.load_state_dict({"epoch": self._epoch, "batch": self._consumed})
-        epoch_drops = DropCounter()
-        for packed in self._batches():
-            if packed.error is not None:
-                packed.release()
-                self._drop_workers()  # in this process, before a later fork could inherit them
-                raise packed.error
-            self._consumed += 1
-            if self._consumed > skip:
-                self.worker_drops.merge(packed.drops)
-                epoch_drops.merge(packed.drops)
-            if self._consumed <= skip or len(packed) == 0:
-                packed.release()
-                continue
-            batch = self.finalize(packed)
-            packed.release()  # the padded batch holds copies: the worker may reuse the buffer
-            del packed
-            yield batch
-        if epoch_drops.total():
-            log.warning("epoch %d: %s", self._epoch, epoch_drops.summary())
-        self._epoch, self._consumed = self._epoch + 1, 0
+            self.sampler.load_state_dict({"epoch": epoch, "batch": self._consumed})
+        tail = self._epoch_plan_drops(epoch)
+        if epoch not in self._tails_counted:
+            self._tails_counted.add(epoch)
+            self.plan_drops.merge(tail)
+        epoch_drops = DropCounter()  # this pass's worker drops
+        yielded = 0
+        try:
+            for packed in self._batches():
+                if packed.error is not None:
+                    packed.release()
+                    self._drop_workers()  # in this process, before a later fork could inherit them
+                    raise packed.error
+                self._consumed += 1
+                if self._consumed > skip:
+                    self.worker_drops.merge(packed.drops)
+                    epoch_drops.merge(packed.drops)
+                if self._consumed <= skip or len(packed) == 0:
+                    packed.release()
+                    continue
+                batch = self.finalize(packed)
+                packed.release()  # the padded batch holds copies: the worker may reuse the buffer
+                del packed
+                yielded += 1
+                yield batch
+        except GeneratorExit:
+            # the caller closed the iteration: mid-epoch (a break, a trainer's max_steps) or after
+            # the last batch without asking for more (a trainer that knows the length); either
+            # way, say what this epoch dropped
+            complete = not self.streaming and self._consumed >= len(self.sampler.plan(epoch))
+            self._log_epoch(epoch, epoch_drops, tail, stopped=not complete)
+            if complete:
+                self._epoch, self._consumed = epoch + 1, 0
+            raise
+        line = self._log_epoch(epoch, epoch_drops, tail, stopped=False)
+        self._epoch, self._consumed = epoch + 1, 0
+        if yielded == 0 and start == 0:
+            raise EmptyDatasetError(f"{_names(self.cfg.manifests)}: epoch {epoch} yielded no batch: {line}")
+
+    def _log_epoch(self, epoch: int, worker_drops: DropCounter, tail: DropCounter, *, stopped: bool) -> str:
+        """Log the epoch's one WARNING line (when anything was dropped) and return its summary:
+        indexing and filter drops (the whole dataset's), ``tail`` (``drop_last_tail`` of the
+        global plan) and ``worker_drops`` (what this rank's workers dropped in this pass)."""
+        drops = DropCounter()
+        for part in (self.index.drops, self.filter_drops, tail, worker_drops):
+            drops.merge(part)
+        line = drops.describe()
+        if drops.total():
+            when = f"epoch {epoch}"
+            if stopped:
+                total = "" if self.streaming else f" of {len(self.sampler.plan(epoch))}"
+                when += f" (stopped after {self._consumed}{total} batches)"
+            log.warning("%s: %s", when, line)
+        return line
 
     def _batches(self) -> Iterator[Packed]:
         """The DataLoader's packed batches; a dead worker becomes a one-line :class:`WorkerDiedError`."""
@@ -417,12 +511,33 @@ class SpeechDataLoader:
         self._epoch, self._consumed = int(state["epoch"]), int(state["batch"])
 
     def report(self) -> dict[str, int]:
-        """Dropped examples so far by reason: indexing, filters and workers together."""
+        """Dropped examples so far by reason: indexing and filters (counted once, they are the
+        same every epoch), ``drop_last_tail`` and the workers' drops (counted for every epoch
+        iterated) together. Indexing, filter and ``drop_last_tail`` counts are the whole
+        dataset's, the same on every rank; worker drops are this rank's."""
         total = DropCounter()
-        total.merge(self.index.drops)
-        total.merge(self.filter_drops)
-        total.merge(self.worker_drops)
+        for part in (self.index.drops, self.filter_drops, self.plan_drops, self.worker_drops):
+            total.merge(part)
         return total.to_dict()
+
+
+def _names(paths: Sequence[str]) -> str:
+    """The manifests of a message: up to three paths, then how many more."""
+    shown = ", ".join(str(p) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _nothing_kept(
+    paths: Sequence[str], index: Index, keep: np.ndarray, filter_drops: DropCounter
+) -> str | None:
+    """Why no example is left after indexing and filtering (one line), or ``None`` if some are."""
+    if keep.any():
+        return None
+    dropped = index.drops.copy()
+    dropped.merge(filter_drops)
+    if dropped.total() == 0:
+        return f"{_names(paths)}: {'manifest has' if len(paths) == 1 else 'manifests have'} no examples"
+    return f"{_names(paths)}: all {len(index) + index.drops.total()} examples dropped: {dropped.by_reason()}"
 
 
 def build_dataloader(
