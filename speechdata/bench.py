@@ -15,7 +15,8 @@ plus its largest worker) and the drops of ``loader.report()``. ``--compare`` add
 spans and batch budget: the soundfile decode floor, lhotse (DynamicBucketingSampler +
 ``collate_audio``) and webdataset + soundfile (fixed-size batches of
 ``floor(batch_duration / mean clip duration)``). Peers that cannot be imported are reported as
-skipped, with the reason.
+skipped, with the reason. A corpus too small for steady-state figures (see
+:func:`small_corpus_warning`) is measured anyway, with a warning in the log and the table.
 
 Example::
 
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import platform
@@ -52,6 +54,7 @@ from speechdata.inspect import resolve_manifests
 from speechdata.loader import manifest_keys
 from speechdata.manifest import Index, ManifestKeys, load_index
 from speechdata.sampling.filters import filter_mask
+from speechdata.sampling.plan import plan_epoch
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
 
@@ -84,6 +87,12 @@ _HEADERS = (
     "first batch s",
     "peak RSS MB",
 )
+#: Batches after the first that a run must time, per DataLoader worker (and at least this many
+#: without workers), for its steady-state figures to mean something: while the clock waits for
+#: the first batch every worker is already decoding its own first batch, so up to one batch per
+#: worker arrives almost free afterwards; with 10 timed batches per worker that head start moves
+#: the rate by about 10% at most, and 10 batches average out one slow batch.
+MIN_TIMED_BATCHES = 10
 _DIGITS = {"audio_s_per_s": 0, "examples_per_s": 1, "padding_pct": 1, "first_batch_s": 3, "peak_rss_mb": 0}
 
 
@@ -108,6 +117,7 @@ class BenchResult:
     settings: dict[str, Any]
     corpus: dict[str, Any]
     peers: dict[str, PeerResult]
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (what ``--json`` writes)."""
@@ -140,6 +150,7 @@ class BenchResult:
             "",
             f"Command: `{self.command}`",
         ]
+        lines += [f"\nWarning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -231,6 +242,36 @@ def corpus_clips(index: Index, cfg: DatasetConfig) -> list[Clip]:
                 Clip(p, start, frames, sr, int(info.channels), total, n, k, rec.answer, str(info.format))
             )
     return clips
+
+
+def small_corpus_warning(
+    index: Index, cfg: DatasetConfig, *, epochs: int = 1, max_batches: int | None = None
+) -> str | None:
+    """A one-line warning when a run would time fewer than ``MIN_TIMED_BATCHES`` batches per
+    worker (at least ``MIN_TIMED_BATCHES``) after its first, else ``None``.
+
+    The batches per run are epoch 0's plan for one rank (filters applied) times ``epochs``,
+    capped by ``max_batches``. A corpus with nothing kept is left to the loader's own error.
+    """
+    keep = filter_mask(index, cfg, DropCounter())
+    if not keep.any():
+        return None
+    per_epoch = len(plan_epoch(index, keep, cfg, epoch=0))
+    per_run = per_epoch * epochs if max_batches is None else min(per_epoch * epochs, max_batches)
+    need = MIN_TIMED_BATCHES * max(1, cfg.num_workers)
+    timed = max(0, per_run - 1)
+    if timed >= need:
+        return None
+    seconds = float(index.duration[keep].sum())
+    capped = max_batches is not None and max_batches < per_epoch * epochs
+    fix = "raise --max-batches" if capped else "give more data or --epochs, or a smaller --batch-duration"
+    return (
+        f"the corpus is too small to measure: a run times {timed} batch(es) after the first "
+        f"({int(keep.sum())} examples, {seconds:.0f} s of audio, {per_epoch} batch(es) per epoch, "
+        f"{epochs} epoch(s)), and steady-state figures need at least {need} "
+        f"({MIN_TIMED_BATCHES} per worker: each worker decodes its first batch while the clock waits "
+        f"for the first one); {fix}"
+    )
 
 
 def _warm_page_cache(paths: Sequence[str]) -> None:
@@ -366,6 +407,9 @@ def run_benchmark(
         work = Path(tmp)
         tok = str(tokenizer) if tokenizer else train_default_tokenizer(dataset_index(cfg), cfg, work / "tok")
         index = dataset_index(cfg, tok)  # the loader's keys: its runs find the index cached
+        small = small_corpus_warning(index, cfg, epochs=epochs, max_batches=max_batches)
+        if small is not None:
+            logging.getLogger("speechdata").warning("bench: %s", small)
         clips = [] if cfg.is_tarred else corpus_clips(index, cfg)
         _warm_page_cache([c.path for c in clips])
         save_clips(clips, work / "clips.json")
@@ -437,7 +481,7 @@ def run_benchmark(
         corpus.update(
             examples=len(index), audios=int(index.num_audios.sum()), hours=float(index.duration.sum()) / 3600
         )
-    return BenchResult(command, machine_info(), settings, corpus, peers)
+    return BenchResult(command, machine_info(), settings, corpus, peers, [small] if small else [])
 
 
 # ------------------------------------------------------------------------------- the outputs
