@@ -1,11 +1,12 @@
 """A 2-process CPU DDP run (gloo) of ``speechdata train`` completes an epoch with equal steps per
 rank (issue #7): the loader deals each rank the same number of batches, so DDP's lock-step
 all-reduce never waits on a rank that ran out, and each rank's saved data position is the end of
-its epoch."""
+its epoch. Every step's checkpoint holds each rank's exact position (epoch 0, that many batches)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
         f"model.validation_ds.manifest_filepath={c.manifest}",
         f"model.tokenizer.model={tok}",
         f"exp_manager.exp_dir={tmp_path / 'exp'}",
-        "exp_manager.checkpoint_callback_params.every_n_train_steps=1000",
+        "exp_manager.checkpoint_callback_params.every_n_train_steps=1",
+        "exp_manager.checkpoint_callback_params.save_top_k=-1",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.strategy=ddp",
@@ -67,8 +69,20 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr[-3000:]
     # accumulation = global / (micro x 2 ranks) = 1, so one optimizer step per batch of each rank
     assert f"trained {per_rank[0]} steps" in out.stdout, out.stdout[-2000:]
-    last = sorted((tmp_path / "exp").rglob("*-last.ckpt"))
-    assert last, "no -last checkpoint written"
-    ckpt = torch.load(last[-1], map_location="cpu", weights_only=True)
-    positions = ckpt["speechdata_loader"]
-    assert len(positions) == 2  # one saved data position per rank
+    steps = per_rank[0]
+    ckpts = [
+        (int(re.search(r"-step=(\d+)-", p.name).group(1)), p) for p in (tmp_path / "exp").rglob("*.ckpt")
+    ]
+    # one per step, and the -last one
+    assert sorted(step for step, _ in ckpts) == [*range(1, steps + 1), steps], ckpts
+    for step, path in ckpts:
+        positions = torch.load(path, map_location="cpu", weights_only=True)["speechdata_loader"]
+        # one data position per rank, in rank order: after `step` batches of epoch 0 on each
+        # (Lightning fetches one batch ahead; the saved position is the last batch trained on)
+        assert [(p["epoch"], p["batches"], p["epoch_complete"]) for p in positions] == [
+            (0, step, step == steps)
+        ] * 2, (step, positions)
+        # the loader's own state: the next batch to load (a finished epoch rolls over to the next)
+        want = {"epoch": 0, "batch": step} if step < steps else {"epoch": 1, "batch": 0}
+        states = [{k: p["state"][k] for k in ("epoch", "batch", "rank", "world_size")} for p in positions]
+        assert states == [{**want, "rank": r, "world_size": 2} for r in range(2)], (step, states)
