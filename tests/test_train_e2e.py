@@ -112,3 +112,23 @@ def test_cli_train_reports_missing_paths(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["train", str(CONFIGS / "salm_tiny.yaml")]) == 1
     err = capsys.readouterr().err
     assert "manifest_filepath" in err and "???" in err
+
+
+def test_cli_trains_a_config_with_nemo_model_data_sections(corpus: dict[str, str], tmp_path: Path) -> None:
+    """NeMo's SpeechLLM configs keep the datasets under model.data: `speechdata train` reads them."""
+    import yaml
+
+    from speechdata.cli import main
+
+    raw = yaml.safe_load((CONFIGS / "salm_tiny.yaml").read_text())
+    model = raw["model"]
+    model["data"] = {"train_ds": model.pop("train_ds"), "validation_ds": model.pop("validation_ds")}
+    text = yaml.safe_dump(raw).replace("model.train_ds.", "model.data.train_ds.")
+    path = tmp_path / "nemo_layout.yaml"
+    path.write_text(text)
+    args = [a.replace("model.train_ds.", "model.data.train_ds.") for a in overrides(corpus, tmp_path, 2)]
+    args = [a.replace("model.validation_ds.", "model.data.validation_ds.") for a in args]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["train", str(path), *args, "exp_manager.resume_if_exists=false"]) == 0
+    assert list((tmp_path / "salm_tiny").rglob("*.ckpt")) or list(tmp_path.rglob("*.ckpt"))

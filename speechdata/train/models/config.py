@@ -124,6 +124,7 @@ OTHER_MODEL_KEYS = (
     "resume_from_checkpoint",
     "tokenizer",
     "train_ds",
+    "data",  # NeMo SpeechLLM configs keep train_ds / validation_ds under model.data
     "validation_ds",
     "test_ds",
     "optim",
