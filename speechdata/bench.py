@@ -206,9 +206,11 @@ def dataset_index(cfg: DatasetConfig, tokenizer: str | Path | None = None) -> In
     skipped), which is enough to read the text for a tokenizer."""
     if tokenizer is None:
         keys = ManifestKeys(cfg.answer_key, cfg.context_key, cfg.default_context, cfg.is_tarred)
-        return load_index(cfg.manifests, keys, on_error="skip")
+        return load_index(cfg.manifests, keys, on_error="skip", cache_dir=cfg.cache_dir)
     builder = PromptBuilder(cfg, Tokenizer.load(tokenizer))
-    return load_index(cfg.manifests, manifest_keys(cfg, builder), on_error=cfg.on_error)
+    return load_index(
+        cfg.manifests, manifest_keys(cfg, builder), on_error=cfg.on_error, cache_dir=cfg.cache_dir
+    )
 
 
 def train_default_tokenizer(index: Index, cfg: DatasetConfig, out_dir: str | Path) -> str:

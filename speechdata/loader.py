@@ -266,7 +266,11 @@ class SpeechDataLoader:
             raise ConfigError("manifest_filepath: no manifest given")
         self.builder = PromptBuilder(cfg, tokenizer)
         self.index = load_index(
-            cfg.manifests, manifest_keys(cfg, self.builder), on_error=cfg.on_error, cache=cache
+            cfg.manifests,
+            manifest_keys(cfg, self.builder),
+            on_error=cfg.on_error,
+            cache=cache,
+            cache_dir=cfg.cache_dir,
         )
         buckets = None
         if cfg.is_tarred:

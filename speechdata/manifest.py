@@ -615,6 +615,8 @@ def _load_cached(path: Path, cache_file: Path, keys: ManifestKeys, root: str) ->
     drops = DropCounter()
     drops.merge(meta["drops"])
     drops.examples = meta.get("drop_examples", {})
+    drops.places = meta.get("drop_places", {})
+    drops.notes = meta.get("drop_notes", {})
     touch(cache_file)
     dataset = DatasetInfo(str(path), info["name"], source, root, info["num_lines"], meta["drops"])
     return Index(columns, [dataset], keys, drops)
@@ -630,6 +632,8 @@ def _save_cached(path: Path, cache_file: Path, index: Index, stamp: FileStamp, c
         "info": {"name": info.name, "num_lines": info.num_lines, "plain": plain},
         "drops": index.drops.to_dict(),
         "drop_examples": index.drops.examples,
+        "drop_places": index.drops.places,
+        "drop_notes": index.drops.notes,
     }
     _write_npz(cache_file, {name: getattr(index, name) for name in (*_COLUMNS, "dataset")}, meta)
     keep_plain = None if plain is None else cache_file.parent / plain

@@ -265,3 +265,13 @@ def test_utf8_bom_is_skipped(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(line, ensure_ascii=False).encode() + b"\n")
     index = load_index(path)
     assert len(index) == 1 and index.record(0).answer == "naïve"
+
+
+def test_indexing_drops_keep_their_places_through_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"audio_filepath": "/a.wav", "duration": 1.0, "text": "x"}\n{broken\n')
+    first = load_index(path, on_error="skip")
+    again = load_index(path, on_error="skip")  # from the cache
+    assert again.drops.to_dict() == first.drops.to_dict() == {"bad_line": 1}
+    assert again.drops.places == first.drops.places and first.drops.places["bad_line"] == [f"{path}:2"]
+    assert again.drops.summary() == first.drops.summary()
