@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from speechdata.config import DatasetConfig
+from speechdata.config import DatasetConfig, check_concat_sampling
 from speechdata.errors import ConfigError
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
@@ -261,23 +261,9 @@ def mixing_weights(counts: np.ndarray, cfg: DatasetConfig) -> np.ndarray | None:
     counts = np.asarray(counts, dtype=np.float64)
     probs = cfg.concat_sampling_probabilities
     technique = cfg.concat_sampling_technique
+    check_concat_sampling(cfg, int(counts.size))  # the data-free rules, as when the config was read
     if probs is not None:
-        if technique != "random":
-            raise ConfigError(
-                f"concat_sampling_probabilities is only used with concat_sampling_technique 'random'; "
-                f"set it to null for {technique!r}"
-            )
         w = np.asarray(probs, dtype=np.float64)
-        if w.size != counts.size:
-            raise ConfigError(
-                f"concat_sampling_probabilities: {w.size} weights for {counts.size} manifests; give one per manifest"
-            )
-        if (w < 0).any() or not np.isfinite(w).all():
-            raise ConfigError(f"concat_sampling_probabilities: weights must be >= 0; got {list(probs)}")
-        if abs(w.sum() - 1.0) > 1e-3:
-            raise ConfigError(
-                f"concat_sampling_probabilities: weights must sum to 1; they sum to {w.sum():.6g}"
-            )
         empty = np.flatnonzero((w > 0) & (counts == 0))
         if empty.size:
             raise ConfigError(
@@ -287,8 +273,6 @@ def mixing_weights(counts: np.ndarray, cfg: DatasetConfig) -> np.ndarray | None:
         return w / w.sum()
     if technique == "temperature":
         t = cfg.concat_sampling_temperature
-        if t <= 0:
-            raise ConfigError(f"concat_sampling_temperature: must be positive; got {t}")
         if t == 1.0:
             return None
         w = counts ** (1.0 / t)
