@@ -190,11 +190,16 @@ def load_dataset(
             raise SpeechDataError(
                 f"{path}: reading tarred datasets needs speechdata.shards.read (not available)"
             )
-        tars = sorted(path.glob("audio_*.tar"))
-        if not tars:
-            raise SpeechDataError(f"{path}: tarred_audio_manifest.json but no audio_*.tar beside it")
+        from speechdata.shards.read import tarred_dataset_folders
+
+        specs = []
+        for folder in tarred_dataset_folders(path):  # one dataset, or its bucket* datasets
+            tars = sorted(folder.glob("audio_*.tar"))
+            if not tars:
+                raise SpeechDataError(f"{folder}: tarred_audio_manifest.json but no audio_*.tar beside it")
+            specs.append(str(folder / f"audio__OP_0..{len(tars) - 1}_CL_.tar"))
         values.update(
-            is_tarred=True, tarred_audio_filepaths=str(path / f"audio__OP_0..{len(tars) - 1}_CL_.tar")
+            is_tarred=True, tarred_audio_filepaths=specs[0] if len(specs) == 1 else [[s] for s in specs]
         )
     whole = load_config({"model": {section: values}}, _prefixed(overrides, f"model.{section}"))
     return dataset_config(whole, section), None

@@ -181,3 +181,13 @@ def test_tarred_folder(corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert main([*args, "--compare"]) == 1  # peers need plain files
     assert "--compare needs plain audio files" in capsys.readouterr().err
+
+
+def test_bucketed_tarred_folder(corpus: Corpus, tmp_path: Path) -> None:
+    """A folder written by `shard --buckets` is benchmarked over all its bucket datasets."""
+    shards = tmp_path / "buckets"
+    assert main(["shard", str(corpus.manifest), "--out", str(shards), "--buckets", "2"]) == 0
+    args = ["bench", str(shards), "audio_locator='|audio|'", "--batch-duration", "12", "--repeats", "1"]
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["peers"]["speechdata"]["runs"][0]["examples"] == len(corpus.entries)
