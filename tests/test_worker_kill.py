@@ -3,7 +3,8 @@
 The worker kills itself with SIGKILL while it prepares a chosen batch (a hook on the dataset's
 audio reader, armed once through a marker file so the resumed run is not killed again). The error
 must say that a worker died and how to continue; the loader's ``state_dict()`` at that point,
-given to a fresh loader, must yield exactly the batches an uninterrupted run yields after it.
+given to a fresh loader, must yield exactly the batches an uninterrupted run yields after it: for
+plain files in epoch 1, and for streamed tar shards in epoch 0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ import pytest
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import WorkerDiedError
+from speechdata.loader import BatchDataset
 from speechdata.manifest import Record
+from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import make_corpus
 from speechdata.text.tokenizer import Tokenizer
 
@@ -134,4 +138,59 @@ def test_same_loader_iterates_again_after_a_worker_died(tmp_path: Path, corpus, 
             got.append(_ids(b))
     # a new iter() on the same loader starts fresh workers and continues at the next batch
     got += [_ids(b) for b in loader]
+    assert got == reference
+
+
+def test_streamed_worker_killed_in_the_first_epoch_resumes_exactly(
+    tmp_path: Path, corpus, tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other path and another moment: tar shards streamed through ``pipe:`` by 2 workers,
+    a worker killed in epoch 0 while it builds a batch (the stream is replayed on resume)."""
+    shards = tmp_path / "shards"
+    write_shards([corpus.manifest], shards, ShardOptions(num_shards=3, progress=False))
+    cfg = _cfg(
+        corpus,
+        manifest_filepath=str(shards / "tarred_audio_manifest.json"),
+        is_tarred=True,
+        tarred_audio_filepaths=f"pipe:cat {shards}/audio__OP_0..2_CL_.tar",
+        shuffle_n=8,
+        bucket_buffer_size=16,
+    )
+    reference = [_ids(b) for b in build_dataloader(cfg, tokenizer)]  # epoch 0, uninterrupted
+    # the victim: an example of one late batch only (a shard read twice repeats its examples), so
+    # the workers' read-ahead cannot reach it before the consumer has taken some batches
+    counts = Counter(s for b in reference for s in b)
+    position, victim = next(
+        (k, s) for k in range(len(reference) - 3, 0, -1) for s in reference[k] if counts[s] == 1
+    )
+    assert position >= len(reference) // 2, position
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    real = BatchDataset.__getitems__
+
+    def getitems(self: BatchDataset, ids: Any, read_audio: Any = None) -> Any:
+        # the streaming path hands each batch's rows here, in the worker that builds it
+        if victim in self.index.sample_ids(ids).tolist():
+            try:
+                os.close(os.open(marks / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, ids, read_audio)
+
+    monkeypatch.setattr(BatchDataset, "__getitems__", getitems)
+    loader = build_dataloader(cfg, tokenizer)
+    assert loader.streaming and cfg.num_workers == 2
+    got: list[list[int]] = []
+    with pytest.raises(WorkerDiedError, match=r"; epoch 0, \d+ batches consumed, nothing lost"):
+        for b in loader:
+            got.append(_ids(b))
+    assert (marks / "killed").exists()
+    state = loader.state_dict()
+    assert state["epoch"] == 0 and 0 < state["batch"] == len(got) <= position
+
+    resumed = build_dataloader(cfg, tokenizer)
+    resumed.load_state_dict(state)
+    got += [_ids(b) for b in resumed]
     assert got == reference
