@@ -41,6 +41,7 @@ import orjson
 
 from speechdata.audio import audio_info
 from speechdata.cache import FileStamp, cache_folder, crc32_of, prune, source_digest, touch
+from speechdata.config import DatasetConfig
 from speechdata.errors import DataError, DropCounter, SpeechDataError, handle
 from speechdata.openfiles import OpenFiles
 
@@ -83,6 +84,24 @@ class ManifestKeys:
         """A stable short digest of these settings (sha1, never ``hash()``)."""
         blob = json.dumps(self.__dict__, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def manifest_keys(cfg: DatasetConfig, require_context: bool = False) -> ManifestKeys:
+    """The manifest key settings of a dataset config: the one place where ``answer_key``,
+    ``context_key``, ``default_context`` and ``is_tarred`` become :class:`ManifestKeys`.
+
+    The loader and every command that reads manifests call this (a command builds its
+    :class:`~speechdata.config.DatasetConfig` from its flags). ``require_context``: a line without
+    a context (and no ``default_context``) is an error; the loader sets it when its prompt needs a
+    context (``PromptBuilder.needs_context``).
+    """
+    return ManifestKeys(
+        answer_key=cfg.answer_key,
+        context_key=cfg.context_key,
+        default_context=cfg.default_context,
+        tarred=cfg.is_tarred,
+        require_context=require_context,
+    )
 
 
 @dataclass
