@@ -1,6 +1,7 @@
 """Sampling benchmark: planning speed and padding against lhotse's DynamicBucketingSampler.
 
-Run: ``python benchmarks/bench_sampling.py [--n 1000000] [--n-padding 100000] [--repeats 5]``
+Run: ``python benchmarks/bench_sampling.py [--n 1000000] [--n-padding 100000] [--repeats 5]
+[--out results/sampling.md]``
 
 Durations are LibriSpeech-like: a gamma distribution (shape 6, scale 2.1: mean ~12.6 s) clipped to
 [1, 35] s. The numbers it imitates are LibriSpeech's published ones (Panayotov et al., ICASSP 2015:
@@ -22,9 +23,12 @@ histogram.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -104,7 +108,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000, help="examples for the planning-speed run")
     ap.add_argument("--n-padding", type=int, default=100_000, help="examples for the padding comparison")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", help="also write the report to this markdown file")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
+    lines: list[str] = []
 
     big = Columns(librispeech_like(args.n, seed=1))
     keep = np.ones(args.n, bool)
@@ -118,9 +125,9 @@ def main() -> None:
         plan_epoch(big, keep, cfg, epoch=epoch, rank=3, world_size=8, buckets=buckets)
         times.append(time.perf_counter() - t0)
     t_plan = statistics.median(times)
-    print(f"planning {args.n:,} examples (batch_duration={BUDGET:g} s, {BUCKETS} buckets, 8 ranks)")
-    print(f"  bin estimate (once): {t_bins * 1e3:.0f} ms")
-    print(
+    lines.append(f"planning {args.n:,} examples (batch_duration={BUDGET:g} s, {BUCKETS} buckets, 8 ranks)")
+    lines.append(f"  bin estimate (once): {t_bins * 1e3:.0f} ms")
+    lines.append(
         f"  plan one epoch (median of {args.repeats}): {t_plan * 1e3:.0f} ms = {args.n / t_plan:,.0f} examples/s"
     )
 
@@ -128,24 +135,34 @@ def main() -> None:
     rows = [("speechdata", *speechdata_batches(d))]
     rows.append(("lhotse (defaults)", *lhotse_batches(d, best_case=False)))
     rows.append(("lhotse (whole-set bins/buffer)", *lhotse_batches(d, best_case=True)))
-    print(
+    lines.append(
         f"\npadding at batch_duration={BUDGET:g} s, {BUCKETS} buckets, {args.n_padding:,} LibriSpeech-like examples"
     )
-    print("| sampler | padding | vs speechdata | fullness | batches | examples/s | speed vs lhotse |")
-    print("|---|---|---|---|---|---|---|")
+    lines.append("| sampler | padding | vs speechdata | fullness | batches | examples/s | speed vs lhotse |")
+    lines.append("|---|---|---|---|---|---|---|")
     ours_pad = batch_stats(rows[0][1])[0]
     lhotse_speed = args.n_padding / rows[1][2]
     for name, batches, elapsed in rows:
         pad, full, count = batch_stats(batches)
         assert sum(b.size for b in batches) == args.n_padding, name
         speed = args.n_padding / elapsed
-        print(
+        lines.append(
             f"| {name} | {pad:.2%} | {pad / ours_pad:.2f}x | {full:.1%} | {count} | {speed:,.0f} | "
             f"{speed / lhotse_speed:.1f}x |"
         )
-    print(
+    lines.append(
         f"\ntargets: speechdata padding <= lhotse and <= 3%: {'met' if ours_pad <= min(0.03, batch_stats(rows[1][1])[0]) else 'NOT met'}"
     )
+
+    lines += [
+        "",
+        f"machine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after",
+        f"command: python benchmarks/bench_sampling.py {' '.join(sys.argv[1:])}".rstrip(),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Text-stage benchmark: PromptBuilder (format + tokenize + truncate) against raw SentencePiece.
 
-Run: ``python benchmarks/bench_text.py [--n 100000] [--repeats 3] [--vocab-size 2000] [--seed 0]``
+Run: ``python benchmarks/bench_text.py [--n 100000] [--repeats 5] [--vocab-size 2000] [--seed 0]
+[--out results/text.md]``
 
 ``--n`` synthetic examples (a context of 4-15 words, an answer of 3-40 words, from a fixed word
 list with a seeded numpy generator) are built with :class:`speechdata.text.PromptBuilder` on one
@@ -23,10 +24,13 @@ repeat, so that load from other processes hits both sides alike).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
@@ -111,7 +115,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="also write the table to this markdown file")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
 
     contexts, answers = make_examples(args.n, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,19 +169,27 @@ def main() -> None:
             ratios[name].append(raw_s / secs)
 
     raw_rate = args.n / statistics.median(raw_times)
-    print(f"# text stage, {args.n} examples, vocab {tok.vocab_size}, median {median_len} tokens, one core")
-    print()
-    print("| run | examples/s | ratio to raw sentencepiece encode | built |")
-    print("|---|---:|---:|---:|")
-    print(
-        f"| raw `SentencePieceProcessor.encode` of the formatted text | {raw_rate:,.0f} | 1.00 | {args.n} |"
-    )
+    lines = [
+        f"# text stage, {args.n} examples, vocab {tok.vocab_size}, median {median_len} tokens, one core",
+        "",
+        "| run | examples/s | ratio to raw sentencepiece encode | built |",
+        "|---|---:|---:|---:|",
+        f"| raw `SentencePieceProcessor.encode` of the formatted text | {raw_rate:,.0f} | 1.00 | {args.n} |",
+    ]
     for name, _ in runs:
         rate = args.n / statistics.median(times[name])
         ratio = statistics.median(ratios[name])
-        print(f"| PromptBuilder.build, {name} | {rate:,.0f} | {ratio:.2f} | {built[name]} |")
-    print()
-    print(f"examples/s and ratios: medians over {args.repeats} interleaved repeats")
+        lines.append(f"| PromptBuilder.build, {name} | {rate:,.0f} | {ratio:.2f} | {built[name]} |")
+    lines += [
+        "",
+        f"examples/s and ratios: medians over {args.repeats} interleaved repeats",
+        f"machine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after",
+        f"command: python benchmarks/bench_text.py {' '.join(sys.argv[1:])}".rstrip(),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,13 @@ def test_every_results_file_the_docs_cite_exists() -> None:
             assert list((REPO / name).parent.glob(Path(name).name)), name
         else:
             assert (REPO / name).is_file(), f"{name} is cited but missing"
+
+
+def test_the_loader_tables_in_the_docs_are_the_results_file() -> None:
+    results = (REPO / "benchmarks/results/loader.md").read_text().splitlines()
+    loaders = ("| speechdata |", "| decode floor |", "| lhotse |", "| webdataset |")
+    rows = [line for line in results if line.startswith(loaders)]
+    assert len(rows) == 8, rows  # four loaders, FLAC and WAV
+    docs = (REPO / "docs/benchmarks.md").read_text().splitlines()
+    for row in rows:
+        assert row in docs, f"docs/benchmarks.md lacks the results row {row!r}"
