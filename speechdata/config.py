@@ -9,6 +9,12 @@ unknown key gets a "did you mean", a wrong type names the key, a required key le
 its full path. NeMo's keys that do not change what is loaded (:data:`NEMO_IGNORED_KEYS`) are
 accepted with one warning per section; NeMo's ``label_key`` is ``answer_key``.
 
+One validator checks every config section, the dataset's and the trainer's alike:
+:func:`check_section` fills a dataclass from a mapping (unknown keys with a "did you mean" from
+:func:`suggest`, each value checked against its field's annotation by :func:`coerce`, then the
+class's own ``check(path)`` rules); :func:`check_keys` and :func:`check_choice` are its pieces for
+sections that are not dataclasses.
+
 Example::
 
     >>> cfg = load_config("salm.yaml", ["model.train_ds.max_duration=20"])
@@ -26,10 +32,10 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -41,8 +47,10 @@ TRUNCATION_FIELDS = ("context", "answer")
 BUCKETING_STRATEGIES = ("fully_randomized", "synced_randomized", "fixed_order")
 CONCAT_TECHNIQUES = ("random", "temperature", "round-robin")
 ON_ERROR = ("raise", "skip")
+NORMALIZE = ("per_feature", "none")
 
 log = logging.getLogger("speechdata")
+T = TypeVar("T")
 
 #: Keys of NeMo's SpeechLLM (and lhotse) dataset sections that do not change what is loaded, with
 #: what NeMo uses them for. A dataset section may contain them: they are dropped, and one warning
@@ -80,6 +88,10 @@ class FeatureConfig:
     n_fft: int | None = None
     normalize: str = "per_feature"
     log_zero_guard: float = 2.0**-24
+
+    def check(self, path: str) -> None:
+        """The rules beyond each value's type (:func:`check_section` calls it)."""
+        check_choice(self.normalize, NORMALIZE, f"{path}.normalize")
 
 
 @dataclass
@@ -133,14 +145,23 @@ class DatasetConfig:
     bucket_buffer_size: int = 10000
     features: FeatureConfig | None = None
     cache_dir: str | None = None
-    #: Manifest paths as a list (filled from ``manifest_filepath`` by :func:`dataset_config`).
-    manifests: list[str] = field(default_factory=list, repr=False)
+    #: Manifest paths as a list (from ``manifest_filepath``; not a config key).
+    manifests: list[str] = field(default_factory=list, repr=False, metadata={"config_key": False})
+
+    def __post_init__(self) -> None:
+        if not self.manifests:
+            self.manifests = split_paths(self.manifest_filepath)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the user-facing keys (``manifests`` excluded)."""
         d = dataclasses.asdict(self)
         d.pop("manifests")
         return d
+
+    def check(self, path: str) -> None:
+        """The rules beyond each value's type: choices, ranges, and the data-free
+        concat-sampling rules (:func:`check_section` calls it)."""
+        _check_dataset(self, path)
 
 
 #: Keys whose default differs for evaluation sets (``validation_ds`` / ``test_ds``).
@@ -331,21 +352,8 @@ def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> Dat
     both names with different values are an error. Any other unknown key is an error with a
     "did you mean".
     """
-    hints = typing.get_type_hints(DatasetConfig)
-    known = [f.name for f in dataclasses.fields(DatasetConfig) if f.name != "manifests"]
-    values = _nemo_keys(values, path, known)
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, known)}")
-        if key == "features":
-            kwargs[key] = _features(value, f"{path}.features")
-            continue
-        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
-    ds = DatasetConfig(**kwargs)
-    ds.manifests = split_paths(ds.manifest_filepath)
-    _check_choices(ds, path)
-    return ds
+    values = _nemo_keys(values, path, section_keys(DatasetConfig))
+    return check_section(values, DatasetConfig, path, nested={"features": _features})
 
 
 def _nemo_keys(values: Mapping[str, Any], path: str, known: Sequence[str]) -> dict[str, Any]:
@@ -401,20 +409,10 @@ def _features(value: Any, path: str) -> FeatureConfig | None:
         return FeatureConfig()
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path}: expected a mapping of feature settings, true, or null")
-    hints = typing.get_type_hints(FeatureConfig)
-    known = [f.name for f in dataclasses.fields(FeatureConfig)]
-    kwargs = {}
-    for key, v in value.items():
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(str(key), known)}")
-        kwargs[key] = _coerce(v, hints[key], f"{path}.{key}")
-    fc = FeatureConfig(**kwargs)
-    if fc.normalize not in ("per_feature", "none"):
-        raise ConfigError(f"{path}.normalize: must be 'per_feature' or 'none', got {fc.normalize!r}")
-    return fc
+    return check_section(value, FeatureConfig, path)
 
 
-def _check_choices(ds: DatasetConfig, path: str) -> None:
+def _check_dataset(ds: DatasetConfig, path: str) -> None:
     choices = {
         "truncation_field": TRUNCATION_FIELDS,
         "bucketing_strategy": BUCKETING_STRATEGIES,
@@ -422,11 +420,7 @@ def _check_choices(ds: DatasetConfig, path: str) -> None:
         "on_error": ON_ERROR,
     }
     for key, allowed in choices.items():
-        v = getattr(ds, key)
-        if v not in allowed:
-            raise ConfigError(
-                f"{path}.{key}: must be one of {', '.join(allowed)}; got {v!r}{_suggest(str(v), allowed)}"
-            )
+        check_choice(getattr(ds, key), allowed, f"{path}.{key}")
     if ds.streaming not in (True, False, "auto"):
         raise ConfigError(f"{path}.streaming: must be true, false or 'auto'; got {ds.streaming!r}")
     positive = ("global_batch_size", "micro_batch_size", "max_seq_length", "sample_rate", "pad_to_multiple")
@@ -483,9 +477,72 @@ def check_concat_sampling(cfg: DatasetConfig, num_manifests: int | None, path: s
         raise ConfigError(f"{key}: weights must sum to 1; they sum to {total:.6g}")
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+# ------------------------------------------------------------------ the section validator
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'X'?)"`` for the choice closest to ``word``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_keys(keys: Iterable[Any], known: Sequence[str], path: str) -> None:
+    """A :class:`ConfigError` ``"<path>.<key>: unknown key (did you mean ...)"`` for the first key
+    of ``keys`` not in ``known``."""
+    for key in keys:
+        if str(key) not in known:
+            raise ConfigError(f"{path}.{key}: unknown key{suggest(str(key), known)}")
+
+
+def check_choice(value: Any, choices: Sequence[Any], path: str) -> None:
+    """A :class:`ConfigError` ``"<path>: must be one of a, b; got 'x' (did you mean ...)"`` unless
+    ``value`` is one of ``choices`` (``None`` among them is shown as ``null``)."""
+    if value in choices:
+        return
+    shown = ", ".join("null" if c is None else str(c) for c in choices)
+    named = [str(c) for c in choices if c is not None]
+    raise ConfigError(f"{path}: must be one of {shown}; got {value!r}{suggest(str(value), named)}")
+
+
+def section_keys(cls: type) -> list[str]:
+    """The config keys of dataclass ``cls``: its fields, except those marked
+    ``metadata={"config_key": False}`` (values derived from other keys)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("config_key", True)]
+
+
+def check_section(
+    values: Mapping[str, Any] | None,
+    cls: type[T],
+    path: str,
+    *,
+    nested: Mapping[str, Callable[[Any, str], Any]] | None = None,
+) -> T:
+    """Build dataclass ``cls`` from one config section: the config validator of every section.
+
+    ``values`` is the section (``None``: all defaults); every key must be one of
+    :func:`section_keys` (else "unknown key" with a "did you mean"), every value is checked
+    against the field's annotation by :func:`coerce`, except ``nested`` fields, whose value is
+    built by their function ``(value, path) -> value``. The built object's own rules run last: its
+    ``check(path)`` method, when the class has one. Errors name ``path.key``.
+    """
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = section_keys(cls)
+    check_keys(values, known, path)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        key = str(key)
+        build = (nested or {}).get(key)
+        where = f"{path}.{key}"
+        kwargs[key] = build(value, where) if build is not None else coerce(value, hints[key], where)
+    out = cls(**kwargs)
+    check = getattr(out, "check", None)
+    if callable(check):
+        check(path)
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -499,8 +556,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp``; ints become floats where a float is expected."""
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` checked against the type annotation ``tp`` (unions, ``list[...]``, ``None``,
+    bool, int, float, str, classes): a :class:`ConfigError` ``"<path>: expected int, got 'four'"``
+    when it does not match; ints become floats where a float is expected."""
     ok, out = _try_coerce(value, tp)
     if not ok:
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__

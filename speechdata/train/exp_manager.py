@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from speechdata.config import _suggest
+from speechdata.config import check_keys
 from speechdata.errors import ConfigError
 from speechdata.train.ema import EMA
 
@@ -104,9 +104,7 @@ def _section(cfg: DictConfig | Mapping[str, Any] | None, known: tuple[str, ...],
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(str(key), known)}")
+    check_keys(data, known, path)
     return data
 
 

@@ -25,19 +25,13 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from speechdata.config import _suggest
+from speechdata.config import check_choice, check_keys
 from speechdata.errors import ConfigError
 
 OPTIMIZERS = ("fused_adam", "adamw", "adam", "sgd")
 SCHEDULERS = ("WarmupPolicy", "CosineAnnealing")
 _OPTIM_KEYS = ("name", "lr", "eps", "betas", "weight_decay", "momentum", "sched")
 _SCHED_KEYS = ("name", "warmup_steps", "warmup_ratio", "min_lr", "max_steps", "constant_steps", "last_epoch")
-
-
-def _check_keys(cfg: Mapping[str, Any], known: tuple[str, ...], path: str) -> None:
-    for key in cfg:
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(str(key), known)}")
 
 
 def build_optimizer(
@@ -51,12 +45,9 @@ def build_optimizer(
     Adam(W) is fused when every parameter is on CUDA and ``allow_fused`` (Lightning cannot clip
     gradients of a fused optimiser under mixed precision; the caller then passes ``False``).
     """
-    _check_keys(cfg, _OPTIM_KEYS, path)
+    check_keys(cfg, _OPTIM_KEYS, path)
     name = cfg.get("name", "fused_adam")
-    if name not in OPTIMIZERS:
-        raise ConfigError(
-            f"{path}.name: must be one of {', '.join(OPTIMIZERS)}; got {name!r}{_suggest(str(name), OPTIMIZERS)}"
-        )
+    check_choice(name, OPTIMIZERS, f"{path}.name")
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ConfigError(f"{path}: no trainable parameters (is everything frozen?)")
@@ -164,12 +155,9 @@ def build_scheduler(
     """The schedule named by ``cfg["name"]``; ``max_steps`` comes from the trainer unless given."""
     if not cfg:
         return None
-    _check_keys(cfg, _SCHED_KEYS, path)
+    check_keys(cfg, _SCHED_KEYS, path)
     name = cfg.get("name")
-    if name not in SCHEDULERS:
-        raise ConfigError(
-            f"{path}.name: must be one of {', '.join(SCHEDULERS)}; got {name!r}{_suggest(str(name), SCHEDULERS)}"
-        )
+    check_choice(name, SCHEDULERS, f"{path}.name")
     max_steps = int(cfg.get("max_steps") or max_steps)
     warmup = warmup_steps_from(cfg, max_steps, path)
     min_lr = float(cfg.get("min_lr", 0.0))

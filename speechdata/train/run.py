@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from speechdata.config import DatasetConfig, _suggest, dataset_config, find_section, has_section, load_config
+from speechdata.config import DatasetConfig, dataset_config, find_section, has_section, load_config, suggest
 from speechdata.errors import ConfigError
 
 if TYPE_CHECKING:  # Lightning, torch and the models are imported once the config has been checked
@@ -131,9 +131,7 @@ def trainer_kwargs(
     known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
     for key in tr:
         if key not in known and key not in _HANDLED:
-            raise ConfigError(
-                f"trainer.{key}: not a Lightning Trainer argument{_suggest(key, sorted(known))}"
-            )
+            raise ConfigError(f"trainer.{key}: not a Lightning Trainer argument{suggest(key, sorted(known))}")
     cuda_count = torch.cuda.device_count() if cuda_count is None else cuda_count
     notes: list[str] = []
     accelerator = str(tr.pop("accelerator", "auto"))

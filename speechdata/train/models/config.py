@@ -17,20 +17,20 @@ The ``model`` section is NeMo-shaped; the architecture keys are::
         modality_adapter: {hidden_size: 128, kernel_size: 3}
         xattn: {num_layers: 1, num_heads: 4, ffn_dim: 256}   # BESTOW only
 
-Every key is checked: unknown keys get a "did you mean", wrong types name the key's full path.
+Every key is checked by the config validator of the dataset sections
+(:func:`speechdata.config.check_section`): unknown keys get a "did you mean", wrong types name the
+key's full path.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechdata.config import FeatureConfig, _coerce, _suggest
+from speechdata.config import FeatureConfig, check_choice, check_keys, check_section, coerce
 from speechdata.errors import ConfigError
 
 ARCHS = ("salm", "bestow")
@@ -92,6 +92,11 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
     )
 
+    def check(self, path: str) -> None:
+        """The rules beyond each value's type (:func:`~speechdata.config.check_section` calls it)."""
+        if self.adapter_dim <= 0:
+            raise ConfigError(f"{path}.adapter_dim: must be positive; got {self.adapter_dim}")
+
 
 @dataclass
 class ModelConfig:
@@ -141,25 +146,6 @@ _ARCH_KEYS = (
 )
 _PERCEPTION_KEYS = ("preprocessor", "encoder", "modality_adapter", "xattn")
 
-T = TypeVar("T")
-
-
-def build_section(cls: type[T], node: Any, path: str) -> T:
-    """Fill dataclass ``cls`` from a mapping, checking key names and value types."""
-    if node is None:
-        return cls()
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {type(node).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    kwargs = {}
-    for key, value in node.items():
-        key = str(key)
-        if key not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, known)}")
-        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
-    return cls(**kwargs)
-
 
 def _plain(node: Any, path: str) -> Any:
     if isinstance(node, DictConfig):
@@ -181,22 +167,14 @@ def model_config(
     path: str = "model",
 ) -> ModelConfig:
     """Validate the architecture keys of a ``model`` section into a :class:`ModelConfig`."""
-    known = list(_ARCH_KEYS + OTHER_MODEL_KEYS)
-    for key in model:
-        if str(key) not in known:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(str(key), known)}")
+    check_keys(model, _ARCH_KEYS + OTHER_MODEL_KEYS, path)
     get = model.get
     arch = _plain(get("arch", "salm"), f"{path}.arch")
-    if arch not in ARCHS:
-        raise ConfigError(
-            f"{path}.arch: must be one of {', '.join(ARCHS)}; got {arch!r}{_suggest(str(arch), ARCHS)}"
-        )
+    check_choice(arch, ARCHS, f"{path}.arch")
     perception = _plain(get("perception"), f"{path}.perception") or {}
     if not isinstance(perception, Mapping):
         raise ConfigError(f"{path}.perception: expected a mapping")
-    for key in perception:
-        if key not in _PERCEPTION_KEYS:
-            raise ConfigError(f"{path}.perception.{key}: unknown key{_suggest(str(key), _PERCEPTION_KEYS)}")
+    check_keys(perception, _PERCEPTION_KEYS, f"{path}.perception")
     pre = dict(perception.get("preprocessor") or {})
     pre_rate = pre.pop("sample_rate", None)
     if pre_rate is not None and int(pre_rate) != sample_rate:
@@ -204,12 +182,10 @@ def model_config(
             f"{path}.perception.preprocessor.sample_rate: {pre_rate} differs from the dataset's "
             f"sample_rate {sample_rate} (the loader resamples to the dataset's rate)"
         )
-    features = build_section(FeatureConfig, pre, f"{path}.perception.preprocessor")
-    if features.normalize not in ("per_feature", "none"):
-        raise ConfigError(f"{path}.perception.preprocessor.normalize: must be 'per_feature' or 'none'")
+    features = check_section(pre, FeatureConfig, f"{path}.perception.preprocessor")
     flags = {}
     for key in ("freeze_llm", "freeze_audio_encoder", "freeze_modality_adapter"):
-        flags[key] = _coerce(_plain(get(key, False), f"{path}.{key}"), bool, f"{path}.{key}")
+        flags[key] = coerce(_plain(get(key, False), f"{path}.{key}"), bool, f"{path}.{key}")
     return ModelConfig(
         vocab_size=vocab_size,
         pad_id=pad_id,
@@ -218,12 +194,12 @@ def model_config(
         arch=arch,
         sample_rate=sample_rate,
         features=features,
-        encoder=build_section(EncoderConfig, perception.get("encoder"), f"{path}.perception.encoder"),
-        adapter=build_section(
-            AdapterConfig, perception.get("modality_adapter"), f"{path}.perception.modality_adapter"
+        encoder=check_section(perception.get("encoder"), EncoderConfig, f"{path}.perception.encoder"),
+        adapter=check_section(
+            perception.get("modality_adapter"), AdapterConfig, f"{path}.perception.modality_adapter"
         ),
-        llm=build_section(LLMConfig, _plain(get("llm"), f"{path}.llm"), f"{path}.llm"),
-        xattn=build_section(XAttnConfig, perception.get("xattn"), f"{path}.perception.xattn"),
+        llm=check_section(_plain(get("llm"), f"{path}.llm"), LLMConfig, f"{path}.llm"),
+        xattn=check_section(perception.get("xattn"), XAttnConfig, f"{path}.perception.xattn"),
         lora=_lora(_plain(get("peft"), f"{path}.peft"), f"{path}.peft"),
         **flags,
     )
@@ -234,11 +210,7 @@ def _lora(peft: Any, path: str) -> LoraConfig | None:
         return None
     if not isinstance(peft, Mapping):
         raise ConfigError(f"{path}: expected a mapping with peft_scheme and lora_tuning")
-    for key in peft:
-        if key not in ("peft_scheme", "lora_tuning", "restore_from_path"):
-            raise ConfigError(
-                f"{path}.{key}: unknown key{_suggest(str(key), ['peft_scheme', 'lora_tuning'])}"
-            )
+    check_keys(peft, ("peft_scheme", "lora_tuning", "restore_from_path"), path)
     scheme = peft.get("peft_scheme")
     if scheme not in PEFT_SCHEMES:
         raise ConfigError(f"{path}.peft_scheme: must be null or 'lora'; got {scheme!r}")
@@ -248,7 +220,4 @@ def _lora(peft: Any, path: str) -> LoraConfig | None:
         )
     if scheme in (None, "none"):
         return None
-    lora = build_section(LoraConfig, peft.get("lora_tuning"), f"{path}.lora_tuning")
-    if lora.adapter_dim <= 0:
-        raise ConfigError(f"{path}.lora_tuning.adapter_dim: must be positive; got {lora.adapter_dim}")
-    return lora
+    return check_section(peft.get("lora_tuning"), LoraConfig, f"{path}.lora_tuning")
