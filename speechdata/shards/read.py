@@ -179,13 +179,16 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
     table = scan_members(path, partial=True)
     if cfile is None or FileStamp.of(path) != now:  # changed while scanned: do not cache
         return table
-    blob = orjson.dumps(
-        {
-            "real_path": os.path.realpath(path),
-            "stamp": now.to_dict(),
-            "members": {k: [m.offset, m.size] for k, m in table.items()},
-        }
-    )
+    try:
+        blob = orjson.dumps(
+            {
+                "real_path": os.path.realpath(path),
+                "stamp": now.to_dict(),
+                "members": {k: [m.offset, m.size] for k, m in table.items()},
+            }
+        )
+    except TypeError:  # a member name that is not valid UTF-8 (kept as surrogates): not cached
+        return table
     tmp = cfile.with_name(cfile.name + f".{os.getpid()}.tmp")
     try:
         tmp.write_bytes(blob)
