@@ -1,4 +1,4 @@
-"""The batch contract (SPEC §6) in two halves.
+"""The collator: builds the batch contract (docs/batch.md, :class:`~speechdata.batch.Batch`) in two halves.
 
 * :func:`pack` runs in a DataLoader worker: it reads and decodes every audio of the batch's
   examples straight into one flat buffer (:class:`~speechdata.audiobuf.AudioBuffer`), formats and
@@ -6,7 +6,7 @@
   the process boundary as shared-memory tensors and are pinned in one call.
 * :func:`finalize` runs on the target device: padding, masks, position ids and (optionally) log-mel
   features are computed there by vectorised torch ops, so the CPU path and the GPU path give the
-  same batch.
+  same batch; the result is built by :func:`~speechdata.batch.make_batch`.
 
 Example::
 
@@ -27,6 +27,7 @@ import torch
 
 from speechdata.audio import AudioSource
 from speechdata.audiobuf import AudioBuffer
+from speechdata.batch import Batch, make_batch
 from speechdata.config import FeatureConfig
 from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter, SpeechDataError
 from speechdata.manifest import Record
@@ -180,15 +181,17 @@ def _pack(
         starts.append(prompt.answer_start)
         sample_ids.append(rec.sample_id)
         truncated += prompt.truncated
+        # the line's other keys first: a key of the line named like one of ours (an "answer" key
+        # next to answer_key: output) must not replace the value the batch was built from
         metadata.append(
             {
+                **rec.extra,
                 "audio_filepath": rec.audio,
                 "offset": rec.offset,
                 "duration": rec.duration,
                 "where": rec.where,
                 "context": rec.context,
                 "answer": rec.answer,
-                **rec.extra,
             }
         )
     return Packed(
@@ -253,8 +256,14 @@ def finalize(
     answer_only_loss: bool = True,
     features: FeatureConfig | None = None,
     sample_rate: int = 16000,
-) -> dict[str, Any]:
-    """Pad a :class:`Packed` batch on ``device`` into the SPEC §6 batch dict."""
+) -> Batch:
+    """Pad a :class:`Packed` batch on ``device`` into a :class:`~speechdata.batch.Batch` (docs/batch.md).
+
+    ``pad_id`` fills ``tokens``, ``labels``, ``contexts`` and ``answers`` beyond each example's
+    length; the token width is rounded up to ``pad_to_multiple``; ``answer_only_loss`` puts the
+    loss mask on the answer part only (else on every predicted token); ``features`` adds log-mel
+    ``audio_features`` computed at ``sample_rate``.
+    """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     nb = dev.type == "cuda"
     t = {name: getattr(packed, name).to(dev, non_blocking=nb) for name in Packed._TENSORS}
@@ -288,27 +297,27 @@ def finalize(
     contexts = _rows(t["ids"], start, ctx_len, int(ctx_len.max()) if n.numel() else 0, pad_id)
     answers = _rows(t["ids"], start + ctx_len, ans_len, int(ans_len.max()) if n.numel() else 0, pad_id)
 
-    batch: dict[str, Any] = {
-        "audio_signal": audio_signal,
-        "audio_signal_length": alen,
-        "num_audios": t["num_audios"],
-        "audio_positions": t["audio_positions"],
-        "tokens": tokens,
-        "tokens_length": tokens_length,
-        "labels": labels,
-        "loss_mask": loss_mask,
-        "position_ids": col.expand(len(packed), width).contiguous(),
-        "contexts": contexts,
-        "context_lengths": ctx_len,
-        "answers": answers,
-        "answer_lengths": ans_len,
-        "sample_ids": t["sample_ids"],
-        "metadata": packed.metadata,
-    }
+    feats = feat_len = None
     if features is not None:
         from speechdata.features import log_mel
 
         feats, feat_len = log_mel(audio_signal, alen, sample_rate, features)
-        batch["audio_features"] = feats
-        batch["audio_features_length"] = feat_len
-    return batch
+    return make_batch(
+        audio_signal=audio_signal,
+        audio_signal_length=alen,
+        num_audios=t["num_audios"],
+        audio_positions=t["audio_positions"],
+        tokens=tokens,
+        tokens_length=tokens_length,
+        labels=labels,
+        loss_mask=loss_mask,
+        position_ids=col.expand(len(packed), width).contiguous(),
+        contexts=contexts,
+        context_lengths=ctx_len,
+        answers=answers,
+        answer_lengths=ans_len,
+        sample_ids=t["sample_ids"],
+        metadata=packed.metadata,
+        audio_features=feats,
+        audio_features_length=feat_len,
+    )
