@@ -1,8 +1,12 @@
-"""Synthetic SPEC §6 batches for model tests and the learning check (no files, no tokenizer).
+"""Synthetic batches (docs/batch.md) for model tests and the learning check (no files, no tokenizer).
 
 Each example is ``context + answer + [eos]`` over a small vocabulary; its audios are tones (with
-silence before and after) whose pitch encodes a class, and the answer spells the classes of the example's audios, so a model can
-only predict the answer well by listening. Every random choice comes from ``seed``.
+silence before and after) whose pitch encodes a class, and the answer spells the classes of the
+example's audios, so a model can only predict the answer well by listening. Every random choice
+comes from ``seed``. The examples are handed to the loader's own collator
+(:func:`speechdata.collate.finalize`, which builds the batch with
+:func:`speechdata.batch.make_batch`), so a synthetic batch has exactly the layout, padding and
+loss mask of a loader batch; only ``metadata`` differs (``{"synthetic", "seed", "index"}``).
 
 Example::
 
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from speechdata.batch import Batch
+from speechdata.collate import Packed, finalize
 
 
 @dataclass
@@ -37,17 +44,8 @@ class SyntheticSpec:
     pad_to_multiple: int = 8
 
 
-def _pad(rows: list[list[int]], pad: int, multiple: int = 1) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    width = max(multiple, -(-width // multiple) * multiple)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
-def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> dict[str, object]:
-    """One SPEC §6 batch of ``batch_size`` examples (``A = num_audios.sum()`` audios)."""
+def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> Batch:
+    """One batch of ``batch_size`` examples (``A = num_audios.sum()`` audios), on the CPU."""
     rng = np.random.default_rng(seed)
     first_class = 4
     first_word = first_class + spec.num_classes
@@ -56,10 +54,9 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> dict[str
     audios: list[np.ndarray] = []
     positions: list[int] = []
     num_audios: list[int] = []
-    ids_rows: list[list[int]] = []
-    ctx_rows: list[list[int]] = []
-    ans_rows: list[list[int]] = []
-    mask_rows: list[list[float]] = []
+    ids: list[int] = []
+    ids_lengths: list[int] = []
+    answer_start: list[int] = []
     for _ in range(batch_size):
         n_audio = int(rng.integers(1, spec.max_audios + 1))
         n_words = int(rng.integers(1, spec.max_context + 1))
@@ -78,36 +75,22 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> dict[str
             tone = 0.5 * envelope * np.sin(2 * math.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
             audios.append(tone.astype(np.float32))
             positions.append(int(p))
-        ids = context + answer + [spec.eos_id]
+        example = context + answer + [spec.eos_id]
         num_audios.append(n_audio)
-        ids_rows.append(ids)
-        ctx_rows.append(context)
-        ans_rows.append([*answer, spec.eos_id])
-        # labels[j] = ids[j + 1]; the answer starts at index len(context) of ids
-        mask_rows.append([1.0 if j + 1 >= len(context) else 0.0 for j in range(len(ids) - 1)])
-    tokens = _pad([r[:-1] for r in ids_rows], spec.pad_id, spec.pad_to_multiple)
-    labels = _pad([r[1:] for r in ids_rows], spec.pad_id, spec.pad_to_multiple)
-    loss_mask = torch.zeros(tokens.shape, dtype=torch.float32)
-    for i, m in enumerate(mask_rows):
-        loss_mask[i, : len(m)] = torch.tensor(m)
-    lengths = [a.size for a in audios]
-    signal = torch.zeros(len(audios), max(lengths, default=1), dtype=torch.float32)
-    for i, a in enumerate(audios):
-        signal[i, : a.size] = torch.from_numpy(a)
-    return {
-        "audio_signal": signal,
-        "audio_signal_length": torch.tensor(lengths, dtype=torch.long),
-        "num_audios": torch.tensor(num_audios, dtype=torch.long),
-        "audio_positions": torch.tensor(positions, dtype=torch.long),
-        "tokens": tokens,
-        "tokens_length": torch.tensor([len(r) - 1 for r in ids_rows], dtype=torch.long),
-        "labels": labels,
-        "loss_mask": loss_mask,
-        "position_ids": torch.arange(tokens.shape[1]).expand_as(tokens).clone(),
-        "contexts": _pad(ctx_rows, spec.pad_id),
-        "context_lengths": torch.tensor([len(r) for r in ctx_rows], dtype=torch.long),
-        "answers": _pad(ans_rows, spec.pad_id),
-        "answer_lengths": torch.tensor([len(r) for r in ans_rows], dtype=torch.long),
-        "sample_ids": torch.arange(batch_size, dtype=torch.long) + seed * 1_000_003,
-        "metadata": [{"synthetic": True, "seed": seed, "index": i} for i in range(batch_size)],
-    }
+        ids += example
+        ids_lengths.append(len(example))
+        answer_start.append(len(context))
+    packed = Packed(
+        audio=torch.from_numpy(np.concatenate(audios) if audios else np.zeros(0, np.float32)),
+        audio_lengths=torch.tensor([a.size for a in audios], dtype=torch.int64),
+        num_audios=torch.tensor(num_audios, dtype=torch.int64),
+        audio_positions=torch.tensor(positions, dtype=torch.int64),
+        ids=torch.tensor(ids, dtype=torch.int64),
+        ids_lengths=torch.tensor(ids_lengths, dtype=torch.int64),
+        answer_start=torch.tensor(answer_start, dtype=torch.int64),
+        sample_ids=torch.arange(batch_size, dtype=torch.int64) + seed * 1_000_003,
+        metadata=[{"synthetic": True, "seed": seed, "index": i} for i in range(batch_size)],
+    )
+    return finalize(
+        packed, pad_id=spec.pad_id, pad_to_multiple=spec.pad_to_multiple, sample_rate=spec.sample_rate
+    )

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechdata.batch import Batch
 from speechdata.train.models.config import ModelConfig
 from speechdata.train.models.encoder import Perception
 from speechdata.train.models.gpt import TinyGPT
@@ -102,7 +103,7 @@ class SpeechLM(nn.Module):
 
     # ---------------------------------------------------------------------------------- forward
 
-    def encode_audio(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_audio(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio embeddings ``[A, F', D]`` at the LM width and their lengths ``[A]``."""
         return self.perception(batch)
 
@@ -118,8 +119,8 @@ class SpeechLM(nn.Module):
         """Build the LM input from text tokens ``[B, L]`` and audio embeddings ``[A, F', D]``."""
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        """Logits for a SPEC §6 batch, with labels and loss mask moved to the LM positions."""
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Logits for a batch (docs/batch.md), with labels and loss mask moved to the LM positions."""
         audio, audio_len = self.encode_audio(batch)
         tokens = batch["tokens"]
         inp = self.decoder_inputs(
@@ -134,7 +135,7 @@ class SpeechLM(nn.Module):
         mask = scatter_rows(batch["loss_mask"].to(torch.float32), valid, rows, inp.token_index, (b, seq))
         return ModelOutput(logits, labels, mask, inp.lengths)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over positions with ``loss_mask`` > 0, and the number of such tokens."""
         out = self.forward(batch)
         return masked_cross_entropy(out.logits, out.labels, out.loss_mask)
@@ -142,7 +143,7 @@ class SpeechLM(nn.Module):
     # ------------------------------------------------------------------------------- generation
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding from ``contexts`` (with the batch's audio) until EOS or ``max_new_tokens``.
 
         Returns the generated ids per example, EOS excluded. Sequences are kept right-padded and the

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechdata.batch import Batch
 from speechdata.config import FeatureConfig
 from speechdata.features import log_mel
 from speechdata.train.models.blocks import TransformerBlock, length_mask, sinusoidal_positions
@@ -129,8 +130,8 @@ class Perception(nn.Module):
         self.encoder = AudioEncoder(features.n_mels, enc)
         self.modality_adapter = ModalityAdapter(enc.d_model, lm_dim, adapter)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio embeddings ``[A, F', D_lm]`` and lengths ``[A]`` for a SPEC §6 batch.
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio embeddings ``[A, F', D_lm]`` and lengths ``[A]`` for a batch (docs/batch.md).
 
         Uses ``audio_features`` / ``audio_features_length`` when present, else computes log-mel
         from ``audio_signal`` / ``audio_signal_length``.
