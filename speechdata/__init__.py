@@ -5,7 +5,7 @@ The public API::
     from speechdata import build_dataloader, load_config, dataset_config, load_index
 
     loader = build_dataloader("salm.yaml", tokenizer="tokenizer.model", device="cuda")
-    for batch in loader:          # SPEC §6 batch dicts, padded on the device
+    for batch in loader:          # Batch dicts (docs/batch.md), padded on the device
         ...
     state = loader.state_dict()   # exact resume: loader.load_state_dict(state)
 
@@ -33,6 +33,7 @@ _LAZY = {
     "train_tokenizer": "speechdata.text.tokenizer",
     "PromptBuilder": "speechdata.text.prompt",
     "BatchSampler": "speechdata.sampling.plan",
+    "Batch": "speechdata.batch",
 }
 
 __all__ = [

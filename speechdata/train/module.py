@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from speechdata.batch import Batch
 from speechdata.train.models.base import SpeechLM
 from speechdata.train.optim import build_optimizer, build_scheduler
 
@@ -73,7 +74,7 @@ class SpeechLMModule(pl.LightningModule):
             self.save_hyperparameters({"cfg": dict(config)})
         self._val: dict[str, float] = {}
 
-    def forward(self, batch: dict[str, Any]) -> Any:
+    def forward(self, batch: Batch) -> Any:
         """The model's output for a batch."""
         return self.model(batch)
 
@@ -83,7 +84,7 @@ class SpeechLMModule(pl.LightningModule):
             t = self.trainer.strategy.reduce(t, reduce_op="sum")
         return float(t)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Masked cross-entropy on the batch; logs loss, lr and consumed_samples."""
         loss, _ = self.model.loss(batch)
         self.consumed_samples += int(self._sum_over_ranks(batch["tokens"].shape[0]))
@@ -105,7 +106,7 @@ class SpeechLMModule(pl.LightningModule):
         ids = [i for i in ids if i not in (eos, pad)]
         return self.decode(ids) if self.decode is not None else ids
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss and greedy-decoding errors on one batch."""
         loss, count = self.model.loss(batch)
         self._val["loss"] += float(loss) * float(count)
