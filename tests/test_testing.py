@@ -17,8 +17,8 @@ import soxr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from speechdata import testing
 from speechdata.errors import ConfigError
+from speechdata.synth import synthesize_clip, write_corpus
 from speechdata.testing import (
     ALPHABET,
     SECONDS_PER_CHAR,
@@ -28,6 +28,7 @@ from speechdata.testing import (
     decode_tones,
     librispeech_like_durations,
     make_corpus,
+    plan_corpus,
     synthesize_tones,
     write_manifest,
 )
@@ -188,6 +189,37 @@ def test_byte_identical_for_same_seed(tmp_path: Path) -> None:
     assert tree_bytes(c.root) != files_a
 
 
+def test_plan_synthesize_write_is_make_corpus(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {"n": 14, "seed": 5, "max_duration": 4.0, "multi_audio_fraction": 0.25}
+    plan = plan_corpus(**kwargs)
+    assert plan == plan_corpus(**kwargs) and plan != plan_corpus(**{**kwargs, "seed": 6})
+    assert not any(tmp_path.iterdir())  # planning writes nothing
+    written = write_corpus(plan, tmp_path / "w")
+    made = make_corpus(tmp_path / "m", **kwargs)
+    assert written.entries == made.entries and tree_bytes(written.root) == tree_bytes(made.root)
+    # the plan describes what was written: files, clips in order, prompts, texts
+    for f in plan.files:
+        info = sf.info(written.root / f.path)
+        assert (info.format, info.samplerate, info.channels) == (
+            f.format.upper(),
+            f.sample_rate,
+            1 + f.stereo,
+        )
+    in_file = {key: f for f in plan.files for key in f.clips}
+    for example, entry in zip(plan.examples, written.entries, strict=True):
+        assert as_list(entry["audio_filepath"]) == [in_file[k].path for k in example.clips]
+        assert entry["context"] == example.context
+        assert entry["answer"] == " ".join(plan.clips[k].text for k in example.clips)
+        for key, (path, offset, duration) in zip(example.clips, clips(entry), strict=True):
+            assert duration == pytest.approx(plan.clips[key].target_duration, abs=plan.seconds_per_char)
+            # one clip synthesized on its own is the same audio as its span in the file
+            alone = synthesize_clip(plan, plan.clips[key], in_file[key].sample_rate)
+            audio, _ = read_span(written.root, path, offset, duration)
+            left = audio[:, 0] if audio.ndim == 2 else audio
+            pcm = np.round(np.clip(alone.audio, -1.0, 32767 / 32768) * 32768) / 32768
+            assert len(left) == len(alone.audio) and np.array_equal(left, pcm.astype(np.float32))
+
+
 def test_gzip_manifest(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path, n=8, max_duration=3.0, gzip=True, manifest_name="train.jsonl")
     assert corpus.manifest.name == "train.jsonl.gz"
@@ -267,7 +299,7 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any]) -> None:
 
 
 def test_missing_espeak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(testing.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="espeak-ng"):
         make_corpus(tmp_path / "e", n=2, speech="espeak")
     auto = make_corpus(tmp_path / "a", n=3, speech="auto", max_duration=2.0)
