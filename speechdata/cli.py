@@ -1,30 +1,35 @@
-"""The ``speechdata`` command.
+"""The ``speechdata`` command: command names mapped to their modules in :mod:`speechdata.commands`.
 
-Each subcommand lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``. Only the module of the command being run is imported, so
-``speechdata shard`` does not pay for the trainer's imports.
+Each command module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) ->
+int``, and imports the library only inside them: listing every command is cheap, and only the
+chosen command's options and code are loaded, so ``speechdata shard`` does not pay for the
+trainer's imports. ``--cache-dir`` is added here to every command. A :class:`SpeechDataError` is
+printed as ``speechdata: error: <message>`` (one line) with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
+import re
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from speechdata.cache import ENV_VAR
 from speechdata.errors import SpeechDataError
 
-#: name -> (module, one-line help). Two-word commands ("tokenizer train") use a space.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "shard": ("speechdata.shards.write", "write manifests into NeMo-compatible tar shards"),
-    "validate": ("speechdata.shards.validate", "check every entry of a tarred dataset against its tars"),
-    "inspect": ("speechdata.inspect", "dataset statistics: hours, histograms, suggested bucket bins"),
-    "bench": ("speechdata.bench", "measure the loader against the decode floor and peers"),
-    "train": ("speechdata.train.run", "train the bundled tiny SALM / BESTOW model from a config"),
-    "tokenizer train": ("speechdata.text.train_cli", "train a SentencePiece tokenizer from manifests' text"),
-    "demo": ("speechdata.demo", "run the whole chain on a built-in synthetic corpus"),
+#: command name -> its module. Two-word commands ("tokenizer train") use a space.
+COMMANDS: dict[str, str] = {
+    "shard": "speechdata.commands.shard",
+    "validate": "speechdata.commands.validate",
+    "inspect": "speechdata.commands.inspect",
+    "bench": "speechdata.commands.bench",
+    "train": "speechdata.commands.train",
+    "tokenizer train": "speechdata.commands.tokenizer_train",
+    "demo": "speechdata.commands.demo",
 }
 
 _EPILOG = """examples:
@@ -58,7 +63,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _chosen(argv)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
-    for name, (module, help_text) in COMMANDS.items():
+    for name, module in COMMANDS.items():
+        command = importlib.import_module(module)
+        help_text = command.HELP
         words = name.split()
         target = sub
         if len(words) == 2:
@@ -66,10 +73,15 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                 group_parser = sub.add_parser(words[0], help=f"{words[0]} commands ({words[1]}, ...)")
                 groups[words[0]] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
             target = groups[words[0]]
-        p = target.add_parser(words[-1], help=help_text, description=help_text)
+        p = target.add_parser(
+            words[-1],
+            help=help_text,
+            description=_description(command),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(_module=module)
         if name == chosen:
-            importlib.import_module(module).add_arguments(p)
+            command.add_arguments(p)
             p.add_argument(
                 "--cache-dir",
                 metavar="DIR",
@@ -77,6 +89,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                 "default ~/.cache/speechdata; a dataset's cache_dir key wins)",
             )
     return parser
+
+
+def _description(command: ModuleType) -> str:
+    """A command's ``--help`` text: its module docstring (what it does, examples) as plain text."""
+    text = inspect.cleandoc(command.__doc__ or command.HELP)
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # Sphinx roles: the name alone
+    return text.replace("``", "'").replace("::\n", ":\n")
 
 
 def _chosen(argv: Sequence[str]) -> str | None:

@@ -1,32 +1,30 @@
-"""``speechdata inspect``: what a dataset holds, before anyone trains on it.
+"""What a dataset holds, before anyone trains on it (``speechdata inspect``, the command being
+:mod:`speechdata.commands.inspect`).
 
-Examples, hours, lines dropped by reason, a duration histogram and a text-length histogram (in
-tokens with ``--tokenizer``, else characters), and suggested duration bucket bins (equal total
-duration per bucket, the bins the sampler would estimate). ``--png`` draws the duration histogram
-with the bins (needs the ``plot`` extra), ``--json`` writes every figure.
+Examples, hours, lines dropped by reason with the first places and messages, a duration histogram
+and a text-length histogram (in tokens with a tokenizer, else characters), and suggested duration
+bucket bins (equal total duration per bucket, the bins the sampler would estimate).
+:func:`check_readable` is the rule that a dataset with no readable example is an error.
 
 Example::
 
-    $ speechdata inspect train.jsonl --num-buckets 8 --png hist.png
-    $ speechdata inspect train_tarred/          # a tarred dataset, bucketed or not
-    $ speechdata inspect manifests/             # every *.json[l][.gz] in the folder
+    >>> index = load_index("train.jsonl", on_error="skip")
+    >>> check_readable(index, ["train.jsonl"])
+    >>> print(render(compute_stats(index, num_buckets=8)))
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from speechdata.errors import DropCounter, SpeechDataError
-from speechdata.manifest import Index, ManifestKeys, load_index
+from speechdata.errors import DropCounter, EmptyDatasetError, SpeechDataError
+from speechdata.manifest import Index
 from speechdata.sampling.buckets import estimate_bins
 from speechdata.shards.read import MANIFEST, tarred_dataset_folders
-
-HELP = "dataset statistics: hours, histograms, suggested bucket bins"
 
 
 @dataclass
@@ -42,6 +40,11 @@ class Stats:
     duration_mean: float
     duration_max: float
     drops: dict[str, int]
+    #: the loader's words for them: ``bad_line=2 e.g. m.jsonl:2, m.jsonl:5`` ("none" without drops)
+    drops_line: str
+    #: the first places (``path:line``) and messages of each reason's drops
+    drop_places: dict[str, list[str]]
+    drop_messages: dict[str, list[str]]
     duration_hist: dict[str, list[float]]
     text_unit: str
     text_hist: dict[str, list[float]]
@@ -103,6 +106,9 @@ def compute_stats(
         duration_mean=float(d.mean()) if len(d) else 0.0,
         duration_max=float(d.max()) if len(d) else 0.0,
         drops=drops.to_dict(),
+        drops_line=drops.by_reason() or "none",
+        drop_places={r: list(drops.places.get(r, [])) for r in drops.to_dict()},
+        drop_messages={r: list(drops.examples.get(r, [])) for r in drops.to_dict()},
         duration_hist=_hist(d, bins),
         text_unit="tokens" if token_lengths is not None else "characters",
         text_hist=_hist(np.asarray(text, dtype=np.float64), bins),
@@ -121,6 +127,25 @@ def _bar_lines(hist: dict[str, list[float]], unit: str, width: int = 40) -> list
     ]
 
 
+def check_readable(index: Index, names: Sequence[str]) -> None:
+    """An :class:`~speechdata.errors.EmptyDatasetError` naming ``names`` (the paths the user gave)
+    when ``index`` has no example: ``"m.jsonl: no readable example: 3 dropped: bad_line=3 e.g.
+    m.jsonl:1, m.jsonl:2, m.jsonl:3"``, or ``"m.jsonl: no readable example: no lines"``."""
+    if len(index):
+        return
+    why = index.drops.describe() if index.drops.total() else "no lines"
+    raise EmptyDatasetError(f"{', '.join(map(str, names))}: no readable example: {why}")
+
+
+def _drop_lines(stats: Stats) -> list[str]:
+    """``dropped: bad_line=2 e.g. m.jsonl:2, m.jsonl:5`` (the loader's words), then the first
+    messages of each reason, indented."""
+    lines = [f"dropped:   {stats.drops_line}"]
+    for reason in stats.drops:
+        lines += [f"  {m}" for m in stats.drop_messages.get(reason, [])[: DropCounter.show_places]]
+    return lines
+
+
 def render(stats: Stats) -> str:
     """The text report."""
     lines = [
@@ -128,7 +153,7 @@ def render(stats: Stats) -> str:
         f"examples:  {stats.examples}  ({stats.audios} audios, {stats.multi_audio_examples} multi-audio examples)",
         f"hours:     {stats.hours:.3f}",
         f"duration:  min {stats.duration_min:.2f} s, mean {stats.duration_mean:.2f} s, max {stats.duration_max:.2f} s",
-        "dropped:   " + (", ".join(f"{k}={v}" for k, v in stats.drops.items()) or "none"),
+        *_drop_lines(stats),
         "duration histogram (seconds):",
         *_bar_lines(stats.duration_hist, "s"),
         f"text length histogram ({stats.text_unit}):",
@@ -160,49 +185,8 @@ def plot(stats: Stats, index: Index, path: str | Path) -> None:
     plt.close(fig)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``speechdata inspect``."""
-    p.add_argument(
-        "paths",
-        nargs="+",
-        metavar="MANIFEST|DIR",
-        help="manifests, or a folder (tarred dataset or manifests)",
-    )
-    p.add_argument("--num-buckets", type=int, default=8, help="buckets for the suggested bins (default 8)")
-    p.add_argument("--bins", type=int, default=20, help="histogram bars (default 20)")
-    p.add_argument(
-        "--tokenizer", help="SentencePiece model: report text length in tokens instead of characters"
-    )
-    p.add_argument(
-        "--answer-key", default="answer", help="manifest key of the answer (default: answer, else text)"
-    )
-    p.add_argument("--context-key", default="context", help="manifest key of the context (default: context)")
-    p.add_argument("--png", help="write the duration histogram with the bins to this PNG")
-    p.add_argument("--json", help="write every figure to this JSON file")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``speechdata inspect``."""
-    if args.num_buckets < 1 or args.bins < 1:
-        raise SpeechDataError("--num-buckets and --bins must be at least 1")
-    manifests, tarred = resolve_manifests(args.paths)
-    keys = ManifestKeys(answer_key=args.answer_key, context_key=args.context_key, tarred=tarred)
-    index = load_index(manifests, keys, on_error="skip")
-    token_lengths = None
-    if args.tokenizer:
-        token_lengths = _token_lengths(index, args.tokenizer)
-    stats = compute_stats(index, num_buckets=args.num_buckets, bins=args.bins, token_lengths=token_lengths)
-    print(render(stats))
-    if args.png:
-        plot(stats, index, args.png)
-        print(f"wrote {args.png}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(stats), indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _token_lengths(index: Index, tokenizer_path: str) -> np.ndarray:
+def token_lengths(index: Index, tokenizer_path: str | Path) -> np.ndarray:
+    """Tokens of each example's context and answer with the SentencePiece model at ``tokenizer_path``."""
     from tqdm import tqdm
 
     from speechdata.text.tokenizer import Tokenizer

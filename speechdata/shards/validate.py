@@ -1,4 +1,5 @@
-"""``speechdata validate DIR``: check every entry of a tarred dataset against its tars.
+"""Checking every entry of a tarred dataset against its tars (the command is ``speechdata validate``,
+:mod:`speechdata.commands.validate`).
 
 For each entry of ``DIR/tarred_audio_manifest.json`` (or of every ``DIR/bucket*/`` dataset) and
 each of its audios: the member is in its shard (``audio_{shard_id}.tar``; NeMo's ``-subN`` names
@@ -9,18 +10,19 @@ end) and decodes, and for datasets written with ``--slice-with-offset`` the memb
 the entry's duration within ``max(0.1 s, 1 %)``. Members that no entry uses are listed as
 orphans. The tars' headers are scanned afresh (no cached index is trusted).
 
-Exit status 0 only when nothing is wrong; every problem is printed on its own line, then a summary.
+Every problem is one line of :attr:`ValidationReport.problems`; ``ok`` only when there is none.
 
 Example::
 
-    $ speechdata validate shards/
-    shards/audio_3.tar:audio_000123.flac: decode error: cannot decode audio: ...
+    >>> report = validate("shards/")
+    >>> report.problems[0][1]
+    'shards/audio_3.tar:audio_000123.flac: cannot decode audio: ...'
+    >>> print(report.summary())
     speechdata validate: 1200 entries, 1 problem (decode=1), 0 orphan members
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -39,7 +41,6 @@ from speechdata.shards.plan import check_span
 from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_sub, tarred_dataset_folders
 from speechdata.shards.tarfmt import Member, scan_members
 
-HELP = "check every entry of a tarred dataset against its tars"
 _SHARD = re.compile(r"^audio_(\d+)\.tar$")
 
 
@@ -228,18 +229,3 @@ def validate(root: str | Path, *, progress: bool = True) -> ValidationReport:
         for folder in folders:
             validate_folder(folder, report, bar)
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``speechdata validate``."""
-    parser.add_argument("dir", metavar="DIR", help="tarred dataset folder (or a folder of bucket*/ datasets)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``speechdata validate``: print every problem, then the summary; 1 if anything is wrong."""
-    report = validate(args.dir, progress=not args.no_progress)
-    for _kind, message in report.problems:
-        print(message)
-    print(report.summary())
-    return 0 if report.ok else 1

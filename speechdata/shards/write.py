@@ -1,4 +1,5 @@
-"""``speechdata shard``: write manifests into NeMo-compatible tarred shards.
+"""Writing manifests into NeMo-compatible tarred shards (the command is ``speechdata shard``,
+:mod:`speechdata.commands.shard`).
 
 Layout of the output folder (NeMo's, plus two keys per entry)::
 
@@ -17,7 +18,8 @@ folder (``bucket1/tarred_audio_manifest.json``), not to the working directory.
 Every entry keeps its manifest keys; ``audio_filepath`` becomes the member name (a list for
 multi-audio entries), and ``shard_id``, ``tar_offset`` (byte offset of the member's data in its
 tar) and ``tar_size`` (its length) are added, so a reader can ``pread`` the member without parsing
-the tar. Every clip's span is checked against its file's header before anything is written (the
+the tar. The manifest keys (``keys``: which keys hold the answer and context) are the loader's, so
+whatever a loader with the same keys reads, ``shard`` reads too. Every clip's span is checked against its file's header before anything is written (the
 loader's rule and message). Entries sharing a source file are kept together in one shard and the
 file is stored once; shard sizes differ by at most one entry (nothing is dropped but by the
 duration filters and, with ``--on-error skip``, bad entries, all counted). Each shard is written
@@ -26,13 +28,13 @@ after a crash skips finished shards and produces the same bytes.
 
 Example::
 
-    $ speechdata shard train.jsonl --num-shards 8 --codec flac --shuffle --seed 1 --workers 2
+    >>> report = write_shards(["train.jsonl"], "train_tarred", ShardOptions(num_shards=8, codec="flac"))
+    >>> print(report.summary())
     speechdata shard: 12000 entries, 20.12 h in 8 shards (0 reused), 1.21 GB -> train_tarred; none dropped
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
 import os
@@ -52,8 +54,8 @@ import yaml
 from tqdm import tqdm
 
 from speechdata.errors import ConfigError, DropCounter
-from speechdata.manifest import AUDIO_KEYS
-from speechdata.shards.codec import CODECS, encode_audio
+from speechdata.manifest import AUDIO_KEYS, ManifestKeys
+from speechdata.shards.codec import encode_audio
 from speechdata.shards.plan import (
     FORMAT_VERSION,
     Entry,
@@ -66,7 +68,6 @@ from speechdata.shards.plan import (
 )
 from speechdata.shards.tarfmt import TarWriter, atomic_write_bytes, fsync_dir
 
-HELP = "write manifests into NeMo-compatible tar shards"
 MARKER_DIR = ".speechdata"
 
 
@@ -323,12 +324,18 @@ def _metadata(
 
 
 def write_shards(
-    manifests: Sequence[str | Path], out_dir: str | Path | None = None, options: ShardOptions | None = None
+    manifests: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    options: ShardOptions | None = None,
+    *,
+    keys: ManifestKeys | None = None,
 ) -> ShardReport:
     """Shard ``manifests`` into ``out_dir`` (default: ``<first manifest's stem>_tarred`` beside it).
 
-    See the module docstring for the layout. Rerunning the same job after a crash finishes it
-    without rewriting completed shards; the same inputs and options give byte-identical tars.
+    ``keys``: how the lines are read (default: the loader's default keys; build them from a
+    config or the command-line flags with :func:`speechdata.manifest.manifest_keys`). See the
+    module docstring for the layout. Rerunning the same job after a crash finishes it without
+    rewriting completed shards; the same inputs and options give byte-identical tars.
     """
     opts = options or ShardOptions()
     opts.check()
@@ -338,7 +345,11 @@ def write_shards(
     out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
     drops = DropCounter()
     # the index cache goes under the output folder: a shard job writes nothing anywhere else
-    entries, sources = read_entries(manifests, opts, drops, cache_dir=out / MARKER_DIR / "index_cache")
+    # TEMPORARY until shards.plan.read_entries takes keys (owner: helper A)
+    extra = {} if keys is None else {"keys": keys}
+    entries, sources = read_entries(
+        manifests, opts, drops, cache_dir=out / MARKER_DIR / "index_cache", **extra
+    )
     if not entries:
         raise ConfigError(f"speechdata shard: no entries left to write ({drops.summary()})")
     bucketed = opts.buckets is not None or opts.bucket_bins is not None
@@ -406,83 +417,3 @@ def write_shards(
         }
         atomic_write_bytes(out / "metadata.yaml", yaml.safe_dump(top, sort_keys=False).encode())
     return report
-
-
-# -------------------------------------------------------------------------------------- CLI
-
-
-def _bins(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated seconds like 2,5,10, got {text!r}"
-        ) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``speechdata shard``."""
-    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="NeMo JSONL manifest(s)")
-    parser.add_argument(
-        "--out", help="output folder (default: <manifest stem>_tarred beside the first manifest)"
-    )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--num-shards", type=int, help="number of tar shards (per bucket)")
-    size.add_argument("--shard-size", type=int, help="entries per shard")
-    parser.add_argument("--shuffle", action="store_true", help="shuffle entries before sharding")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
-    parser.add_argument(
-        "--sort-in-shards", action="store_true", help="sort entries by duration inside each shard"
-    )
-    parser.add_argument("--min-duration", type=float, help="drop entries with a clip shorter than this (s)")
-    parser.add_argument("--max-duration", type=float, help="drop entries with a clip longer than this (s)")
-    buckets = parser.add_mutually_exclusive_group()
-    buckets.add_argument(
-        "--buckets", type=int, help="K duration buckets of equal total duration (bucket1..bucketK)"
-    )
-    buckets.add_argument(
-        "--bucket-bins", type=_bins, help="explicit bucket boundaries in seconds, e.g. 2,5,10"
-    )
-    parser.add_argument(
-        "--codec", choices=CODECS, default="keep", help="keep the source bytes or re-encode (default keep)"
-    )
-    parser.add_argument("--sample-rate", type=int, help="resample to this rate (needs a re-encoding codec)")
-    parser.add_argument(
-        "--slice-with-offset",
-        action="store_true",
-        help="store only [offset, offset+duration] of each source (re-encoded) and set offset 0",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes writing shards in parallel (default 1)"
-    )
-    parser.add_argument(
-        "--on-error",
-        choices=("raise", "skip"),
-        default="raise",
-        help="bad lines / missing audio: stop or count and skip",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``speechdata shard``; prints the closing summary line."""
-    opts = ShardOptions(
-        num_shards=args.num_shards,
-        shard_size=args.shard_size,
-        shuffle=args.shuffle,
-        seed=args.seed,
-        sort_in_shards=args.sort_in_shards,
-        min_duration=args.min_duration,
-        max_duration=args.max_duration,
-        buckets=args.buckets,
-        bucket_bins=args.bucket_bins,
-        codec=args.codec,
-        sample_rate=args.sample_rate,
-        slice_with_offset=args.slice_with_offset,
-        workers=args.workers,
-        on_error=args.on_error,
-        progress=not args.no_progress,
-    )
-    report = write_shards(args.manifests, args.out, opts)
-    print(report.summary())
-    return 0

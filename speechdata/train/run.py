@@ -1,4 +1,5 @@
-"""``speechdata train CONFIG [overrides]``: build everything from a NeMo-shaped config and fit.
+"""Training from a NeMo-shaped config: build everything and fit (the command is ``speechdata train``,
+:mod:`speechdata.commands.train`).
 
 :func:`train` reads the config's sections (see ``docs/training.md`` for every key):
 
@@ -19,7 +20,6 @@ position (:mod:`.data`).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import logging
 import math
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from speechdata.config import DatasetConfig, dataset_config, find_section, has_section, load_config, suggest
+from speechdata.config import DatasetConfig, dataset_config, find_section, has_section, suggest
 from speechdata.errors import ConfigError
 
 if TYPE_CHECKING:  # Lightning, torch and the models are imported once the config has been checked
@@ -43,8 +43,6 @@ if TYPE_CHECKING:  # Lightning, torch and the models are imported once the confi
     from speechdata.train.module import SpeechLMModule
 
 log = logging.getLogger("speechdata")
-
-HELP = "train the bundled tiny SALM / BESTOW model from a config"
 
 #: NeMo / Lightning 1.x precision names -> Lightning 2 names.
 PRECISIONS: dict[str, str] = {
@@ -402,19 +400,3 @@ def train(
         trainer=trainer,
         module=module,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``speechdata train``."""
-    parser.add_argument("config", help="YAML config (NeMo-shaped: trainer, exp_manager, optim, model)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=100")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``speechdata train``."""
-    result = train(load_config(args.config, args.overrides))
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
-    print(
-        f"trained {result.global_step} steps ({result.consumed_samples} samples) in {result.log_dir}: {shown}"
-    )
-    return 0

@@ -1,35 +1,42 @@
 """``speechdata demo``: the whole chain on a built-in synthetic corpus, in a few minutes on a CPU.
 
 1. a corpus of tone-alphabet speech whose answers can be read back from the audio
-   (:func:`speechdata.testing.make_corpus`), plus a held-out validation set;
+   (:func:`speechdata.synth.make_corpus`), plus a held-out validation set;
 2. a SentencePiece tokenizer trained on its text (``speechdata tokenizer train``);
 3. NeMo-compatible tar shards (``speechdata shard``), checked (``speechdata validate``);
 4. dataset statistics (``speechdata inspect``);
 5. the loader benchmarked against the decode floor and its peers (``speechdata bench --compare``);
 6. a short training of the tiny SALM and BESTOW models on the shards (``speechdata train``).
 
-Every step runs the same public code a user runs, and the commands are printed so that each
-step can be repeated by hand.
+Every step runs the same public command a user runs (through :func:`speechdata.cli.main`), and the
+commands are printed so that each step can be repeated by hand. The command-line options are in
+:mod:`speechdata.commands.demo`.
+
+Example::
+
+    >>> run_demo("demo_out", examples=100, models=[])   # corpus .. bench, no training
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 from speechdata.errors import SpeechDataError
+from speechdata.synth.corpus import make_corpus
 
-HELP = "run the whole chain on a built-in synthetic corpus"
 _TOKENIZER_FLAGS = ("--audio-locator", "|audio|", "--no-byte-fallback")
+#: The corpus settings of the demo: short clips, a few multi-audio examples.
+CORPUS = {"min_duration": 0.5, "max_duration": 6.0, "seconds_per_char": 0.06, "multi_audio_fraction": 0.05}
 
 
 def config_path(name: str) -> Path:
     """A bundled config (``configs/NAME.yaml``): from the checkout, else from the installed package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs" / f"{name}.yaml", here / "configs" / f"{name}.yaml"):
+    package = Path(__file__).resolve().parents[1]  # speechdata/
+    for candidate in (package.parent / "configs" / f"{name}.yaml", package / "configs" / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     packaged = resources.files("speechdata").joinpath(f"configs/{name}.yaml")
@@ -49,32 +56,23 @@ def _step(title: str, argv: list[str]) -> None:
     print(f"-- {title}: {time.perf_counter() - t:.1f} s", flush=True)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``speechdata demo``."""
-    p.add_argument("--out", default="demo_out", help="working folder (default: ./demo_out)")
-    p.add_argument("--examples", type=int, default=400, help="training examples to synthesise (default 400)")
-    p.add_argument("--steps", type=int, default=150, help="training steps per model (default 150)")
-    p.add_argument("--models", default="salm,bestow", help="which models to train (default: salm,bestow)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corpus and the training")
-    p.add_argument("--no-train", action="store_true", help="stop after the benchmark")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``speechdata demo``."""
-    from speechdata.testing import make_corpus
-
+def run_demo(
+    out_dir: str | Path,
+    *,
+    examples: int = 400,
+    steps: int = 150,
+    models: Sequence[str] = ("salm", "bestow"),
+    seed: int = 0,
+) -> Path:
+    """Run the demo in ``out_dir``: ``examples`` training examples (and a tenth, at least 16, for
+    validation) from ``seed``, then every step; ``steps`` training steps for each of ``models``
+    (none: stop after the benchmark). Returns the resolved folder."""
     start = time.perf_counter()
-    out = Path(args.out).resolve()
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"== synthetic corpus -> {out}", flush=True)
-    common = {
-        "min_duration": 0.5,
-        "max_duration": 6.0,
-        "seconds_per_char": 0.06,
-        "multi_audio_fraction": 0.05,
-    }
-    train = make_corpus(out / "train", n=args.examples, seed=args.seed, **common)
-    val = make_corpus(out / "val", n=max(16, args.examples // 10), seed=args.seed + 1000, **common)
+    train = make_corpus(out / "train", n=examples, seed=seed, **CORPUS)
+    val = make_corpus(out / "val", n=max(16, examples // 10), seed=seed + 1000, **CORPUS)
     print(
         f"   train: {len(train.entries)} examples, {train.hours:.2f} h; validation: {len(val.entries)} examples"
     )
@@ -108,17 +106,17 @@ def run(args: argparse.Namespace) -> int:
             *("--json", str(out / "bench.json")),
         ],
     )
-    if not args.no_train:
+    if models:
         tars = str(shards / f"audio__OP_0..{_count_tars(shards) - 1}_CL_.tar")
-        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for model in models:
             _step(
                 f"train {model}",
                 [
                     "train",
                     str(config_path(f"{model}_tiny")),
-                    f"trainer.max_steps={args.steps}",
+                    f"trainer.max_steps={steps}",
                     f"exp_manager.exp_dir={out / 'experiments'}",
-                    f"model.seed={args.seed}",
+                    f"model.seed={seed}",
                     f"model.tokenizer.model={tok / 'tokenizer.model'}",
                     f"model.train_ds.manifest_filepath={shards / 'tarred_audio_manifest.json'}",
                     "model.train_ds.is_tarred=true",
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
-    return 0
+    return out
 
 
 def _count_tars(folder: Path) -> int:

@@ -1,0 +1,32 @@
+"""``speechdata validate DIR``: every entry of a tarred dataset against its tars
+(:mod:`speechdata.shards.validate`). Exit status 0 only when nothing is wrong.
+
+Example::
+
+    $ speechdata validate shards/
+    shards/audio_3.tar:audio_000123.flac: cannot decode audio: ...
+    speechdata validate: 1200 entries, 1 problem (decode=1), 0 orphan members
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "check every entry of a tarred dataset against its tars"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``speechdata validate``."""
+    parser.add_argument("dir", metavar="DIR", help="tarred dataset folder (or a folder of bucket*/ datasets)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``speechdata validate``: print every problem, then the summary; 1 if anything is wrong."""
+    from speechdata.shards.validate import validate
+
+    report = validate(args.dir, progress=not args.no_progress)
+    for _kind, message in report.problems:
+        print(message)
+    print(report.summary())
+    return 0 if report.ok else 1
