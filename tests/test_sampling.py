@@ -14,6 +14,7 @@ from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DropCounter
 from speechdata.sampling import (
     BatchSampler,
+    Position,
     effective_duration,
     estimate_bins,
     filter_mask,
@@ -350,14 +351,15 @@ def test_resume_equivalence_across_epochs(stop, strategy, world):
     assert head + _run(second, 150 - stop) == full
 
 
-def test_sampler_len_epochs_and_position_state():
+def test_sampler_len_epochs_and_position():
     s = _sampler(world=2, rank=0)
     n = len(s)
     assert n == len(list(s)) and s.epoch == 1
-    assert s.position_state(0, n) == {"epoch": 1, "batch": 0}
-    assert s.position_state(0, 3) == {"epoch": 0, "batch": 3}
+    run = {"seed": s.cfg.seed, "rank": 0, "world_size": 2}
+    assert s.position(0, n) == Position(1, 0, **run)
+    assert s.position(0, 3) == Position(0, 3, **run)
     s.set_epoch(5)
-    assert s.state_dict() == {"epoch": 5, "batch": 0}
+    assert s.state_dict() == {"version": 1, "epoch": 5, "batch": 0, **run}
     assert all(isinstance(i, int) for i in next(iter(s)))
     with pytest.raises(ConfigError, match="past the end"):
         s.load_state_dict({"epoch": 0, "batch": n + 1})

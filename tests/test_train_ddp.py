@@ -1,7 +1,8 @@
 """A 2-process CPU DDP run (gloo) of ``speechdata train`` completes an epoch with equal steps per
 rank (issue #7): the loader deals each rank the same number of batches, so DDP's lock-step
 all-reduce never waits on a rank that ran out, and each rank's saved data position is the end of
-its epoch. Every step's checkpoint holds each rank's exact position (epoch 0, that many batches)."""
+its epoch. Every step's checkpoint holds each rank's exact position (epoch 0, that many batches)
+in the one position format (docs/architecture.md, "Planning and resume")."""
 
 from __future__ import annotations
 
@@ -77,12 +78,10 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
     assert sorted(step for step, _ in ckpts) == [*range(1, steps + 1), steps], ckpts
     for step, path in ckpts:
         positions = torch.load(path, map_location="cpu", weights_only=True)["speechdata_loader"]
-        # one data position per rank, in rank order: after `step` batches of epoch 0 on each
-        # (Lightning fetches one batch ahead; the saved position is the last batch trained on)
-        assert [(p["epoch"], p["batches"], p["epoch_complete"]) for p in positions] == [
-            (0, step, step == steps)
-        ] * 2, (step, positions)
-        # the loader's own state: the next batch to load (a finished epoch rolls over to the next)
+        # one data position per rank, in rank order, in the loader's state_dict() format: the
+        # next batch after `step` batches of epoch 0 (Lightning fetches one batch ahead; the saved
+        # position is the last batch trained on), and a finished epoch rolls over to the next
         want = {"epoch": 0, "batch": step} if step < steps else {"epoch": 1, "batch": 0}
-        states = [{k: p["state"][k] for k in ("epoch", "batch", "rank", "world_size")} for p in positions]
-        assert states == [{**want, "rank": r, "world_size": 2} for r in range(2)], (step, states)
+        assert positions == [
+            {"version": 1, **want, "seed": ds.seed, "rank": r, "world_size": 2} for r in range(2)
+        ], (step, positions)

@@ -21,7 +21,7 @@ import pytest
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import WorkerDiedError
-from speechdata.loader import BatchDataset
+from speechdata.feed import BatchDataset
 from speechdata.manifest import Record
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import make_corpus
@@ -166,20 +166,20 @@ def test_streamed_worker_killed_in_the_first_epoch_resumes_exactly(
     assert position >= len(reference) // 2, position
     marks = tmp_path / "marks"
     marks.mkdir()
-    real = BatchDataset.__getitems__
+    real = BatchDataset.pack
 
-    def getitems(self: BatchDataset, ids: Any, read_audio: Any = None) -> Any:
-        # the streaming path hands each batch's rows here, in the worker that builds it
-        if victim in self.index.sample_ids(ids).tolist():
+    def pack(self: BatchDataset, records: list[Record], read_audio: Any, drops: Any) -> Any:
+        # the streaming path hands each batch's records here, in the worker that builds it
+        if victim in [rec.sample_id for rec in records]:
             try:
                 os.close(os.open(marks / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, ids, read_audio)
+        return real(self, records, read_audio, drops)
 
-    monkeypatch.setattr(BatchDataset, "__getitems__", getitems)
+    monkeypatch.setattr(BatchDataset, "pack", pack)
     loader = build_dataloader(cfg, tokenizer)
     assert loader.streaming and cfg.num_workers == 2
     got: list[list[int]] = []

@@ -1,12 +1,15 @@
 """Sampling: metadata filters, duration buckets, the epoch planner and streaming buffers.
 
-Everything here works on Index columns (durations, dataset ids), never on audio (SPEC §3, §5):
+Everything here works on Index columns (durations, dataset ids), never on audio
+(docs/architecture.md, "Planning and resume"):
 
 * :func:`filter_mask` — ``min/max_duration`` and ``min_seq_length`` filters with counted drops;
 * :func:`make_buckets` — duration bins (explicit, estimated, or a pre-bucketed dataset's) and
   per-bucket batch sizes;
 * :func:`plan_epoch` — one rank's batches of example ids for one epoch, pure and vectorised;
+* :func:`form_batches` — the batch rule (fixed or dynamic sizes per bucket) both of them use;
 * :class:`BatchSampler` — a resumable DataLoader ``batch_sampler`` built on :func:`plan_epoch`;
+* :class:`Position` — the one position format of the sampler, the loader and checkpoints;
 * :func:`bucketed_stream`, :func:`shuffle_buffer` — the same batching for non-seekable streams.
 
 Example::
@@ -18,6 +21,7 @@ Example::
     [40213, 99120, 5121, ...]
 """
 
+from speechdata.sampling.batching import BatchTable, form_batches
 from speechdata.sampling.buckets import (
     DEFAULT_NUM_BUCKETS,
     Buckets,
@@ -30,14 +34,13 @@ from speechdata.sampling.buckets import (
 from speechdata.sampling.filters import IndexColumns, filter_mask, num_datasets
 from speechdata.sampling.plan import (
     BatchSampler,
-    BatchTable,
     Plan,
     epoch_entries,
     epoch_rng,
-    form_batches,
     mixing_weights,
     plan_epoch,
 )
+from speechdata.sampling.position import Position
 from speechdata.sampling.stream import bucketed_stream, shuffle_buffer
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "Buckets",
     "IndexColumns",
     "Plan",
+    "Position",
     "assign_buckets",
     "bucket_batch_sizes",
     "bucketed_stream",

@@ -1,4 +1,5 @@
-"""The epoch planner (SPEC §5): (Index columns, config, seed, epoch, rank, world) -> batches of ids.
+"""The epoch planner (docs/architecture.md, "Planning and resume"): (Index columns, config, seed,
+epoch, rank, world) -> batches of ids.
 
 Planning is pure and vectorised (numpy): the same inputs give the same plan on any machine, and
 an epoch of a million examples is planned in a fraction of a second. One epoch is built in four
@@ -58,185 +59,20 @@ import numpy as np
 
 from speechdata.config import DatasetConfig, check_concat_sampling
 from speechdata.errors import ConfigError
+from speechdata.sampling.batching import BatchTable, batch_capacity, form_batches
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
+from speechdata.sampling.position import Position, resolve_rank_world
 
 __all__ = [
     "MIN_FILL",
     "BatchSampler",
-    "BatchTable",
     "Plan",
     "epoch_entries",
     "epoch_rng",
-    "form_batches",
     "mixing_weights",
     "plan_epoch",
 ]
-
-
-# ----------------------------------------------------------------------------- batch forming
-
-
-@dataclass(frozen=True)
-class BatchTable:
-    """Batches cut from a sequence of entries, as index arrays (no Python lists).
-
-    ``order`` are positions into the input sequence, grouped by bucket. Batch ``j`` is
-    ``order[start[j] : start[j] + length[j]]``; batches are sorted by ``bucket``. ``full`` is
-    false for a batch that may have room left: with fixed sizes one shorter than its size, with
-    dynamic batches the last batch of each bucket.
-    """
-
-    order: np.ndarray
-    start: np.ndarray
-    length: np.ndarray
-    bucket: np.ndarray
-    full: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.length.size)
-
-    def positions(self, batches: np.ndarray) -> np.ndarray:
-        """Input positions of the given batches, concatenated in the given order."""
-        return self.order[_gather_ranges(self.start[batches], self.length[batches])]
-
-
-def _gather_ranges(start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for each ``(s, l)``, vectorised."""
-    length = length.astype(np.int64, copy=False)
-    total = int(length.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    seg_begin = np.cumsum(length) - length
-    return np.repeat(start.astype(np.int64) - seg_begin, length) + np.arange(total, dtype=np.int64)
-
-
-#: Relative width of the random window in which entries of one bucket are sorted: an entry's sort
-#: key is its effective duration times ``1 + SOFT_SORT * u`` (``u`` uniform in [0, 1)). Neighbours
-#: in a batch then differ by about this fraction at most, which keeps padding around 1%, while
-#: entries within the window still change places (and batch mates) every epoch.
-SOFT_SORT = 0.02
-
-
-def _soft_keys(effective: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """Sort keys ``>= effective`` (so a cost bound from the key also bounds the duration)."""
-    if rng is None:
-        return effective
-    return effective * (1.0 + SOFT_SORT * rng.random(effective.size))
-
-
-def _caps(key: np.ndarray, batch_duration: float, limit: int) -> np.ndarray:
-    """Largest batch size whose longest entry has sort key ``key``: ``floor(B / key)``, >= 1."""
-    with np.errstate(divide="ignore"):
-        n = np.floor(batch_duration / key)
-    n = np.where(n * key > batch_duration, n - 1, n)  # guard the rounding of the division
-    return np.clip(n, 1, max(1, limit)).astype(np.int64)
-
-
-def _greedy_starts(cap: np.ndarray, begin: int, end: int) -> list[np.ndarray]:
-    """Greedy batch starts on ``[begin, end)`` where ``cap`` is non-increasing: each batch
-    ``[s, e)`` is as long as possible with ``e - s <= cap[e - 1]``.
-
-    ``cap`` is constant on runs; inside a run batches are cut every ``cap`` entries (one numpy
-    call per run), and only a batch crossing runs is resolved run by run. The loop is over runs,
-    whose number is the number of distinct batch sizes in the bucket (a handful to a few hundred).
-    """
-    seg = cap[begin:end]
-    bounds = np.flatnonzero(np.diff(seg)) + 1 + begin
-    run_a = np.concatenate(([begin], bounds)).tolist()
-    run_b = np.concatenate((bounds, [end])).tolist()
-    run_c = cap[np.asarray(run_a, dtype=np.int64)].tolist()
-    out: list[np.ndarray] = []
-    s, r, n_runs = begin, 0, len(run_a)
-    while s < end:
-        while run_b[r] <= s:
-            r += 1
-        b, c = run_b[r], run_c[r]
-        k = (b - s) // c
-        if k:
-            out.append(np.arange(s, s + k * c, c, dtype=np.int64))
-            s += k * c
-            if s == b:
-                continue
-        out.append(np.array([s], dtype=np.int64))
-        e = b
-        for q in range(r + 1, n_runs):
-            limit = s + run_c[q]
-            if limit <= run_a[q]:
-                break
-            e = min(run_b[q], limit)
-            if e < run_b[q]:
-                break
-        s = e
-    return out
-
-
-def form_batches(
-    bucket: np.ndarray,
-    num_buckets: int,
-    effective: np.ndarray | None = None,
-    *,
-    sizes: np.ndarray | None = None,
-    batch_duration: float | None = None,
-    rng: np.random.Generator | None = None,
-) -> BatchTable:
-    """Cut a sequence of entries into batches, bucket by bucket. Shared by the epoch planner and
-    the streaming bucketer.
-
-    Either ``sizes`` (a fixed batch size per bucket) or ``batch_duration`` (dynamic batches)
-    must be given. Within a bucket, entries are ordered by a soft sort key: their
-    ``effective`` duration widened by a random factor of at most ``1 + SOFT_SORT`` drawn from
-    ``rng`` (``rng=None``: exact duration order, ties in input order). Dynamic batches are cut
-    greedily along that order with the padding-aware cost ``n × largest key <= batch_duration``;
-    since every key is at least the effective duration, ``n × longest effective duration`` is
-    within the budget too, and an entry over ``batch_duration`` forms a batch of one.
-
-    Without ``effective`` (or with one bucket and fixed sizes) the input order is kept within
-    each bucket: a single bucket means the caller asked for no duration grouping.
-    """
-    bucket = np.asarray(bucket)
-    m = bucket.size
-    dynamic = sizes is None
-    if dynamic and (effective is None or batch_duration is None):
-        raise ValueError("form_batches needs sizes, or effective durations and batch_duration")
-    small = np.uint16 if num_buckets <= np.iinfo(np.uint16).max else np.int64
-    # A stable sort of 16-bit keys is a radix sort in numpy: linear time.
-    order = np.argsort(bucket.astype(small), kind="stable")
-    counts = np.bincount(bucket.astype(np.int64), minlength=num_buckets).astype(np.int64)
-    gstart = np.cumsum(counts) - counts
-    if effective is not None and (dynamic or num_buckets > 1):
-        key = _soft_keys(np.asarray(effective, dtype=np.float64), rng)[order]
-        # Random keys have no ties, so an unstable sort is as deterministic as a stable one.
-        kind = "stable" if rng is None else "quicksort"
-        for g in np.flatnonzero(counts > 1).tolist():
-            seg = slice(int(gstart[g]), int(gstart[g] + counts[g]))
-            within = np.argsort(key[seg], kind=kind)
-            order[seg] = order[seg][within]
-            key[seg] = key[seg][within]
-    if dynamic:
-        assert batch_duration is not None
-        cap = _caps(key, batch_duration, m)
-        starts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
-        for g in np.flatnonzero(counts).tolist():
-            starts += _greedy_starts(cap, int(gstart[g]), int(gstart[g] + counts[g]))
-        start = np.concatenate(starts)
-        length = np.diff(np.append(start, m)).astype(np.int64)
-        batch_bucket = np.repeat(np.arange(num_buckets, dtype=np.int64), counts)[start] if m else start
-        last = np.ones(start.size, dtype=bool)
-        if start.size:
-            last[:-1] = batch_bucket[1:] != batch_bucket[:-1]
-        return BatchTable(order, start, length, batch_bucket, ~last)
-    g_cap = np.asarray(sizes, dtype=np.int64)
-    if g_cap.size != num_buckets:
-        raise ValueError(f"{g_cap.size} batch sizes for {num_buckets} buckets")
-    per_group = -(-counts // g_cap)
-    batch_bucket = np.repeat(np.arange(num_buckets, dtype=np.int64), per_group)
-    first = np.cumsum(per_group) - per_group
-    within = np.arange(batch_bucket.size, dtype=np.int64) - np.repeat(first, per_group)
-    b_cap = g_cap[batch_bucket]
-    start = gstart[batch_bucket] + within * b_cap
-    length = np.minimum(b_cap, gstart[batch_bucket] + counts[batch_bucket] - start)
-    return BatchTable(order, start, length, batch_bucket, length == b_cap)
 
 
 # ------------------------------------------------------------------------------------ mixing
@@ -433,13 +269,6 @@ def _deal(
     return slots, int(lengths[slots[t:]].sum()), none
 
 
-def _check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-
-
 def plan_epoch(
     index: IndexColumns,
     keep_mask: np.ndarray,
@@ -456,7 +285,7 @@ def plan_epoch(
     ``buckets`` is a precomputed :class:`Buckets` (saves estimating bins every epoch), or a
     per-row bucket column of a pre-bucketed dataset, or ``None`` to derive buckets from ``cfg``.
     """
-    _check_rank(rank, world_size)
+    resolve_rank_world(rank, world_size)  # checks the pair
     keep = np.asarray(keep_mask, dtype=bool)
     duration = np.asarray(index.duration)
     if keep.shape != duration.shape:
@@ -511,7 +340,7 @@ def _mean_fill(
     else:
         assert batch_duration is not None
         longest = np.maximum.reduceat(effective[table.order], table.start)
-        capacity = _caps(longest, batch_duration, int(table.order.size))
+        capacity = batch_capacity(longest, batch_duration, int(table.order.size))
     return float(np.mean(np.minimum(table.length / capacity, 1.0)))
 
 
@@ -523,28 +352,16 @@ MIN_FILL = 0.5
 # ----------------------------------------------------------------------------------- sampler
 
 
-def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Fill a missing rank / world size from torch.distributed when initialised, else 0 / 1."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return (dist.get_rank() if rank is None else rank), (
-            dist.get_world_size() if world_size is None else world_size
-        )
-    return (0 if rank is None else rank), (1 if world_size is None else world_size)
-
-
 class BatchSampler:
     """Stateful, resumable batch sampler over an Index; use it as a DataLoader ``batch_sampler``.
 
     Iterating yields this rank's batches (lists of example ids) from the current position to the
     end of the epoch, then moves to the next epoch. ``len()`` is the number of batches per rank
-    in the current epoch. The position is ``{"epoch": e, "batch": k}``: :meth:`state_dict`
-    returns it, :meth:`load_state_dict` restores it (the next iteration starts at batch ``k`` of
-    epoch ``e``, by slicing that epoch's plan). Since a DataLoader prefetches, a loader that knows
-    how many batches it *consumed* builds the state with :meth:`position_state` instead.
+    in the current epoch. The position is a :class:`~speechdata.sampling.position.Position`
+    (epoch, next batch, seed, rank, world size): :meth:`state_dict` returns its dict form,
+    :meth:`load_state_dict` restores it (the next iteration starts at batch ``k`` of epoch ``e``,
+    by slicing that epoch's plan). Since a DataLoader prefetches, a loader that knows how many
+    batches it *consumed* takes its position from :meth:`position` instead.
 
     ``rank`` / ``world_size`` default to torch.distributed's when a process group is
     initialised, else 0 / 1. The plan of an epoch depends only on (cfg, seed, epoch, rank,
@@ -569,8 +386,7 @@ class BatchSampler:
         world_size: int | None = None,
         buckets: Buckets | np.ndarray | None = None,
     ) -> None:
-        self.rank, self.world_size = _distributed_rank_world(rank, world_size)
-        _check_rank(self.rank, self.world_size)
+        self.rank, self.world_size = resolve_rank_world(rank, world_size)
         self.index = index
         self.keep_mask = np.asarray(keep_mask, dtype=bool)
         self.cfg = cfg
@@ -643,30 +459,32 @@ class BatchSampler:
             yield plan.batch(k).tolist()
         self._epoch, self._batch = self._epoch + 1, 0
 
-    def state_dict(self) -> dict[str, int]:
-        """The sampler's own position: ``{"epoch": e, "batch": k}`` (next batch to yield)."""
-        return {"epoch": self._epoch, "batch": self._batch}
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's own position (next batch to yield) in the dict form of
+        :class:`~speechdata.sampling.position.Position`."""
+        return self.position(self._epoch, self._batch).to_dict()
 
-    def position_state(self, epoch: int, consumed_batches: int) -> dict[str, int]:
-        """The state after ``consumed_batches`` batches of ``epoch`` were consumed; a finished
-        epoch rolls over to ``{"epoch": epoch + 1, "batch": 0}``."""
-        if consumed_batches < 0:
-            raise ValueError(f"consumed_batches must be >= 0, got {consumed_batches}")
-        if consumed_batches >= len(self.plan(epoch)):
-            return {"epoch": epoch + 1, "batch": 0}
-        return {"epoch": epoch, "batch": consumed_batches}
+    def position(self, epoch: int, consumed_batches: int) -> Position:
+        """The position after ``consumed_batches`` batches of ``epoch`` were consumed; a finished
+        epoch rolls over to batch 0 of ``epoch + 1``."""
+        return Position.after(
+            epoch,
+            consumed_batches,
+            len(self.plan(epoch)),
+            seed=self.cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def seek(self, pos: Position, what: str = "sampler state") -> None:
+        """Continue at ``pos`` (checked against this sampler's seed, rank and world size, and
+        against the length of its epoch)."""
+        pos.check(seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what)
+        n = len(self.plan(pos.epoch))
+        if pos.batch > n:
+            raise ConfigError(f"{what}: batch {pos.batch} is past the end of epoch {pos.epoch} ({n} batches)")
+        self._epoch, self._batch = pos.epoch, pos.batch
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue at batch ``state["batch"]`` of epoch ``state["epoch"]``."""
-        try:
-            epoch, batch = int(state["epoch"]), int(state["batch"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(
-                f"sampler state: expected {{'epoch': int, 'batch': int}}, got {dict(state)!r}"
-            ) from None
-        if epoch < 0 or batch < 0:
-            raise ConfigError(f"sampler state: epoch and batch must be >= 0, got {dict(state)!r}")
-        n = len(self.plan(epoch))
-        if batch > n:
-            raise ConfigError(f"sampler state: batch {batch} is past the end of epoch {epoch} ({n} batches)")
-        self._epoch, self._batch = epoch, batch
+        """Continue from a :meth:`state_dict` (any format :meth:`Position.from_dict` reads)."""
+        self.seek(Position.from_dict(state, "sampler state"))

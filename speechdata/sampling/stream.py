@@ -1,7 +1,7 @@
 """Buffered shuffling and bucketing for streamed sources (pipes, URLs) that cannot seek.
 
 A stream has no Index to plan over, so batches are formed from a moving window of rows with the
-same batch-forming code as the epoch planner (:func:`speechdata.sampling.plan.form_batches`):
+same batch-forming code as the epoch planner (:func:`speechdata.sampling.batching.form_batches`):
 fixed per-bucket sizes or dynamic ``batch_duration`` batches, duration buckets, soft sorting
 within a bucket. Dealing shards to ranks and workers happens upstream (shard reader).
 
@@ -22,6 +22,7 @@ from typing import TypeVar
 import numpy as np
 
 from speechdata.config import DatasetConfig
+from speechdata.sampling.batching import form_batches
 from speechdata.sampling.buckets import (
     assign_buckets,
     bucket_batch_sizes,
@@ -29,7 +30,6 @@ from speechdata.sampling.buckets import (
     effective_duration,
     estimate_bins,
 )
-from speechdata.sampling.plan import form_batches
 
 __all__ = ["bucketed_stream", "shuffle_buffer"]
 

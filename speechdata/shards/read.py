@@ -32,6 +32,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from braceexpand import braceexpand
 from speechdata.cache import FileStamp, cache_folder, source_digest, touch
 from speechdata.config import DatasetConfig, split_paths
 from speechdata.errors import ConfigError, DataError
-from speechdata.manifest import AUDIO_KEYS, Index, ManifestKeys, Record, load_index, unpack_sample_id
+from speechdata.manifest import AUDIO_KEYS, Index, Record, load_index, manifest_keys, unpack_sample_id
 from speechdata.openfiles import OpenFiles
 from speechdata.shards.tarfmt import Member, scan_members
 
@@ -260,13 +261,10 @@ class TarredDataset:
             for p in locals_:
                 if not os.path.isfile(str(p)):
                     raise ConfigError(f"tarred_audio_filepaths: shard not found: {p}")
-        keys = ManifestKeys(
-            answer_key=cfg.answer_key,
-            context_key=cfg.context_key,
-            default_context=cfg.default_context,
-            tarred=True,
-        )
-        self.index = index if index is not None else load_index(manifests, keys, on_error=cfg.on_error)
+        if index is None:
+            keys = replace(manifest_keys(cfg), tarred=True)  # member names, whatever is_tarred says
+            index = load_index(manifests, keys, on_error=cfg.on_error)
+        self.index = index
         self.buckets: np.ndarray | None = self.index.dataset.copy() if prebucketed else None
         self.cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
         self._tables: dict[str, dict[str, Member]] = {}
@@ -424,6 +422,12 @@ def deal_shards(
     return order[rank * num_workers + worker_id :: slots]
 
 
+#: A tarred manifest entry: a decoded line (:func:`entries_by_member`) or its :class:`Record`.
+Entry = Record | dict[str, Any]
+#: Member name -> the tarred manifest entries that use it.
+MemberTable = Mapping[str, Sequence[Entry]]
+
+
 def _iter_members(url: str) -> Iterator[tuple[str, bytes]]:
     from webdataset import gopen
 
@@ -441,21 +445,28 @@ def _iter_members(url: str) -> Iterator[tuple[str, bytes]]:
         stream.close()
 
 
+def _place(entry: Entry) -> tuple[list[str], int | None]:
+    """An entry's member names and the shard it names (``None``: whichever shard holds it)."""
+    if isinstance(entry, Record):
+        return entry.audio, (entry.shard_id if entry.shard_id >= 0 else None)
+    sid = entry.get("shard_id")
+    return entry_names(entry), (sid if isinstance(sid, int) else None)
+
+
 def _stream_shard(
     url: str,
     shard_id: int,
-    by_member: Mapping[str, list[dict[str, Any]]],
-    by_stripped: Mapping[str, list[dict[str, Any]]],
-) -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+    by_member: MemberTable,
+    by_stripped: MemberTable,
+) -> Iterator[tuple[Entry, list[bytes]]]:
     yielded: set[int] = set()
     kept: dict[str, bytes] = {}
     for name, data in _iter_members(url):
         candidates = [*by_member.get(name, ()), *by_stripped.get(name, ())]
         for entry in candidates:
-            sid = entry.get("shard_id")
-            if (isinstance(sid, int) and sid != shard_id) or id(entry) in yielded:
+            names, sid = _place(entry)
+            if (sid is not None and sid != shard_id) or id(entry) in yielded:
                 continue
-            names = entry_names(entry)
             if len(names) == 1:
                 yielded.add(id(entry))
                 yield entry, [data]
@@ -466,13 +477,9 @@ def _stream_shard(
                 yield entry, [kept[n] for n in names]
 
 
-#: Member name -> the tarred manifest entries that use it.
-MemberTable = Mapping[str, list[dict[str, Any]]]
-
-
-def _stripped(by_member: MemberTable) -> dict[str, list[dict[str, Any]]]:
+def _stripped(by_member: MemberTable) -> dict[str, list[Entry]]:
     """The entries again under member names without their sub-extension (``a.x.wav`` -> ``a.wav``)."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[Entry]] = {}
     for name, entries in by_member.items():
         base = strip_sub(name)
         if base != name:
@@ -491,13 +498,14 @@ def stream_tarred(
     worker_id: int = 0,
     num_workers: int = 1,
     seed: int | None = None,
-) -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+) -> Iterator[tuple[Entry, list[bytes]]]:
     """Stream ``(entry, [member bytes per audio])`` from non-seekable shards.
 
     ``shard_urls`` come from the config (``pipe:`` commands, http(s) URLs or paths opened with
-    ``webdataset.gopen``); ``by_member`` maps member names to tarred manifest entries
-    (:func:`entries_by_member`), or is called with a shard's id to give that shard's map just
-    before the shard is streamed (so a reader looks up only the entries of its own shards). This reader's shards are :func:`deal_shards` of the epoch; with
+    ``webdataset.gopen``); ``by_member`` maps member names to tarred manifest entries (decoded
+    lines from :func:`entries_by_member`, or their :class:`Record`), or is called with a shard's
+    id to give that shard's map just before the shard is streamed (so a reader looks up only the
+    entries of its own shards). This reader's shards are :func:`deal_shards` of the epoch; with
     ``cfg.shuffle`` the shard order is seeded by ``(seed, epoch)`` and samples pass through a
     ``cfg.shuffle_n`` buffer seeded by ``(seed, epoch, rank, worker_id)``. An entry is yielded by
     the shard its ``shard_id`` names (all shards when it has none), once per shard pass.
@@ -516,7 +524,7 @@ def stream_tarred(
         shuffle=cfg.shuffle,
     )
 
-    def samples() -> Iterator[tuple[dict[str, Any], list[bytes]]]:
+    def samples() -> Iterator[tuple[Entry, list[bytes]]]:
         for k in mine:
             if fixed is None:
                 table = by_member(ids[k])  # type: ignore[operator]

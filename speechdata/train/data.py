@@ -1,13 +1,16 @@
 """Exact data position in checkpoints: a loader wrapper and the callback that saves/restores it.
 
 Lightning fetches one batch ahead of the step it runs, so the loader's own ``state_dict()`` at
-checkpoint time is one batch too far. :class:`ResumableLoader` snapshots the loader state right
-after each batch is produced; :class:`LoaderStateCallback` marks a snapshot as *done* when the step
-that consumed its batch ends, and writes the last done snapshot into the checkpoint
-(``checkpoint["speechdata_loader"]``, one entry per data-parallel rank). On resume the snapshot is
-loaded into the loader before it is iterated again, so training continues with exactly the batch
-after the last one trained on. A snapshot taken at the end of an epoch (or from an epoch other
-than the one the trainer resumes in) is not restored: that epoch starts fresh from ``set_epoch``.
+checkpoint time is one batch too far. :class:`ResumableLoader` takes the loader's
+:class:`~speechdata.sampling.position.Position` right after each batch is produced;
+:class:`LoaderStateCallback` marks it as *done* when the step that consumed its batch ends, and
+writes the last done position into the checkpoint (``checkpoint["speechdata_loader"]``: one
+position dict per data-parallel rank, in the format every ``state_dict()`` uses). On resume the
+position is loaded into the loader before it is iterated again, so training continues with
+exactly the batch after the last one trained on. A position in another epoch than the one the
+trainer resumes in is not restored: that epoch starts fresh from ``set_epoch``. Checkpoints
+written before positions had a version (``{"epoch", "batches", "epoch_complete", "state"}``) are
+read too.
 """
 
 from __future__ import annotations
@@ -19,23 +22,25 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from speechdata.sampling.position import Position
+
 CHECKPOINT_KEY = "speechdata_loader"
 
 
 class ResumableLoader:
     """Iterable that Lightning iterates in place of a speechdata loader.
 
-    The wrapped loader provides ``__iter__``, ``__len__``, ``state_dict()``, ``load_state_dict()``
-    and ``set_epoch(epoch)``. The wrapper deliberately has no ``state_dict`` itself, so Lightning
-    does not save a (prefetch-shifted) loader state of its own.
+    The wrapped loader provides ``__iter__``, ``state_dict()``, ``load_state_dict()`` and
+    ``set_epoch(epoch)``, and ``__len__`` unless it streams. The wrapper deliberately has no
+    ``state_dict`` itself, so Lightning does not save a (prefetch-shifted) loader state of its own.
     """
 
     def __init__(self, loader: Any, epoch_fn: Callable[[], int] | None = None) -> None:
         self.loader = loader
         self.epoch_fn = epoch_fn or (lambda: 0)
-        self._pending: deque[dict[str, Any]] = deque()
-        self.done: dict[str, Any] | None = None
-        self._restore: dict[str, Any] | None = None
+        self._pending: deque[Position] = deque()
+        self.done: Position | None = None
+        self._restore: Position | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -44,37 +49,37 @@ class ResumableLoader:
         epoch = self.epoch_fn()
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
-        start = 0
         restore, self._restore = self._restore, None
-        # a snapshot from the end of an epoch, or from an epoch the trainer has left, is not restored
-        if restore is not None and not restore["epoch_complete"] and restore["epoch"] == epoch:
-            self.loader.load_state_dict(restore["state"])
-            start = restore["batches"]
+        # a position in an epoch the trainer has left (or not reached) is not restored
+        if restore is not None and restore.epoch == epoch:
+            self.loader.load_state_dict(restore.to_dict())
         self._pending.clear()
-        total = len(self.loader)
-        for i, batch in enumerate(self.loader, start=start + 1):
-            snap = {
-                "epoch": epoch,
-                "batches": i,
-                "epoch_complete": i >= total,
-                "state": self.loader.state_dict(),
-            }
-            self._pending.append(snap)
+        try:
+            total: int | None = len(self.loader)
+        except TypeError:
+            total = None  # a stream: its length is not known in advance
+        for batch in self.loader:
+            pos = Position.from_dict(self.loader.state_dict(), "loader state")
+            if pos.epoch == epoch and total is not None and pos.batch >= total:
+                pos = pos.next_epoch()  # a loader that rolls over only when asked for more
+            self._pending.append(pos)
             yield batch
 
     def batch_done(self) -> None:
-        """The oldest batch handed out has been trained on: its snapshot becomes the resume point."""
+        """The oldest batch handed out has been trained on: its position becomes the resume point."""
         if self._pending:
             self.done = self._pending.popleft()
 
     def snapshot(self) -> dict[str, Any] | None:
-        """The resume point to save (``None`` before the first batch)."""
-        return self.done
+        """The resume point to save, in the position dict format (``None`` before the first batch)."""
+        return None if self.done is None else self.done.to_dict()
 
-    def restore(self, snap: dict[str, Any] | None) -> None:
-        """Resume from ``snap`` at the next iteration."""
-        self._restore = snap
-        self.done = snap
+    def restore(self, snap: Any) -> None:
+        """Resume from ``snap`` (a position in any format :meth:`Position.from_dict` reads, or
+        ``None``) at the next iteration."""
+        pos = None if snap is None else Position.from_dict(snap, "checkpoint loader position")
+        self._restore = pos
+        self.done = pos
 
 
 class LoaderStateCallback(pl.Callback):

@@ -1,0 +1,63 @@
+"""Sources: where examples come from (docs/architecture.md, "Sources").
+
+A :class:`Source` is an Index (the metadata columns), a record by row, and the audio of a record;
+a :class:`StreamSource` streams records with their audio instead. Three ship with speechdata, and
+:func:`open_source` picks one from a dataset config:
+
+* :class:`ManifestSource` — plain JSONL manifests, clips are files on disk;
+* :class:`TarredSource` — NeMo tarred datasets on local (or mounted) storage, members read by
+  byte offset;
+* :class:`StreamedTarSource` — tarred datasets behind ``pipe:`` commands or URLs (or
+  ``streaming: true``), read front to back.
+
+Any other source (another storage, examples built in memory) plugs into
+:class:`~speechdata.loader.SpeechDataLoader` through its ``source=`` argument.
+
+Example::
+
+    >>> source = open_source(cfg, manifest_keys(cfg))
+    >>> source.seekable, len(source.index), source.audio(source.record(0))
+    (True, 1200, ['/data/a.wav'])
+"""
+
+from __future__ import annotations
+
+from speechdata.config import DatasetConfig
+from speechdata.errors import ConfigError
+from speechdata.manifest import ManifestKeys, load_index
+from speechdata.shards.read import TarredDataset
+from speechdata.sources.base import Source, Streamed, StreamSlot, StreamSource, index_from_clips
+from speechdata.sources.files import ManifestSource
+from speechdata.sources.tarred import StreamedTarSource, TarredSource
+
+__all__ = [
+    "ManifestSource",
+    "Source",
+    "StreamSlot",
+    "StreamSource",
+    "Streamed",
+    "StreamedTarSource",
+    "TarredSource",
+    "index_from_clips",
+    "open_source",
+]
+
+
+def open_source(cfg: DatasetConfig, keys: ManifestKeys, *, cache: bool = True) -> Source:
+    """The source a dataset config describes, its Index loaded (``keys`` resolve the manifest
+    lines; ``cache=False`` neither reads nor writes index cache entries).
+
+    Plain manifests unless ``is_tarred``; a tarred dataset is streamed with ``streaming: true``,
+    or with ``streaming: auto`` when a shard is not a local file, else read by offset.
+    """
+    if not cfg.manifests:
+        raise ConfigError("manifest_filepath: no manifest given")
+    index = load_index(cfg.manifests, keys, on_error=cfg.on_error, cache=cache, cache_dir=cfg.cache_dir)
+    if not cfg.is_tarred:
+        if cfg.streaming is True:
+            raise ConfigError("streaming: true needs a tarred dataset (is_tarred: true)")
+        return ManifestSource(index)
+    tarred = TarredDataset(cfg, index=index)
+    if cfg.streaming is True or (cfg.streaming == "auto" and not tarred.seekable):
+        return StreamedTarSource(cfg, tarred)
+    return TarredSource(tarred)
