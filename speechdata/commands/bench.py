@@ -1,5 +1,5 @@
 """``speechdata bench CONFIG|MANIFEST|DIR [key=value ...]``: the loader against the decode floor and
-its peers (:mod:`speechdata.bench.measure`).
+its peers (:mod:`speechdata.bench`; options and run in :mod:`speechdata.bench.command`).
 
 The key flags (``--answer-key``, ``--context-key``, ``--default-context``) become overrides of the
 measured dataset section (``model.train_ds.answer_key=...``), so a config's keys stay unless a
@@ -23,7 +23,7 @@ HELP = "measure the loader against the decode floor and peers"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``speechdata bench``."""
-    from speechdata.bench import measure as bench
+    from speechdata.bench import command as bench
 
     bench.add_arguments(p)
     add_key_options(p, defaults="the dataset section's")
@@ -41,7 +41,7 @@ def _section_prefix(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``speechdata bench``."""
-    from speechdata.bench import measure as bench
+    from speechdata.bench import command as bench
 
     if any(getattr(args, key, None) is not None for key in ("answer_key", "context_key", "default_context")):
         args.overrides = [*args.overrides, *key_overrides(args, _section_prefix(args))]
