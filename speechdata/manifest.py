@@ -6,11 +6,10 @@ offset when a batch needs them (:meth:`Index.record`). The index of each manifes
 the user's cache folder, bound to the manifest's real path and content (:mod:`speechdata.cache`),
 so the next start is a load.
 
-Key resolution follows NeMo (SPEC §1): audio from ``audio_filepath`` (or ``audio_filename``,
-``audio_file``), a string or a list for multi-audio; ``duration`` and ``offset`` as numbers or
-lists; the answer from ``answer_key`` else ``text``; the context from ``context_key`` else
-``question`` else ``default_context``. Relative paths resolve against the manifest's folder. A
-missing duration is measured from the audio header, never guessed.
+The rules of a line (which keys are read, what values they may hold) live in
+:mod:`speechdata.lines`; both the fast path for the common line shape and the full resolver use
+them, so a line is indexed exactly when :meth:`Index.record` can read it back. A missing duration
+is measured from the audio header, never guessed.
 
 Example::
 
@@ -24,12 +23,10 @@ Example::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import itertools
 import json
 import multiprocessing
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,16 +38,47 @@ import orjson
 
 from speechdata.audio import audio_info
 from speechdata.cache import FileStamp, cache_folder, crc32_of, prune, source_digest, touch
-from speechdata.config import DatasetConfig
 from speechdata.errors import DataError, DropCounter, SpeechDataError, handle
+from speechdata.lines import (
+    AUDIO_KEYS,
+    MAX_SECONDS,
+    ManifestKeys,
+    Record,
+    check_clip,
+    check_json_lines,
+    describe_audio,
+    extra_fields,
+    json_error,
+    manifest_keys,
+    manifest_root,
+    parse_line,
+    resolve_audio,
+    shard_id_of,
+)
 from speechdata.openfiles import OpenFiles
 
-AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
-_RESERVED = {*AUDIO_KEYS, "duration", "offset"}
-CACHE_VERSION = 3
-#: Largest duration or offset accepted (about 116 days): larger values are typos or garbage, and
-#: would overflow the float32 columns to infinity.
-MAX_SECONDS = 1e7
+__all__ = [
+    "AUDIO_KEYS",
+    "CACHE_VERSION",
+    "MAX_SECONDS",
+    "PARALLEL_LINES",
+    "DatasetInfo",
+    "Index",
+    "ManifestKeys",
+    "Record",
+    "build_one",
+    "describe_audio",
+    "load_index",
+    "manifest_keys",
+    "manifest_root",
+    "pack_sample_id",
+    "parse_line",
+    "resolve_audio",
+    "unpack_sample_id",
+]
+
+#: Version of the cached index format (bump when the columns or the line rules change).
+CACHE_VERSION = 4
 #: Manifests with at least this many lines are parsed by one forked process per core.
 PARALLEL_LINES = 200_000
 _COLUMNS = {
@@ -64,70 +92,6 @@ _COLUMNS = {
     "text_len": np.uint32,
     "shard_id": np.int32,
 }
-
-
-@dataclass(frozen=True)
-class ManifestKeys:
-    """How manifest fields are resolved; part of the cache key.
-
-    ``tarred``: audio paths are tar member names (kept as they are, never resolved on disk).
-    ``require_context``: a line without any context (and no ``default_context``) is an error.
-    """
-
-    answer_key: str = "answer"
-    context_key: str = "context"
-    default_context: str | None = None
-    tarred: bool = False
-    require_context: bool = False
-
-    def digest(self) -> str:
-        """A stable short digest of these settings (sha1, never ``hash()``)."""
-        blob = json.dumps(self.__dict__, sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
-
-
-def manifest_keys(cfg: DatasetConfig, require_context: bool = False) -> ManifestKeys:
-    """The manifest key settings of a dataset config: the one place where ``answer_key``,
-    ``context_key``, ``default_context`` and ``is_tarred`` become :class:`ManifestKeys`.
-
-    The loader and every command that reads manifests call this (a command builds its
-    :class:`~speechdata.config.DatasetConfig` from its flags). ``require_context``: a line without
-    a context (and no ``default_context``) is an error; the loader sets it when its prompt needs a
-    context (``PromptBuilder.needs_context``).
-    """
-    return ManifestKeys(
-        answer_key=cfg.answer_key,
-        context_key=cfg.context_key,
-        default_context=cfg.default_context,
-        tarred=cfg.is_tarred,
-        require_context=require_context,
-    )
-
-
-@dataclass
-class Record:
-    """One example read back from its manifest line, keys resolved."""
-
-    audio: list[str]
-    offset: list[float]
-    duration: list[float]
-    context: str | None
-    answer: str
-    extra: dict[str, Any]
-    where: str
-    sample_id: int
-    shard_id: int = -1
-    row: int = -1
-    #: the audio paths as the manifest line wrote them (``audio`` holds them resolved)
-    names: list[str] = field(default_factory=list)
-    #: the manifest the line came from (as the user named it), for messages
-    manifest: str = ""
-
-    def describe_audio(self, k: int) -> str:
-        """The ``k``-th audio as messages name it (see :func:`describe_audio`)."""
-        if not self.names:
-            return self.audio[k]
-        return describe_audio(self.names[k], self.manifest)
 
 
 @dataclass
@@ -151,78 +115,6 @@ def pack_sample_id(dataset: int, line_no: int) -> int:
 def unpack_sample_id(sample_id: int) -> tuple[int, int]:
     """Inverse of :func:`pack_sample_id`."""
     return int(sample_id) >> 32, int(sample_id) & 0xFFFFFFFF
-
-
-# ----------------------------------------------------------------------------- line parsing
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _number_list(value: Any, n: int, key: str, default: float | None) -> list[float] | None:
-    if value is None:
-        return None if default is None else [default] * n
-    items = _as_list(value)
-    if len(items) != n:
-        raise ValueError(f"'{key}' has {len(items)} values but the line has {n} audios")
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"'{key}' must be a number, got {v!r}"[:200])
-        out.append(float(v))
-    return out
-
-
-def parse_line(
-    obj: Any, keys: ManifestKeys
-) -> tuple[list[str], list[float] | None, list[float], str | None, str]:
-    """Resolve one decoded manifest line: ``(audio, duration|None, offset, context, answer)``.
-
-    Raises ``ValueError`` with a short message for anything malformed (the caller adds file:line).
-    """
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    audio_val = None
-    for k in AUDIO_KEYS:
-        if k in obj:
-            audio_val = obj[k]
-            break
-    if audio_val is None:
-        raise ValueError("no audio path (audio_filepath / audio_filename / audio_file)")
-    audio = _as_list(audio_val)
-    if not audio or not all(isinstance(a, str) and a for a in audio):
-        raise ValueError("audio path must be a non-empty string or a list of them")
-    if len(audio) > 255:
-        raise ValueError(f"too many audios in one example ({len(audio)} > 255)")
-    n = len(audio)
-    dur = _number_list(obj.get("duration"), n, "duration", None)
-    off = _number_list(obj.get("offset"), n, "offset", 0.0)
-    assert off is not None
-    if dur is not None:
-        for d in dur:
-            if not 0 < d < MAX_SECONDS:
-                raise ValueError(f"duration must be a finite number > 0 and < {MAX_SECONDS:g} s, got {d}")
-    for o in off:
-        if not 0 <= o < MAX_SECONDS:
-            raise ValueError(f"offset must be a finite number >= 0 and < {MAX_SECONDS:g} s, got {o}")
-    answer = obj.get(keys.answer_key)
-    if answer is None:
-        answer = obj.get("text")
-    if answer is None:
-        raise ValueError(f"no answer ('{keys.answer_key}' or 'text')")
-    if not isinstance(answer, str):
-        raise ValueError(f"answer must be a string, got {type(answer).__name__}")
-    context = obj.get(keys.context_key)
-    if context is None:
-        context = obj.get("question")
-    if context is None:
-        context = keys.default_context
-    if context is not None and not isinstance(context, str):
-        raise ValueError(f"context must be a string, got {type(context).__name__}")
-    if context is None and keys.require_context:
-        raise ValueError(f"no context ('{keys.context_key}' or 'question') and no default_context is set")
-    return audio, dur, off, context, answer
 
 
 # ------------------------------------------------------------------------------- the Index
@@ -311,12 +203,7 @@ class Index:
             )
         if not self.keys.tarred:
             audio = [resolve_audio(a, info.root) for a in audio]
-        used = {
-            self.keys.answer_key,
-            "text" if self.keys.answer_key not in obj else "",
-            self.keys.context_key if self.keys.context_key in obj else "question",
-        }
-        extra = {k: v for k, v in obj.items() if k not in _RESERVED and k not in used}
+        extra = extra_fields(obj, self.keys)
         return Record(
             audio,
             off,
@@ -388,32 +275,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _check_json_lines(data: bytes, path: Path) -> None:
-    """A file that is one JSON array of objects (a common export format, pretty-printed or on one
-    line) is one clear error, not N bad lines."""
-    if not re.match(rb"(?:\xef\xbb\xbf)?\s*\[", data):
-        return
-    try:
-        whole = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return  # JSON Lines whose first line is broken: reported line by line
-    if isinstance(whole, list) and any(isinstance(x, dict) for x in whole):
-        raise SpeechDataError(
-            f"{path}: expected JSON Lines (one object per line), but the file is a JSON array; "
-            "convert it with: jq -c '.[]' FILE > FILE.jsonl"
-        )
-
-
-def _json_error(line: bytes | memoryview, err: orjson.JSONDecodeError) -> str:
-    """What is wrong with a line that is not JSON, in the user's terms."""
-    text = bytes(line)
-    for token in (b"NaN", b"Infinity"):
-        if token in text and err.msg.startswith("unexpected character"):
-            name = token.decode()
-            return f"{name} is not valid JSON (write a number, or leave the key out)"
-    return f"not valid JSON ({err.msg})"
-
-
 def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_folder: Path | None = None) -> Index:
     """Index one manifest without reading or writing a cache entry (see :func:`load_index`).
 
@@ -423,7 +284,7 @@ def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_folder:
     """
     path = Path(path)
     data, source, crc = _read_manifest(path, cache_folder)
-    _check_json_lines(data, path)
+    check_json_lines(data, path)
     buf = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(buf == 10)
     if len(data) and (not len(ends) or ends[-1] != len(data) - 1):
@@ -469,13 +330,11 @@ def _index_range(
         data = f.read(int(ends[-1]) - int(starts[0]))
     base = int(starts[0])
     mv = memoryview(data)
-    loads = orjson.loads
-    ak, ck = keys.answer_key, keys.context_key
-    default_ctx, need_ctx = keys.default_context, keys.require_context
-    max_seconds = MAX_SECONDS
+    loads, clip = orjson.loads, check_clip
     rows: list[int] = []
     dur: list[float] = []
     tl: list[int] = []
+    add_row, add_dur, add_len = rows.append, dur.append, tl.append
     # rows that needed the full resolver: position in ``rows`` -> (min clip, max clip, clips, shard)
     slow: dict[int, tuple[float, float, int, int]] = {}
     info_cache: dict[str, float] = {}
@@ -487,55 +346,40 @@ def _index_range(
             if not bytes(line).strip():
                 continue  # blank line
             handle(
-                DataError("bad_line", f"{name}:{first + j + 1}", _json_error(line, err)),
+                DataError("bad_line", f"{name}:{first + j + 1}", json_error(line, err)),
                 on_error,
                 drops,
             )
             continue
-        # Fast path: one audio path, a numeric duration, string texts, no shard id.
-        if type(obj) is dict:
-            a = obj.get("audio_filepath")
+        # The common shape (one audio_filepath, scalar duration and offset, no shard id) needs no
+        # per-clip columns; check_clip applies the rules parse_line applies to every clip.
+        total = None
+        if type(obj) is dict and "shard_id" not in obj:
             d = obj.get("duration")
-            ans = obj.get(ak)
-            c = obj.get(ck)
-            if c is None:
-                c = default_ctx
-            off = obj.get("offset", 0)
-            if (
-                type(a) is str
-                and a
-                and (type(d) is float or type(d) is int)
-                and 0 < d < max_seconds
-                and type(ans) is str
-                and (type(c) is str or (c is None and not need_ctx))
-                and (off == 0 or ((type(off) is float or type(off) is int) and 0 < off < max_seconds))
-                and "shard_id" not in obj
-                and "question" not in obj
-            ):
-                rows.append(j)
-                dur.append(d)
-                tl.append(len(ans) + len(c) if c else len(ans))
+            if d is not None:
+                try:
+                    context, answer = clip(obj.get("audio_filepath"), d, obj.get("offset"), obj, keys)
+                    total = d
+                except ValueError:
+                    pass  # parse_line says what is wrong, or reads a shape this path does not
+        if total is None:
+            where = f"{name}:{first + j + 1}"
+            try:
+                audio, ds, offs, context, answer = parse_line(obj, keys)
+                shard = shard_id_of(obj)
+                if ds is None:
+                    ds = _measure_cached(audio, offs, keys, root, name, info_cache, where)
+            except ValueError as err:
+                handle(DataError("bad_line", where, str(err)), on_error, drops)
                 continue
-        where = f"{name}:{first + j + 1}"
-        try:
-            audio, ds, offs, context, answer = parse_line(obj, keys)
-            if ds is None:
-                ds = _measure_cached(audio, offs, keys, root, name, info_cache, where)
-            shard = obj.get("shard_id", -1)
-            if shard is None:
-                shard = -1
-            if isinstance(shard, bool) or not isinstance(shard, int) or not -1 <= shard < 2**31:
-                raise ValueError(f"shard_id must be an integer >= 0, got {shard!r}")
-        except ValueError as err:
-            handle(DataError("bad_line", where, str(err)), on_error, drops)
-            continue
-        except DataError as err:
-            handle(err, on_error, drops)
-            continue
-        slow[len(rows)] = (min(ds), max(ds), len(audio), shard)
-        rows.append(j)
-        dur.append(sum(ds))
-        tl.append(len(answer) + (len(context) if context else 0))
+            except DataError as err:
+                handle(err, on_error, drops)
+                continue
+            slow[len(rows)] = (min(ds), max(ds), len(audio), shard)
+            total = sum(ds)
+        add_row(j)
+        add_dur(total)
+        add_len(len(answer) + len(context) if context else len(answer))
     idx = np.asarray(rows, dtype=np.int64)
     durations = np.asarray(dur, dtype=np.float32)
     mn, mx = durations.copy(), durations.copy()
@@ -719,25 +563,3 @@ def load_index(
         part.datasets[0].path = str(m)
         parts.append(part)
     return parts[0] if len(parts) == 1 else Index.concat(parts)
-
-
-def manifest_root(path: str | os.PathLike[str]) -> str:
-    """The folder that relative audio paths of manifest ``path`` resolve against: the manifest's
-    folder as it is now (``~`` expanded, symlinks of the folder resolved), never a stored one."""
-    return str(Path(os.path.expanduser(os.fspath(path))).parent.resolve())
-
-
-def resolve_audio(name: str, root: str) -> str:
-    """An audio path of a manifest line as a file path: ``~`` expanded, relative ones joined to
-    the manifest's folder ``root`` (see :func:`manifest_root`)."""
-    name = os.path.expanduser(name)
-    return name if os.path.isabs(name) else os.path.join(root, name)
-
-
-def describe_audio(name: str, manifest: str) -> str:
-    """How messages name an audio path of a manifest line: as written, and for a relative path
-    the folder it was taken relative to (``a.wav (relative to data/manifests/)``)."""
-    if os.path.isabs(os.path.expanduser(name)):
-        return name
-    folder = os.path.dirname(manifest) or "."
-    return f"{name} (relative to {folder}/)"

@@ -1,0 +1,317 @@
+"""The rules of one NeMo JSONL manifest line: which keys are read, what values they may hold.
+
+Every reader of manifest lines uses these rules and no other: the indexer's fast path for the
+common line shape (:func:`fast_line`), the full resolver (:func:`parse_line`) that the indexer
+falls back to and that :meth:`speechdata.manifest.Index.record` reads examples back with, and the
+commands that read manifests (they build their :class:`ManifestKeys` with :func:`manifest_keys`).
+
+Keys follow NeMo: audio from ``audio_filepath`` (or ``audio_filename``, ``audio_file``), a string
+or a list for multi-audio; ``duration`` and ``offset`` as numbers or lists (``true`` and ``false``
+are not numbers; a null or missing ``offset`` is 0, a missing ``duration`` is measured from the
+audio header); the answer from ``answer_key`` else ``text``; the context from ``context_key`` else
+``question`` else ``default_context``; ``shard_id`` (tarred manifests) an integer. Relative paths
+resolve against the manifest's folder (:func:`resolve_audio`).
+
+Example::
+
+    >>> keys = manifest_keys(cfg)                      # from a DatasetConfig
+    >>> parse_line({"audio_filepath": "a.wav", "duration": 2, "text": "hi"}, keys)
+    (['a.wav'], [2.0], [0.0], None, 'hi')
+    >>> fast_line({"audio_filepath": "a.wav", "duration": 2, "text": "hi"}, keys)  # (duration, text length)
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from speechdata.config import DatasetConfig
+from speechdata.errors import SpeechDataError
+
+__all__ = [
+    "AUDIO_KEYS",
+    "MAX_SECONDS",
+    "ManifestKeys",
+    "Record",
+    "check_clip",
+    "check_json_lines",
+    "describe_audio",
+    "extra_fields",
+    "is_number",
+    "json_error",
+    "manifest_keys",
+    "manifest_root",
+    "parse_line",
+    "resolve_audio",
+    "shard_id_of",
+]
+
+AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
+_RESERVED = {*AUDIO_KEYS, "duration", "offset"}
+#: Largest duration or offset accepted (about 116 days): larger values are typos or garbage, and
+#: would overflow the float32 columns to infinity.
+MAX_SECONDS = 1e7
+#: The Python types of a JSON number as orjson decodes it; ``bool`` is not one (``true`` is not 1).
+_NUMBER_TYPES = frozenset({int, float})
+
+
+# ------------------------------------------------------------------------------- key settings
+
+
+@dataclass(frozen=True)
+class ManifestKeys:
+    """How manifest fields are resolved; part of the cache key.
+
+    ``tarred``: audio paths are tar member names (kept as they are, never resolved on disk).
+    ``require_context``: a line without any context (and no ``default_context``) is an error.
+    """
+
+    answer_key: str = "answer"
+    context_key: str = "context"
+    default_context: str | None = None
+    tarred: bool = False
+    require_context: bool = False
+
+    def digest(self) -> str:
+        """A stable short digest of these settings (sha1, never ``hash()``)."""
+        blob = json.dumps(self.__dict__, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def manifest_keys(cfg: DatasetConfig, require_context: bool = False) -> ManifestKeys:
+    """The manifest key settings of a dataset config: the one place where ``answer_key``,
+    ``context_key``, ``default_context`` and ``is_tarred`` become :class:`ManifestKeys`.
+
+    The loader and every command that reads manifests call this (a command builds its
+    :class:`~speechdata.config.DatasetConfig` from its flags). ``require_context``: a line without
+    a context (and no ``default_context``) is an error; the loader sets it when its prompt needs a
+    context (``PromptBuilder.needs_context``).
+    """
+    return ManifestKeys(
+        answer_key=cfg.answer_key,
+        context_key=cfg.context_key,
+        default_context=cfg.default_context,
+        tarred=cfg.is_tarred,
+        require_context=require_context,
+    )
+
+
+# ------------------------------------------------------------------------------ value rules
+
+
+def is_number(value: Any) -> bool:
+    """Whether a decoded JSON value is a number: an int or a float, never ``true``/``false``."""
+    return type(value) in _NUMBER_TYPES
+
+
+def check_clip(
+    audio: Any, duration: Any, offset: Any, obj: dict[str, Any], keys: ManifestKeys
+) -> tuple[str | None, str]:
+    """The rules of one clip of a decoded line, and the line's texts: returns ``(context, answer)``.
+
+    * ``audio``: a non-empty string;
+    * ``duration``: a JSON number (``true``/``false`` are not numbers) ``> 0`` and
+      ``< MAX_SECONDS``, or ``None`` (measured from the audio);
+    * ``offset``: a number ``>= 0`` and ``< MAX_SECONDS``, or ``None`` (0);
+    * the answer is ``obj[keys.answer_key]``, else ``obj["text"]``, a string; the context is
+      ``obj[keys.context_key]``, else ``obj["question"]``, else ``keys.default_context``, a string
+      or ``None`` (an error when ``keys.require_context``).
+
+    Raises ``ValueError`` naming the first problem. This is the one place these rules are
+    written: the indexer's fast path calls it once for a line of the common shape (one path,
+    scalar numbers), :func:`parse_line` once per clip of any line.
+    """
+    if type(audio) is not str or not audio:
+        raise ValueError("audio path must be a non-empty string or a list of them")
+    if duration is not None and (type(duration) not in _NUMBER_TYPES or not 0 < duration < MAX_SECONDS):
+        raise ValueError(_number_problem("duration", duration, "> 0"))
+    if offset is not None and (type(offset) not in _NUMBER_TYPES or not 0 <= offset < MAX_SECONDS):
+        raise ValueError(_number_problem("offset", offset, ">= 0"))
+    answer = obj.get(keys.answer_key)
+    if answer is None:
+        answer = obj.get("text")
+        if answer is None:
+            raise ValueError(f"no answer ('{keys.answer_key}' or 'text')")
+    if type(answer) is not str:
+        raise ValueError(f"answer must be a string, got {type(answer).__name__}")
+    context = obj.get(keys.context_key)
+    if context is None:
+        context = obj.get("question")
+        if context is None:
+            context = keys.default_context
+            if context is None and keys.require_context:
+                raise ValueError(
+                    f"no context ('{keys.context_key}' or 'question') and no default_context is set"
+                )
+    if context is not None and type(context) is not str:
+        raise ValueError(f"context must be a string, got {type(context).__name__}")
+    return context, answer
+
+
+def _number_problem(key: str, value: Any, rule: str) -> str:
+    """The message for a ``duration``/``offset`` value that :func:`check_clip` refused."""
+    if type(value) not in _NUMBER_TYPES:
+        return f"'{key}' must be a number, got {value!r}"[:200]
+    return f"{key} must be a finite number {rule} and < {MAX_SECONDS:g} s, got {float(value)}"
+
+
+def _values(value: Any, n: int, key: str) -> list[Any] | None:
+    """The ``n`` raw values of a ``duration``/``offset`` field (a scalar or a list), or ``None``
+    when the field is missing or null. A null inside a list is not a number."""
+    if value is None:
+        return None
+    items = list(value) if type(value) is list else [value]
+    if len(items) != n:
+        raise ValueError(f"'{key}' has {len(items)} values but the line has {n} audios")
+    if None in items:
+        raise ValueError(f"'{key}' must be a number, got None")
+    return items
+
+
+def parse_line(
+    obj: Any, keys: ManifestKeys
+) -> tuple[list[str], list[float] | None, list[float], str | None, str]:
+    """Resolve one decoded manifest line: ``(audio, duration|None, offset, context, answer)``.
+
+    Every clip passes :func:`check_clip`. Raises ``ValueError`` with a short message for anything
+    malformed (the caller adds file:line).
+    """
+    if type(obj) is not dict:
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    audio_val = None
+    for k in AUDIO_KEYS:
+        if k in obj:
+            audio_val = obj[k]
+            break
+    if audio_val is None:
+        raise ValueError("no audio path (audio_filepath / audio_filename / audio_file)")
+    audio = list(audio_val) if type(audio_val) is list else [audio_val]
+    if not audio:
+        raise ValueError("audio path must be a non-empty string or a list of them")
+    if len(audio) > 255:
+        raise ValueError(f"too many audios in one example ({len(audio)} > 255)")
+    n = len(audio)
+    dur = _values(obj.get("duration"), n, "duration")
+    off = _values(obj.get("offset"), n, "offset")
+    for k in range(n):
+        context, answer = check_clip(
+            audio[k], None if dur is None else dur[k], None if off is None else off[k], obj, keys
+        )
+    return (
+        audio,
+        None if dur is None else [float(v) for v in dur],
+        [0.0] * n if off is None else [float(v) for v in off],
+        context,
+        answer,
+    )
+
+
+def shard_id_of(obj: dict[str, Any]) -> int:
+    """The ``shard_id`` of a decoded line: an integer ``>= 0``; ``-1`` when absent or null."""
+    shard = obj.get("shard_id")
+    if shard is None:
+        return -1
+    if type(shard) is not int or not -1 <= shard < 2**31:
+        raise ValueError(f"shard_id must be an integer >= 0, got {shard!r}"[:200])
+    return shard
+
+
+def extra_fields(obj: dict[str, Any], keys: ManifestKeys) -> dict[str, Any]:
+    """The fields of a line that no key rule reads (kept in ``Record.extra``)."""
+    used = {
+        keys.answer_key,
+        "text" if keys.answer_key not in obj else "",
+        keys.context_key if keys.context_key in obj else "question",
+    }
+    return {k: v for k, v in obj.items() if k not in _RESERVED and k not in used}
+
+
+# ------------------------------------------------------------------------------- a whole file
+
+
+def check_json_lines(data: bytes, path: os.PathLike[str] | str) -> None:
+    """A file that is one JSON array of objects (a common export format, pretty-printed or on one
+    line) is one clear error, not N bad lines."""
+    if not re.match(rb"(?:\xef\xbb\xbf)?\s*\[", data):
+        return
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return  # JSON Lines whose first line is broken: reported line by line
+    if isinstance(whole, list) and any(isinstance(x, dict) for x in whole):
+        raise SpeechDataError(
+            f"{path}: expected JSON Lines (one object per line), but the file is a JSON array; "
+            "convert it with: jq -c '.[]' FILE > FILE.jsonl"
+        )
+
+
+def json_error(line: bytes | memoryview, err: orjson.JSONDecodeError) -> str:
+    """What is wrong with a line that is not JSON, in the user's terms."""
+    text = bytes(line)
+    for token in (b"NaN", b"Infinity"):
+        if token in text and err.msg.startswith("unexpected character"):
+            name = token.decode()
+            return f"{name} is not valid JSON (write a number, or leave the key out)"
+    return f"not valid JSON ({err.msg})"
+
+
+# ------------------------------------------------------------------------------------ paths
+
+
+def manifest_root(path: str | os.PathLike[str]) -> str:
+    """The folder that relative audio paths of manifest ``path`` resolve against: the manifest's
+    folder as it is now (``~`` expanded, symlinks of the folder resolved), never a stored one."""
+    return str(Path(os.path.expanduser(os.fspath(path))).parent.resolve())
+
+
+def resolve_audio(name: str, root: str) -> str:
+    """An audio path of a manifest line as a file path: ``~`` expanded, relative ones joined to
+    the manifest's folder ``root`` (see :func:`manifest_root`)."""
+    name = os.path.expanduser(name)
+    return name if os.path.isabs(name) else os.path.join(root, name)
+
+
+def describe_audio(name: str, manifest: str) -> str:
+    """How messages name an audio path of a manifest line: as written, and for a relative path
+    the folder it was taken relative to (``a.wav (relative to data/manifests/)``)."""
+    if os.path.isabs(os.path.expanduser(name)):
+        return name
+    folder = os.path.dirname(manifest) or "."
+    return f"{name} (relative to {folder}/)"
+
+
+# ----------------------------------------------------------------------------------- record
+
+
+@dataclass
+class Record:
+    """One example read back from its manifest line, keys resolved."""
+
+    audio: list[str]
+    offset: list[float]
+    duration: list[float]
+    context: str | None
+    answer: str
+    extra: dict[str, Any]
+    where: str
+    sample_id: int
+    shard_id: int = -1
+    row: int = -1
+    #: the audio paths as the manifest line wrote them (``audio`` holds them resolved)
+    names: list[str] = field(default_factory=list)
+    #: the manifest the line came from (as the user named it), for messages
+    manifest: str = ""
+
+    def describe_audio(self, k: int) -> str:
+        """The ``k``-th audio as messages name it (see :func:`describe_audio`)."""
+        if not self.names:
+            return self.audio[k]
+        return describe_audio(self.names[k], self.manifest)
