@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from speechdata import bench, bench_peers
+from speechdata import bench
+from speechdata.bench import clips as bench_clips
+from speechdata.bench import peers as bench_peers
 from speechdata.cli import main
 from speechdata.errors import SpeechDataError
 from speechdata.testing import Corpus, make_corpus
@@ -130,7 +132,7 @@ def test_missing_peer_is_reported_as_skipped(
 ) -> None:
     cfg, _ = bench.load_dataset(corpus.manifest, ["audio_locator='|audio|'"])
     clips = bench.corpus_clips(bench.dataset_index(cfg), cfg)
-    bench_peers.save_clips(clips, tmp_path / "clips.json")
+    bench_clips.save_clips(clips, tmp_path / "clips.json")
     monkeypatch.setitem(bench_peers.IMPORTS, "lhotse", ("speechdata_no_such_module",))
     out = bench_peers.run_job(bench_peers.Job(peer="lhotse", clips_file=str(tmp_path / "clips.json")))
     assert "skipped" in out and "speechdata_no_such_module" in out["skipped"]
@@ -169,8 +171,7 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert err.startswith("speechdata: error:") and len(err.strip().splitlines()) == 1
 
 
-def test_tarred_folder(corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("speechdata.shards.read")
+def test_tarred_folder(corpus: Corpus, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     assert main(["shard", str(corpus.manifest), "--out", str(shards), "--num-shards", "2"]) == 0
     args = ["bench", str(shards), "audio_locator='|audio|'", "--batch-duration", "12", "--repeats", "1"]
@@ -178,9 +179,114 @@ def test_tarred_folder(corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFix
     data = json.loads((tmp_path / "t.json").read_text())
     run = data["peers"]["speechdata"]["runs"][0]
     assert run["examples"] == len(corpus.entries) and data["corpus"]["examples"] == len(corpus.entries)
-    capsys.readouterr()
-    assert main([*args, "--compare"]) == 1  # peers need plain files
-    assert "--compare needs plain audio files" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tarred(tmp_path_factory: pytest.TempPathFactory) -> tuple[Corpus, Path]:
+    """A single-audio corpus (two formats, two rates, some stereo; no member used twice) and the
+    tarred dataset `speechdata shard` writes from it."""
+    root = tmp_path_factory.mktemp("tarred")
+    c = make_corpus(
+        root / "corpus",
+        n=12,
+        seed=11,
+        formats=("flac", "wav"),
+        sample_rates=(16000, 8000),
+        multi_audio_fraction=0.0,
+        stereo_fraction=0.2,
+        shared_source_fraction=0.0,
+        max_duration=4.0,
+    )
+    assert main(["shard", str(c.manifest), "--out", str(root / "shards"), "--num-shards", "2"]) == 0
+    return c, root / "shards"
+
+
+@pytest.fixture(scope="module")
+def tarred_report(tarred: tuple[Corpus, Path], tmp_path_factory: pytest.TempPathFactory) -> Report:
+    out = tmp_path_factory.mktemp("tarred_out")
+    args = ["bench", str(tarred[1]), "audio_locator='|audio|'", "--batch-duration", "6", "--repeats", "1"]
+    rc = main([*args, "--compare", "--json", str(out / "r.json"), "--md", str(out / "r.md")])
+    return json.loads((out / "r.json").read_text()), (out / "r.md").read_text(), rc
+
+
+def test_compare_on_a_tarred_dataset(tarred_report: Report) -> None:
+    """--compare reads the user's tars: the floor and webdataset run on them, lhotse is skipped."""
+    data, md, rc = tarred_report
+    assert rc == 0
+    peers = data["peers"]
+    assert list(peers) == ["speechdata", "floor", "lhotse", "webdataset"]
+    assert "no reader for NeMo tarred datasets" in peers["lhotse"]["skipped"]
+    assert peers["lhotse"]["runs"] == [] and peers["lhotse"]["figures"] == {}
+    for name in ("speechdata", "floor", "webdataset"):
+        assert peers[name]["skipped"] is None, (name, peers[name]["skipped"])
+        assert peers[name]["figures"]["audio_s_per_s"] > 0, name
+        f = peers[name]["figures"]
+        assert f["ratio_to_floor"] == pytest.approx(
+            f["audio_s_per_s"] / peers["floor"]["figures"]["audio_s_per_s"]
+        )
+        assert f["ratio_to_lhotse"] is None  # lhotse did not run
+    assert "| lhotse | skipped: lhotse has no reader for NeMo tarred datasets" in md
+    formats = data["corpus"]["formats"]
+    assert set(formats) <= {"FLAC", "WAV"} and sum(formats.values()) == 12
+
+
+def test_every_peer_accounts_for_the_same_audio_of_a_tarred_dataset(
+    tarred_report: Report, tarred: tuple[Corpus, Path]
+) -> None:
+    corpus = tarred[0]
+    seconds = sum(e["duration"] for e in corpus.entries)
+    summary = tarred_report[0]["corpus"]
+    assert summary["examples"] == summary["audios"] == len(corpus.entries)
+    assert summary["hours"] * 3600 == pytest.approx(seconds, rel=1e-3)
+    for name in ("speechdata", "floor", "webdataset"):
+        run = tarred_report[0]["peers"][name]["runs"][0]
+        assert run["examples"] == len(corpus.entries), name
+        assert run["audios"] == len(corpus.entries), name
+        assert run["audio_seconds"] == pytest.approx(seconds, rel=1e-3), name
+        assert run["drops"] == {}
+
+
+def test_tarred_clips_are_the_members_by_offset(tarred: tuple[Corpus, Path], tmp_path: Path) -> None:
+    """Each clip of a tarred dataset is its manifest line's member: the tar its shard_id names, the
+    member's byte offset and size there; a NeMo-style manifest (no tar_offset/tar_size) is located
+    through the tar's member table to the same places."""
+    corpus, shards = tarred
+    lines = [json.loads(x) for x in (shards / "tarred_audio_manifest.json").read_text().splitlines()]
+    cfg, _ = bench.load_dataset(shards, ["audio_locator='|audio|'"])
+    clips = bench.corpus_clips(bench.dataset_index(cfg), cfg)
+    places = [(c.path, c.member, c.member_offset, c.member_size) for c in clips]
+    want = [
+        (str(shards / f"audio_{e['shard_id']}.tar"), e["audio_filepath"], e["tar_offset"], e["tar_size"])
+        for e in lines
+    ]
+    assert places == want
+    for c, e in zip(clips, corpus.entries, strict=True):
+        with open(c.path, "rb") as f:
+            f.seek(c.member_offset)
+            assert f.read(c.member_size) == (corpus.manifest.parent / e["audio_filepath"]).read_bytes()
+        assert c.frames == round(e["duration"] * c.sample_rate) and c.start == 0
+    nemo = tmp_path / "nemo"
+    nemo.mkdir()
+    for tar in shards.glob("audio_*.tar"):
+        (nemo / tar.name).symlink_to(tar)
+    (nemo / "tarred_audio_manifest.json").write_text(
+        "".join(
+            json.dumps({k: v for k, v in e.items() if k not in ("tar_offset", "tar_size")}) + "\n"
+            for e in lines
+        )
+    )
+    cfg, _ = bench.load_dataset(nemo, ["audio_locator='|audio|'"])
+    located = bench.corpus_clips(bench.dataset_index(cfg), cfg)
+    assert [(Path(c.path).name, c.member, c.member_offset, c.member_size) for c in located] == [
+        (Path(p).name, m, o, s) for p, m, o, s in want
+    ]
+    # the floor decodes those members by offset: every clip once, all the audio
+    bench_clips.save_clips(located, tmp_path / "clips.json")
+    floor = bench_peers.run_job(bench_peers.Job(peer="floor", clips_file=str(tmp_path / "clips.json")))
+    assert floor["figures"]["audios"] == len(located) == len(corpus.entries)
+    assert floor["figures"]["audio_seconds"] == pytest.approx(
+        sum(e["duration"] for e in corpus.entries), rel=1e-3
+    )
 
 
 def test_bucketed_tarred_folder(corpus: Corpus, tmp_path: Path) -> None:

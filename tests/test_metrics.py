@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from speechdata.bench_peers import Meter
+from speechdata.bench.peers import Meter
 from speechdata.train.module import edit_distance, error_sums
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,21 +1,27 @@
 """The loaders ``speechdata bench`` times, each run alone in a fresh process.
 
-One run is one :class:`Job` (a JSON file) executed by ``python -m speechdata.bench_peers JOB OUT``:
+One run is one :class:`Job` (a JSON file) executed by ``python -m speechdata.bench.peers JOB OUT``:
 the child imports what its peer needs, then starts the clock, runs ``epochs`` epochs, and writes
 :class:`RunFigures` to ``OUT``. A fresh process per run keeps the peers from sharing imports, page
 tables or a peak RSS: the figure is ``ru_maxrss`` of the child plus the largest of its own
 (DataLoader worker) children, read after the workers have been joined.
 
-The peers, on the same clip spans (:class:`Clip`) and the same batch budget:
+The peers, on the same clip spans (:class:`~speechdata.bench.clips.Clip`) and the same batch
+budget:
 
 * ``speechdata``: :func:`speechdata.loader.build_dataloader` on the dataset config.
-* ``floor``: soundfile decoding of exactly the clip spans (seek + read), one process, no batching.
+* ``floor``: soundfile decoding of exactly the clip spans (seek + read), one process, no batching;
+  a tarred dataset's clips are decoded from their members' bytes, read from the tar by offset
+  (``os.pread``).
 * ``lhotse``: an in-memory CutSet (``Recording`` + ``MonoCut`` per clip), lhotse's
   ``DynamicBucketingSampler`` (30 buckets, shuffled, seeded) and ``collate_audio`` in a
-  ``torch.utils.data.DataLoader`` with the same workers.
-* ``webdataset``: the clips written once into webdataset-style tars (:func:`write_wds_shards`),
-  read back by ``webdataset.WebDataset(...).decode(...)`` with soundfile, fixed-size batches padded
-  into a tensor, through a DataLoader with the same workers.
+  ``torch.utils.data.DataLoader`` with the same workers. lhotse has no reader for NeMo tarred
+  datasets: on one it is skipped (:data:`NO_TARRED`).
+* ``webdataset``: plain files are written once into webdataset-style tars
+  (:func:`~speechdata.bench.clips.write_wds_shards`); a tarred dataset's own tars are read as they
+  are (one member per audio file, the key its name without extension, no JSON member). Either way
+  ``webdataset.WebDataset`` reads them front to back, soundfile decodes, and fixed-size batches
+  are padded into a tensor, through a DataLoader with the same workers.
 
 Multi-audio examples: every clip of every example is decoded by every peer. The peers other than
 speechdata treat each clip as an item; an example counts as delivered when its first clip is.
@@ -26,21 +32,19 @@ batch, and the floor, use the whole run.
 
 Example::
 
-    $ python -m speechdata.bench_peers job.json result.json
+    $ python -m speechdata.bench.peers job.json result.json
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import io
 import json
 import resource
 import sys
-import tarfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from speechdata.bench.clips import Clip, TarReader, decode_span, load_clips, to_mono, wds_name
 from speechdata.errors import SpeechDataError
 
 #: Peer names in report order.
@@ -57,27 +62,11 @@ PEERS = ("speechdata", "floor", "lhotse", "webdataset")
 LABELS = {"speechdata": "speechdata", "floor": "decode floor", "lhotse": "lhotse", "webdataset": "webdataset"}
 #: Buckets of lhotse's DynamicBucketingSampler (fewer when the corpus has fewer clips).
 LHOTSE_BUCKETS = 30
-
-
-@dataclass
-class Clip:
-    """One audio span of one example: ``frames`` samples from sample ``start`` of ``path``."""
-
-    path: str
-    start: int
-    frames: int
-    sample_rate: int
-    channels: int
-    file_frames: int
-    example: int
-    clip: int
-    text: str
-    format: str
-
-    @property
-    def seconds(self) -> float:
-        """Length of the span in seconds."""
-        return self.frames / self.sample_rate
+#: Why a peer is skipped on a tarred dataset (the peers not named here read one).
+NO_TARRED = {
+    "lhotse": "lhotse has no reader for NeMo tarred datasets (CutSet.from_webdataset and "
+    "CutSet.from_shar read only lhotse's own formats)"
+}
 
 
 @dataclass
@@ -87,7 +76,8 @@ class Job:
     ``batch_duration`` is the padding-aware batch budget in seconds; when it is ``None``, batches
     hold ``batch_size`` items. ``wds_batch_size`` is the webdataset peer's fixed batch size,
     ``dataset`` the speechdata config (``DatasetConfig.to_dict()``), ``max_batches`` stops a run
-    early (the floor then decodes as much audio as that many full batches hold).
+    early (the floor then decodes as much audio as that many full batches hold). ``tarred``: the
+    clips are members of a tarred dataset's tars, which are ``wds_urls``.
     """
 
     peer: str
@@ -105,6 +95,7 @@ class Job:
     tokenizer: str = ""
     wds_urls: list[str] = field(default_factory=list)
     wds_batch_size: int = 1
+    tarred: bool = False
 
     def save(self, path: str | Path) -> None:
         """Write this job as JSON."""
@@ -212,65 +203,12 @@ def peak_rss_mb() -> float:
     return (own + children) / 1024.0
 
 
-# ------------------------------------------------------------------------------------ clips
-
-
-def save_clips(clips: Sequence[Clip], path: str | Path) -> None:
-    """Write clip spans as JSON (for the child processes)."""
-    Path(path).write_text(json.dumps([dataclasses.asdict(c) for c in clips]))
-
-
-def load_clips(path: str | Path) -> list[Clip]:
-    """Read clip spans written by :func:`save_clips`."""
-    return [Clip(**c) for c in json.loads(Path(path).read_text())]
-
-
-def _span_bytes(clip: Clip) -> tuple[bytes, str]:
-    """The encoded audio of exactly the clip's span, and its extension (``flac`` or ``wav``)."""
-    ext = "wav" if clip.format.upper() == "WAV" else "flac"
-    if clip.start == 0 and clip.frames == clip.file_frames and clip.format.upper() in ("WAV", "FLAC"):
-        return Path(clip.path).read_bytes(), ext
-    with sf.SoundFile(clip.path) as f:
-        f.seek(clip.start)
-        data = f.read(clip.frames, dtype="int16", always_2d=True)
-    buf = io.BytesIO()
-    sf.write(buf, data, clip.sample_rate, subtype="PCM_16", format=ext.upper())
-    return buf.getvalue(), ext
-
-
-def write_wds_shards(clips: Sequence[Clip], out_dir: str | Path, num_shards: int, seed: int) -> list[str]:
-    """Write every clip into ``num_shards`` webdataset-style tars (``key.flac|wav`` + ``key.json``).
-
-    The clips go in a seeded random order (as one prepares webdataset shards), dealt round-robin
-    to the shards; the key is ``e{example}_c{clip}``. Returns the tar paths.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    order = np.random.default_rng([int(seed), 0x3D5]).permutation(len(clips))
-    paths = [out / f"shard_{k:04d}.tar" for k in range(num_shards)]
-    with contextlib.ExitStack() as stack:
-        tars = [stack.enter_context(tarfile.open(p, "w")) for p in paths]
-        for pos, i in enumerate(order):
-            clip = clips[int(i)]
-            key = f"e{clip.example:09d}_c{clip.clip}"
-            audio, ext = _span_bytes(clip)
-            meta = json.dumps({"text": clip.text, "example": clip.example, "clip": clip.clip}).encode()
-            for name, data in ((f"{key}.{ext}", audio), (f"{key}.json", meta)):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tars[pos % num_shards].addfile(info, io.BytesIO(data))
-    return [str(p) for p in paths]
-
-
 # ------------------------------------------------------------------------------------ peers
 
 
-def _to_mono(data: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(data[:, 0] if data.shape[1] == 1 else data.mean(axis=1), dtype=np.float32)
-
-
 def run_floor(job: Job, meter: Meter) -> RunFigures:
-    """Decode every clip span with soundfile (seek + read), in manifest order, one process."""
+    """Decode every clip span with soundfile (seek + read), in manifest order, one process; a tar
+    member's bytes are read by offset and decoded from memory."""
     clips = load_clips(job.clips_file)
     budget = None
     if job.max_batches is not None:
@@ -280,18 +218,20 @@ def run_floor(job: Job, meter: Meter) -> RunFigures:
             else job.batch_size * np.mean([c.seconds for c in clips])
         )
         budget = job.max_batches * float(per_batch)
+    members = TarReader()
     meter.start()
     done = 0.0
-    for _ in range(job.epochs):
-        for c in clips:
-            with sf.SoundFile(c.path) as f:
-                if c.start:
-                    f.seek(c.start)
-                data = f.read(c.frames, dtype="float32", always_2d=True)
-            done += data.shape[0] / c.sample_rate
-            meter.batch(data.shape[0] / c.sample_rate, int(c.clip == 0), 1)
-            if budget is not None and done >= budget:
-                break
+    try:
+        for _ in range(job.epochs):
+            for c in clips:
+                audio = io.BytesIO(members.clip(c)) if c.member else c.path
+                seconds = decode_span(audio, c.start, c.frames).shape[0] / c.sample_rate
+                done += seconds
+                meter.batch(seconds, int(c.clip == 0), 1)
+                if budget is not None and done >= budget:
+                    return meter.figures(batched=False)
+    finally:
+        members.close()
     return meter.figures(batched=False)
 
 
@@ -393,51 +333,81 @@ def run_lhotse(job: Job, meter: Meter) -> RunFigures:
     return meter.figures()
 
 
+#: One item of the webdataset peer: a clip's mono audio, its sample rate, and whether it is its
+#: example's first clip.
+WdsItem = tuple[np.ndarray, int, bool]
+
+
 def wds_audio(key: str, data: bytes) -> np.ndarray | None:
     """webdataset decode handler: ``.flac``/``.wav`` bytes to float32 mono (other keys: ``None``)."""
     if not key.endswith((".flac", ".wav")):
         return None
     audio, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return _to_mono(audio)
+    return to_mono(audio)
+
+
+def wds_json_item(sample: tuple[np.ndarray, dict[str, Any]]) -> WdsItem:
+    """A decoded ``(audio, json)`` sample of :func:`~speechdata.bench.clips.write_wds_shards`'s
+    tars as a :data:`WdsItem`."""
+    audio, meta = sample
+    return audio, int(meta["sample_rate"]), meta["clip"] == 0
+
+
+class TarMembers:
+    """webdataset stage on a tarred dataset's own tars: each member of a sample (``__url__``,
+    ``__key__``, one entry per extension) becomes the clips that use it, each span decoded from the
+    member's bytes (seek + read), in tar order. Members no clip uses are read and passed over."""
+
+    def __init__(self, clips: Sequence[Clip]) -> None:
+        self.uses: dict[tuple[str, str, str], list[Clip]] = {}
+        for c in clips:
+            name = wds_name(c.member)
+            if name is not None:
+                self.uses.setdefault((c.path, *name), []).append(c)
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[WdsItem]:
+        for sample in samples:
+            url, key = sample["__url__"], sample["__key__"]
+            for ext, data in sample.items():
+                for c in self.uses.get((url, key, ext), ()):
+                    audio = decode_span(io.BytesIO(data), c.start, c.frames)
+                    yield to_mono(audio), c.sample_rate, c.clip == 0
 
 
 class WdsCollate:
-    """Pads a list of ``(audio, meta)`` samples into ``(audio [B, T], lengths [B], first clips)``,
-    resampling (soxr) clips whose rate differs from ``sample_rate``."""
+    """Pads a list of :data:`WdsItem` into ``(audio [B, T], lengths [B], first clips)``, resampling
+    (soxr) clips whose rate differs from ``sample_rate``."""
 
-    def __init__(self, sample_rate: int, rates: dict[str, int]) -> None:
+    def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
-        self.rates = rates
 
-    def __call__(
-        self, samples: list[tuple[str, np.ndarray, dict[str, Any]]]
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(self, items: list[WdsItem]) -> tuple[torch.Tensor, torch.Tensor, int]:
         import soxr
 
-        arrays = []
-        for key, audio, _ in samples:
-            sr = self.rates.get(key, self.sample_rate)
-            arrays.append(audio if sr == self.sample_rate else soxr.resample(audio, sr, self.sample_rate))
+        arrays = [
+            audio if sr == self.sample_rate else soxr.resample(audio, sr, self.sample_rate)
+            for audio, sr, _ in items
+        ]
         lengths = torch.tensor([len(a) for a in arrays], dtype=torch.int64)
         out = torch.zeros(len(arrays), int(lengths.max()), dtype=torch.float32)
         for row, a in enumerate(arrays):
             out[row, : len(a)] = torch.from_numpy(a)
-        return out, lengths, sum(1 for _, _, meta in samples if meta["clip"] == 0)
+        return out, lengths, sum(1 for _, _, first in items if first)
 
 
 def run_webdataset(job: Job, meter: Meter) -> RunFigures:
-    """webdataset + soundfile: tars read back, decoded, fixed-size padded batches in DataLoader workers."""
+    """webdataset + soundfile: tars read front to back, decoded, fixed-size padded batches in
+    DataLoader workers (a tarred dataset: its own tars, through :class:`TarMembers`)."""
     import webdataset as wds
 
-    clips = load_clips(job.clips_file)
-    rates = {f"e{c.example:09d}_c{c.clip}": c.sample_rate for c in clips if c.sample_rate != job.sample_rate}
+    members = TarMembers(load_clips(job.clips_file)) if job.tarred else None
     meter.start()
-    dataset = (
-        wds.WebDataset(job.wds_urls, shardshuffle=False, empty_check=False)
-        .decode(wds_audio)
-        .to_tuple("__key__", "flac;wav", "json")
-        .batched(job.wds_batch_size, collation_fn=WdsCollate(job.sample_rate, rates), partial=True)
-    )
+    dataset = wds.WebDataset(job.wds_urls, shardshuffle=False, empty_check=False)
+    if members is not None:
+        dataset = dataset.compose(members)
+    else:
+        dataset = dataset.decode(wds_audio).to_tuple("flac;wav", "json").map(wds_json_item)
+    dataset = dataset.batched(job.wds_batch_size, collation_fn=WdsCollate(job.sample_rate), partial=True)
     loader = _loader(dataset, job)
     _batches(loader, job, meter)
     del loader
@@ -464,6 +434,8 @@ def run_job(job: Job) -> dict[str, Any]:
     """Run one job in this process; returns ``{"figures": ...}``, ``{"skipped": why}`` or ``{"error": why}``."""
     import importlib
 
+    if job.tarred and job.peer in NO_TARRED:
+        return {"skipped": NO_TARRED[job.peer]}
     for module in IMPORTS[job.peer]:
         try:
             importlib.import_module(module)
@@ -479,9 +451,9 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m speechdata.bench_peers JOB.json OUT.json``."""
+    """``python -m speechdata.bench.peers JOB.json OUT.json``."""
     if len(argv) != 2:
-        print("usage: python -m speechdata.bench_peers JOB.json OUT.json", file=sys.stderr)
+        print("usage: python -m speechdata.bench.peers JOB.json OUT.json", file=sys.stderr)
         return 2
     result = run_job(Job.load(argv[0]))
     Path(argv[1]).write_text(json.dumps(result))
