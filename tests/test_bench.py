@@ -12,7 +12,7 @@ from speechdata import bench
 from speechdata.bench import clips as bench_clips
 from speechdata.bench import peers as bench_peers
 from speechdata.cli import main
-from speechdata.errors import SpeechDataError
+from speechdata.errors import DataError, SpeechDataError
 from speechdata.testing import Corpus, make_corpus
 
 PEER_FIGURES = ("audio_s_per_s", "examples_per_s", "padding_pct", "first_batch_s", "peak_rss_mb")
@@ -148,6 +148,26 @@ def test_missing_peer_is_reported_as_skipped(
     assert peers["speechdata"].figures["ratio_to_floor"] == 1.0
     assert peers["speechdata"].figures["ratio_to_lhotse"] is None
     assert peers["lhotse"].figures == {}
+
+
+def test_clips_follow_the_loaders_error_policy(tarred: tuple[Corpus, Path], tmp_path: Path) -> None:
+    """A clip the loader cannot read drops its example from every peer's clips (on_error: skip),
+    or is the loader's one-line error naming the line and the audio (on_error: raise)."""
+    corpus, _ = tarred
+    entries = [dict(e) for e in corpus.entries]
+    entries[3]["audio_filepath"] = str(tmp_path / "gone.wav")
+    manifest = tmp_path / "m.jsonl"
+    for e in entries:  # relative paths stay relative to the corpus folder
+        if not Path(e["audio_filepath"]).is_absolute():
+            e["audio_filepath"] = str(corpus.manifest.parent / e["audio_filepath"])
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    cfg, _ = bench.load_dataset(manifest, ["audio_locator='|audio|'", "on_error=skip"])
+    clips = bench.corpus_clips(bench.dataset_index(cfg), cfg)
+    assert [c.example for c in clips] == list(range(len(entries) - 1))
+    assert [c.text for c in clips] == [e["answer"] for k, e in enumerate(entries) if k != 3]
+    cfg, _ = bench.load_dataset(manifest, ["audio_locator='|audio|'", "on_error=raise"])
+    with pytest.raises(DataError, match=r"m\.jsonl:4: .*gone\.wav: audio file not found"):
+        bench.corpus_clips(bench.dataset_index(cfg), cfg)
 
 
 def test_config_input_and_overrides(corpus: Corpus, tmp_path: Path) -> None:
@@ -287,6 +307,34 @@ def test_tarred_clips_are_the_members_by_offset(tarred: tuple[Corpus, Path], tmp
     assert floor["figures"]["audio_seconds"] == pytest.approx(
         sum(e["duration"] for e in corpus.entries), rel=1e-3
     )
+
+
+def test_streamed_shards(
+    tarred: tuple[Corpus, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shards behind a pipe: command are benched as the loader streams them (the corpus figures
+    from the index); --compare, which reads members by offset, says it needs local shards."""
+    corpus, shards = tarred
+    yaml = tmp_path / "streamed.yaml"
+    yaml.write_text(
+        "model:\n  train_ds:\n"
+        f"    manifest_filepath: {shards / 'tarred_audio_manifest.json'}\n"
+        "    is_tarred: true\n"
+        f"    tarred_audio_filepaths: 'pipe:cat {shards}/audio_{{0..1}}.tar'\n"
+        "    batch_duration: 6\n    num_workers: 1\n    audio_locator: '|audio|'\n"
+    )
+    assert main(["bench", str(yaml), "--repeats", "1", "--json", str(tmp_path / "s.json")]) == 0
+    data = json.loads((tmp_path / "s.json").read_text())
+    seconds = sum(e["duration"] for e in corpus.entries)
+    assert data["corpus"]["examples"] == data["corpus"]["audios"] == len(corpus.entries)
+    assert data["corpus"]["hours"] * 3600 == pytest.approx(seconds, rel=1e-3)
+    run = data["peers"]["speechdata"]["runs"][0]
+    assert run["examples"] == len(corpus.entries) and run["audio_seconds"] == pytest.approx(seconds, rel=1e-3)
+    capsys.readouterr()
+    assert main(["bench", str(yaml), "--repeats", "1", "--compare"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("speechdata: error: --compare reads a tarred dataset's members by byte offset")
+    assert last.endswith("its shards must be local files (not pipe: commands or URLs)")
 
 
 def test_bucketed_tarred_folder(corpus: Corpus, tmp_path: Path) -> None:

@@ -19,18 +19,17 @@ Example::
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
+from speechdata.audio import AudioInfo, audio_info, check_span
 from speechdata.bench.clips import Clip, TarReader
 from speechdata.config import DatasetConfig, dataset_config, load_config
-from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError
+from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, handle
 from speechdata.inspect import resolve_manifests
 from speechdata.manifest import Index, Record, load_index, manifest_keys, unpack_sample_id
 from speechdata.sampling.filters import filter_mask
@@ -172,18 +171,33 @@ class _TarMembers:
         self.tarred.close()
 
 
-def _span(info: Any, offset: float, duration: float) -> dict[str, Any]:
-    """The :class:`Clip` fields of a span (``offset`` s, ``duration`` s) of an audio, from its
-    soundfile info."""
-    sr, total = int(info.samplerate), int(info.frames)
-    start = round(offset * sr)
+def _clip_fields(
+    rec: Record, k: int, members: _TarMembers | None, infos: dict[str, AudioInfo]
+) -> dict[str, Any]:
+    """The :class:`Clip` fields of clip ``k`` of ``rec``: where its audio is, and its span by the
+    reader's own rule (:func:`~speechdata.audio.check_span` on the header), so a clip the loader
+    cannot read is a :class:`DataError` here too."""
+    where = f"{rec.where}: {rec.describe_audio(k)}"
+    name = rec.audio[k]
+    place: dict[str, Any]
+    if members is None:
+        info = infos.get(name)
+        if info is None:
+            info = infos[name] = audio_info(name, where)
+        place = {"path": name}
+    else:
+        tar, key, m = members.locate(rec, name)
+        info = audio_info(members.read(tar, key, m), where)
+        place = {"path": tar, "member": key, "member_offset": m.offset, "member_size": m.size}
+    start, frames = check_span(info.sample_rate, info.frames, rec.offset[k], rec.duration[k], where)
     return {
+        **place,
         "start": start,
-        "frames": max(0, min(round(duration * sr), total - start)),
-        "sample_rate": sr,
-        "channels": int(info.channels),
-        "file_frames": total,
-        "format": str(info.format),
+        "frames": frames,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "file_frames": info.frames,
+        "format": info.format,
     }
 
 
@@ -191,47 +205,28 @@ def corpus_clips(index: Index, cfg: DatasetConfig) -> list[Clip]:
     """Every clip span of the examples the loader keeps (filters applied), in manifest order.
 
     A tarred dataset's clips are spans of tar members: each member is located in its tar (by the
-    tar's member table) and read once here, by offset, for its length and format.
+    tar's member table) and its header read from its bytes, read by offset. An example with a clip
+    the loader could not read either is dropped or raised per ``cfg.on_error``, as the loader does.
     """
     keep = filter_mask(index, cfg, DropCounter())
+    drops = DropCounter()
+    members = _TarMembers(cfg, index) if cfg.is_tarred else None
+    infos: dict[str, AudioInfo] = {}  # plain files: one header per file
     clips: list[Clip] = []
-    if not cfg.is_tarred:
-        infos: dict[str, Any] = {}
-        for n, i in enumerate(np.flatnonzero(keep)):
-            rec = index.record(int(i))
-            for k, (p, off, dur) in enumerate(zip(rec.audio, rec.offset, rec.duration, strict=True)):
-                info = infos.get(p)
-                if info is None:
-                    info = infos[p] = sf.info(p)
-                clips.append(Clip(p, example=n, clip=k, text=rec.answer, **_span(info, off, dur)))
-        return clips
-    members = _TarMembers(cfg, index)
+    examples = 0
     try:
-        for n, i in enumerate(np.flatnonzero(keep)):
-            rec = index.record(int(i))
-            for k, (name, off, dur) in enumerate(zip(rec.audio, rec.offset, rec.duration, strict=True)):
-                tar, key, m = members.locate(rec, name)
-                try:
-                    with sf.SoundFile(io.BytesIO(members.read(tar, key, m))) as f:
-                        span = _span(f, off, dur)
-                except sf.LibsndfileError as e:
-                    raise DataError(
-                        "decode_error", f"{tar}:{key}", f"cannot decode the member: {e}"
-                    ) from None
-                clips.append(
-                    Clip(
-                        tar,
-                        example=n,
-                        clip=k,
-                        text=rec.answer,
-                        member=key,
-                        member_offset=m.offset,
-                        member_size=m.size,
-                        **span,
-                    )
-                )
+        for i in np.flatnonzero(keep):
+            try:
+                rec = index.record(int(i))
+                fields = [_clip_fields(rec, k, members, infos) for k in range(len(rec.audio))]
+            except DataError as err:
+                handle(err, cfg.on_error, drops)
+                continue
+            clips += [Clip(example=examples, clip=k, text=rec.answer, **f) for k, f in enumerate(fields)]
+            examples += 1
     finally:
-        members.close()
+        if members is not None:
+            members.close()
     return clips
 
 
