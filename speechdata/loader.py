@@ -47,7 +47,7 @@ from speechdata.sampling.position import Position, resolve_rank_world
 from speechdata.sources import Source, open_source
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
-from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death
+from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death, worker_pids
 
 log = logging.getLogger("speechdata")
 
@@ -121,6 +121,7 @@ class SpeechDataLoader:
         self._tails_counted: set[int] = set()
         self._epoch = 0
         self._consumed = 0
+        self._live: Any = None  # the DataLoader iterator of the pass in progress
 
     @property
     def streaming(self) -> bool:
@@ -215,12 +216,13 @@ class SpeechDataLoader:
 
     def _batches(self) -> Iterator[Packed]:
         """The DataLoader's packed batches; a dead worker becomes a one-line :class:`WorkerDiedError`."""
-        it = iter(self.feed.loader)
+        it = self._live = iter(self.feed.loader)
         synchronous_worker_checks(it)
         while True:
             try:
                 packed = next(it)
             except StopIteration:
+                self._live = None
                 return
             except (RuntimeError, ConnectionError, EOFError) as e:
                 detail = worker_death(e, self.cfg.num_workers)
@@ -233,6 +235,11 @@ class SpeechDataLoader:
                     "to continue with the next batch"
                 ) from None
             yield packed
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the live DataLoader worker processes of the current (or last stopped) pass:
+        empty without workers or once the pass has ended."""
+        return worker_pids(self._live)
 
     def finalize(self, packed: Packed) -> dict[str, Any]:
         """Pad one packed batch on this loader's device."""

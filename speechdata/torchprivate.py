@@ -1,10 +1,10 @@
 """The only module that touches torch's private DataLoader internals.
 
-The loader needs three things torch has no public API for: to stop torch's SIGCHLD handler from
+The loader needs four things torch has no public API for: to stop torch's SIGCHLD handler from
 raising in unrelated code when a worker dies (worker pid registration in
 ``torch.utils.data._utils.signal_handling``), to shut down the surviving workers of a broken
-iterator (``DataLoader._iterator``, ``_shutdown_workers``), and to recognise the error torch
-raises for a dead worker. Every use goes through a function here, and each one degrades to
+iterator (``DataLoader._iterator``, ``_shutdown_workers``), to recognise the error torch raises
+for a dead worker, and the pids of the live workers (``_workers``, for memory measurements). Every use goes through a function here, and each one degrades to
 torch's default behaviour when the private name is gone.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["drop_workers", "synchronous_worker_checks", "worker_death"]
+__all__ = ["drop_workers", "synchronous_worker_checks", "worker_death", "worker_pids"]
 
 
 def synchronous_worker_checks(it: Any) -> None:
@@ -61,3 +61,8 @@ def worker_death(err: BaseException, num_workers: int) -> str | None:
     if isinstance(err, (ConnectionError, EOFError)) and num_workers > 0:
         return f"a DataLoader worker died while handing over a batch ({type(err).__name__})"
     return None
+
+
+def worker_pids(it: Any) -> list[int]:
+    """The pids of the live worker processes of DataLoader iterator ``it`` (none without workers)."""
+    return [w.pid for w in getattr(it, "_workers", []) if w.pid is not None and w.is_alive()]

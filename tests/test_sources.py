@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -182,6 +183,9 @@ def test_in_memory_source_batches_drops_and_resume(
     stopped.set_epoch(1)
     for b in stopped:
         head.append(_ids(b))
+        if len(head) == 1:  # the source went to the worker processes
+            pids = stopped.worker_pids()
+            assert len(pids) == workers and os.getpid() not in pids
         if len(head) == 2:
             break
     state = stopped.state_dict()
