@@ -1,4 +1,4 @@
-"""Duration buckets (SPEC §5): bins, per-bucket batch sizes, and assignment of examples.
+"""Duration buckets (docs/configuration.md): bins, per-bucket batch sizes, and assignment of examples.
 
 Buckets group examples of similar duration so that a batch wastes little padding. Bins are
 *boundaries* between buckets, as in lhotse's ``duration_bins``: ``K - 1`` increasing values give
@@ -10,7 +10,8 @@ Bins come from, in order of precedence:
 1. a ``bucket`` column given by the caller (a pre-bucketed tarred dataset: ``tarred_audio_filepaths``
    is a list of lists, one per bucket, in NeMo's layout);
 2. ``bucket_duration_bins``;
-3. ``num_buckets`` bins estimated from the kept durations with equal *total* duration per bucket;
+3. ``num_buckets`` bins estimated from the kept durations with equal *total* duration per bucket
+   (:func:`estimate_bins`, the estimator ``speechdata shard --buckets`` and ``inspect`` use too);
 4. 30 estimated bins when ``batch_duration`` (dynamic batches) is set or ``bucketing_batch_size``
    is given (its length when it is a list);
 5. otherwise no bucketing: one bucket.
@@ -90,20 +91,38 @@ def effective_duration(duration: np.ndarray, quadratic_duration: float | None = 
 def estimate_bins(durations: np.ndarray, num_buckets: int) -> np.ndarray:
     """``num_buckets - 1`` boundaries that split ``durations`` into buckets of equal total duration.
 
-    Boundary ``j`` is the duration at which the running total of the sorted durations first
-    reaches ``j / num_buckets`` of the grand total. Without durations every boundary is 0.
+    The definition (docs/configuration.md, ``num_buckets``): sort the durations; a cut may go
+    between two different durations (equal ones stay together, as a duration equal to a
+    boundary goes to the upper bucket, see :func:`assign_buckets`). Cut ``j`` (``j = 1 .. K-1``)
+    is the one where the total of the durations below it is nearest to ``j / K`` of the grand
+    total (on a tie, the higher cut), and boundary ``j`` is the first duration above it. With
+    distinct durations every cut is within half an example of its share. On the durations
+    1..8 s with ``K = 4`` (shares of 9 s) the bins are ``[5, 7, 8]`` (bucket totals 10, 11, 7,
+    8 s). Boundaries repeat when there are fewer cuts than buckets (a bucket then has no
+    examples); with a single distinct duration every boundary is that duration, and without
+    durations every boundary is 0.
+
+    This is the one estimator: the loader's ``num_buckets`` (and its 30 default buckets),
+    ``speechdata shard --buckets`` and the bins ``speechdata inspect`` suggests all call it, on
+    the total duration of each (kept) example.
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-    d = np.sort(np.asarray(durations, dtype=np.float64))
     if num_buckets == 1:
         return np.zeros(0, dtype=np.float64)
-    if d.size == 0:
+    values, counts = np.unique(np.asarray(durations, dtype=np.float64), return_counts=True)
+    if values.size == 0:
         return np.zeros(num_buckets - 1, dtype=np.float64)
-    total = np.cumsum(d)
-    targets = total[-1] * np.arange(1, num_buckets, dtype=np.float64) / num_buckets
-    pos = np.minimum(np.searchsorted(total, targets, side="left"), d.size - 1)
-    return d[pos]
+    if values.size == 1:
+        return np.full(num_buckets - 1, values[0])
+    grouped = np.cumsum(values * counts)
+    below = grouped[:-1]  # below[c]: the total under the cut after the c-th distinct duration
+    targets = grouped[-1] * np.arange(1, num_buckets, dtype=np.float64) / num_buckets
+    first = np.searchsorted(below, targets, side="left")  # first cut at or above each share
+    up = np.minimum(first, below.size - 1)
+    down = np.maximum(first - 1, 0)
+    cut = np.where(below[up] - targets <= targets - below[down], up, down)
+    return values[cut + 1]
 
 
 def assign_buckets(durations: np.ndarray, bins: np.ndarray | None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Metadata filters (SPEC §3): which examples of an Index take part in sampling.
+"""Metadata filters (docs/configuration.md): which examples of an Index take part in sampling.
 
 Everything here reads numpy columns only; no audio or text is touched. Every example that a
 filter removes is counted in a :class:`~speechdata.errors.DropCounter` under its reason, with
@@ -24,7 +24,7 @@ import numpy as np
 from speechdata.config import DatasetConfig
 from speechdata.errors import DropCounter
 
-__all__ = ["IndexColumns", "filter_mask", "num_datasets"]
+__all__ = ["IndexColumns", "duration_mask", "filter_mask", "num_datasets"]
 
 
 @runtime_checkable
@@ -62,6 +62,37 @@ def num_datasets(index: object) -> int:
     return int(n)
 
 
+def duration_mask(
+    min_clip: np.ndarray,
+    max_clip: np.ndarray,
+    min_duration: float | None,
+    max_duration: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The duration filter: ``(keep, too_short, too_long)`` boolean masks, one row per example.
+
+    An example is kept when ``min_duration <= d <= max_duration`` holds for *every* clip, so the
+    shortest clip (``min_clip``) is compared with ``min_duration`` and the longest (``max_clip``)
+    with ``max_duration``; a ``None`` bound is not checked. Clips and bounds are compared in
+    float32, the precision of the Index columns, so a clip whose manifest duration equals a bound
+    (say ``16.7``) is kept. ``too_long`` leaves out the examples already ``too_short`` (each
+    dropped example has one reason). The loader (:func:`filter_mask`), ``speechdata shard
+    --min-duration/--max-duration`` and ``speechdata inspect`` all filter with this function.
+    """
+    lo_clip = np.asarray(min_clip, dtype=np.float32)
+    hi_clip = np.asarray(max_clip, dtype=np.float32)
+    if lo_clip.shape != hi_clip.shape:
+        raise ValueError(
+            f"index columns differ in length: min_clip {lo_clip.shape}, max_clip {hi_clip.shape}"
+        )
+    too_short = np.zeros(lo_clip.shape, dtype=bool)
+    too_long = np.zeros(lo_clip.shape, dtype=bool)
+    if min_duration is not None:
+        too_short = lo_clip < np.float32(min_duration)
+    if max_duration is not None:
+        too_long = (hi_clip > np.float32(max_duration)) & ~too_short
+    return ~(too_short | too_long), too_short, too_long
+
+
 def filter_mask(
     index: IndexColumns,
     cfg: DatasetConfig,
@@ -70,10 +101,9 @@ def filter_mask(
 ) -> np.ndarray:
     """Boolean mask of the examples that pass ``min_duration``/``max_duration``/``min_seq_length``.
 
-    * Audio: ``min_duration <= d <= max_duration`` must hold for *every* clip of an example, so
-      the check uses the ``min_clip`` and ``max_clip`` columns. A null bound is not checked.
-      Bounds are compared in float32, the precision of the Index, so that an example whose
-      manifest duration equals a bound (say ``16.7``) is kept.
+    * Audio: :func:`duration_mask`: ``min_duration <= d <= max_duration`` must hold for *every*
+      clip of an example, compared in float32 (a clip whose manifest duration equals a bound, say
+      ``16.7``, is kept). A null bound is not checked.
     * Text: when ``token_lengths`` (formatted sequence lengths, one per example) is given, an
       example shorter than ``min_seq_length`` is dropped. Over-long text is not a filter: the
       text stage truncates it (or drops it as ``too_long_text`` when it cannot).
@@ -87,14 +117,11 @@ def filter_mask(
     min_clip = np.asarray(index.min_clip)
     max_clip = np.asarray(index.max_clip)
     n = len(min_clip)
-    if len(max_clip) != n:
-        raise ValueError(f"index columns differ in length: min_clip {n}, max_clip {len(max_clip)}")
     keep = np.ones(n, dtype=bool)
+    _, short, long = duration_mask(min_clip, max_clip, cfg.min_duration, cfg.max_duration)
     where = getattr(index, "where", None)
     if cfg.min_duration is not None:
-        bound = np.float32(cfg.min_duration)
         note = f"min_duration {cfg.min_duration}"
-        short = min_clip < bound
         _drop(
             keep,
             short,
@@ -105,17 +132,15 @@ def filter_mask(
             lambda i: f"clip of {min_clip[i]:.3f} s < {note} s",
         )
     if cfg.max_duration is not None:
-        bound = np.float32(cfg.max_duration)
-        note = f"max_duration {cfg.max_duration}"
-        long = max_clip > bound
+        note_long = f"max_duration {cfg.max_duration}"
         _drop(
             keep,
             long,
             "too_long_audio",
             drops,
-            note,
+            note_long,
             where,
-            lambda i: f"clip of {max_clip[i]:.3f} s > {note} s",
+            lambda i: f"clip of {max_clip[i]:.3f} s > {note_long} s",
         )
     if token_lengths is not None:
         lengths = np.asarray(token_lengths)

@@ -30,8 +30,11 @@ import orjson
 
 from speechdata.audio import AudioInfo, audio_info
 from speechdata.audio import check_span as audio_check_span
+from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, DataError, DropCounter, handle
-from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index
+from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index, manifest_keys
+from speechdata.sampling.buckets import estimate_bins
+from speechdata.sampling.filters import duration_mask
 from speechdata.shards.codec import CODECS, EXTENSIONS
 
 #: Default shard size: about this many entries ...
@@ -186,33 +189,42 @@ def read_entries(
     opts: ShardOptions,
     drops: DropCounter,
     cache_dir: str | Path | None = None,
+    keys: ManifestKeys | None = None,
 ) -> tuple[list[Entry], list[Source]]:
     """Index the manifests, apply the duration filters, check and name the source files.
 
-    Each clip's span ``[offset, offset + duration]`` is checked against its file's header (read
-    once per file, no samples decoded) with :func:`check_span`, so an entry the loader could not
-    read is an error (or, with ``on_error="skip"``, a counted ``decode_error``) here rather than
-    later. ``cache_dir`` holds the manifests' index cache (default: beside each manifest).
+    ``keys`` says how lines are read (default: the loader's defaults); build them from a config
+    or the command-line flags with :func:`speechdata.manifest.manifest_keys`. The duration filter
+    is the loader's (:func:`speechdata.sampling.filters.duration_mask`: every clip, compared in
+    float32). Each clip's span ``[offset, offset + duration]`` is checked against its file's
+    header (read once per file, no samples decoded) with :func:`check_span`, so an entry the
+    loader could not read is an error (or, with ``on_error="skip"``, a counted ``decode_error``)
+    here rather than later. ``cache_dir`` holds the manifests' index cache (default: beside each
+    manifest).
     """
-    index = load_index(
-        [str(m) for m in manifests], ManifestKeys(), on_error=opts.on_error, cache_dir=cache_dir
-    )
+    if keys is None:
+        keys = manifest_keys(DatasetConfig())
+    index = load_index([str(m) for m in manifests], keys, on_error=opts.on_error, cache_dir=cache_dir)
     drops.merge(index.drops)
-    lo = opts.min_duration if opts.min_duration is not None else -math.inf
-    hi = opts.max_duration if opts.max_duration is not None else math.inf
+    _, too_short, too_long = duration_mask(
+        index.min_clip, index.max_clip, opts.min_duration, opts.max_duration
+    )
     entries: list[Entry] = []
     sources: list[Source] = []
     by_key: dict[tuple[str, float, float] | str, int] = {}
     files: dict[str, tuple[os.stat_result, AudioInfo]] = {}
     taken: set[str] = set()
     for i in range(len(index)):
-        clip_min, clip_max = float(index.min_clip[i]), float(index.max_clip[i])
         where = index.where(i)
-        if clip_min < lo:
-            drops.add("too_short_audio", f"{where}: clip of {clip_min:.3f} s < --min-duration {lo}")
+        if too_short[i]:
+            clip = float(index.min_clip[i])
+            drops.add(
+                "too_short_audio", f"{where}: clip of {clip:.3f} s < --min-duration {opts.min_duration}"
+            )
             continue
-        if clip_max > hi:
-            drops.add("too_long_audio", f"{where}: clip of {clip_max:.3f} s > --max-duration {hi}")
+        if too_long[i]:
+            clip = float(index.max_clip[i])
+            drops.add("too_long_audio", f"{where}: clip of {clip:.3f} s > --max-duration {opts.max_duration}")
             continue
         raw = orjson.loads(index.line(i))
         try:
@@ -277,16 +289,13 @@ def _unique(stem: str, taken: set[str]) -> str:
 
 
 def equal_duration_bins(durations: np.ndarray, k: int) -> list[float]:
-    """``k - 1`` boundaries splitting ``durations`` into ``k`` buckets of about equal total duration.
+    """The bins of ``speechdata shard --buckets k``: the loader's estimator
+    (:func:`speechdata.sampling.buckets.estimate_bins`, whose docstring defines them) as plain
+    floats for ``metadata.yaml``; no bins without durations.
 
     An example of duration ``d`` goes to bucket ``searchsorted(bins, d, side="right")``.
     """
-    d = np.sort(np.asarray(durations, dtype=np.float64))
-    if k <= 1 or d.size == 0:
-        return []
-    running = np.cumsum(d)
-    cut = np.searchsorted(running, running[-1] * np.arange(1, k) / k, side="left")
-    return [float(d[min(c + 1, d.size - 1)]) for c in cut]
+    return [float(b) for b in estimate_bins(durations, k)] if len(durations) else []
 
 
 def _groups(entries: list[Entry], opts: ShardOptions, salt: int) -> list[list[int]]:
