@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from speechdata.manifest import Index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
 from speechdata.sampling.position import Position, resolve_rank_world
-from speechdata.sources import Source, open_source
+from speechdata.sources import Source, StreamSource, open_source
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
 from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death, worker_pids
@@ -106,14 +106,9 @@ class SpeechDataLoader:
         else:
             if not callable(getattr(source, "stream", None)):
                 raise TypeError(f"{type(source).__name__}: a source with seekable false needs stream()")
+            stream = cast(StreamSource, source)
             self.feed = StreamedFeed(
-                self.dataset,
-                source,
-                cfg,
-                self._rank,
-                self._world_size,
-                self.keep,
-                self._pin,  # type: ignore[arg-type]
+                self.dataset, stream, cfg, self._rank, self._world_size, self.keep, self._pin
             )
         self.feed.check_first_epoch(self.names)
         self.worker_drops = DropCounter()
