@@ -137,7 +137,7 @@ def test_tokenizer_train_key_flags(corpus, tmp_path: Path, capsys) -> None:
 
 
 def test_bench_key_flags_override_the_section(corpus, tmp_path: Path) -> None:
-    m = io_manifest(corpus, tmp_path / "io.jsonl")
+    m = io_manifest(corpus, corpus.root / "io_bench.jsonl")  # beside the audio its paths name
     run = ["--batch-duration", "30", "--repeats", "1", "--json", str(tmp_path / "b.json")]
     keys = ["--answer-key", "output", "--context-key", "input"]
     assert main(["bench", str(m), "audio_locator=|audio|", *keys, *run]) == 0

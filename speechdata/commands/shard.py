@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechdata.commands.options import add_key_options, key_values, manifest_keys_from
+from speechdata.commands.options import add_key_options, manifest_keys_from
 
 HELP = "write manifests into NeMo-compatible tar shards"
 
@@ -103,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         progress=not args.no_progress,
     )
-    keys = manifest_keys_from(args) if key_values(args) else None  # TEMPORARY: see write_shards
-    report = write_shards(args.manifests, args.out, opts, keys=keys)
+    report = write_shards(args.manifests, args.out, opts, keys=manifest_keys_from(args))
     print(report.summary())
     return 0

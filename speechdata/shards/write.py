@@ -345,10 +345,8 @@ def write_shards(
     out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
     drops = DropCounter()
     # the index cache goes under the output folder: a shard job writes nothing anywhere else
-    # TEMPORARY until shards.plan.read_entries takes keys (owner: helper A)
-    extra = {} if keys is None else {"keys": keys}
     entries, sources = read_entries(
-        manifests, opts, drops, cache_dir=out / MARKER_DIR / "index_cache", **extra
+        manifests, opts, drops, cache_dir=out / MARKER_DIR / "index_cache", keys=keys
     )
     if not entries:
         raise ConfigError(f"speechdata shard: no entries left to write ({drops.summary()})")
