@@ -16,12 +16,18 @@ import numpy as np
 import orjson
 import pytest
 import soundfile as sf
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from speechdata import build_dataloader
+from speechdata.cli import main
+from speechdata.config import make_dataset_config
 from speechdata.errors import DataError
 from speechdata.lines import shard_id_of
-from speechdata.manifest import ManifestKeys, load_index, parse_line
+from speechdata.manifest import ManifestKeys, load_index, parse_line, unpack_sample_id
+from speechdata.sampling import make_buckets
+from speechdata.testing import make_corpus
 
 RATE = 8000
 #: seconds of the audio file that lines without a duration are measured from
@@ -213,3 +219,85 @@ def test_null_offset_is_zero_and_reads_back(folder: Path) -> None:
     index = load_index(path, cache=False)
     rec = index.record(0)
     assert (rec.offset, rec.duration, float(index.duration[0])) == ([0.0], [1.0], 1.0)
+
+
+# ------------------------------------------------------------------ duration filter and bins
+
+
+def _clips(folder: Path, durations: list[float]) -> Path:
+    """A manifest of one wav clip per duration (the manifest gives the duration as written)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, d in enumerate(durations):
+        name = f"c{k}.wav"
+        sf.write(
+            folder / name,
+            np.full(round(d * RATE), 100 * (k + 1), dtype=np.int16),
+            RATE,
+            subtype="PCM_16",
+        )
+        lines.append({"audio_filepath": name, "duration": d, "context": "say |audio|", "answer": "a b"})
+    path = folder / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    corpus = make_corpus(tmp_path_factory.mktemp("tok"), n=6, seed=2, max_duration=1.0)
+    return corpus.train_tokenizer(vocab_size=60, locator="|audio|")
+
+
+def _shard_entries(folder: Path) -> list[dict[str, Any]]:
+    text = (folder / "tarred_audio_manifest.json").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_shard_and_the_loader_keep_the_same_clips_at_the_duration_bounds(
+    tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clip whose manifest duration equals a bound is kept by ``shard`` and by the loader alike
+    (``shard --max-duration 16.7`` used to drop the 16.7 s clip the loader keeps)."""
+    durations = [0.3, 0.29, 1.0, 16.7, 16.71]
+    manifest = _clips(tmp_path / "clips", durations)
+    out = tmp_path / "out"
+    bounds = ["--min-duration", "0.3", "--max-duration", "16.7"]
+    assert (
+        main(["shard", str(manifest), "--out", str(out), *bounds, "--on-error", "skip", "--no-progress"]) == 0
+    )
+    sharded = sorted(e["duration"] for e in _shard_entries(out))
+    assert sharded == [0.3, 1.0, 16.7]
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())
+    assert meta["speechdata"]["drops"] == {"too_short_audio": 1, "too_long_audio": 1}
+
+    cfg = {
+        "manifest_filepath": str(manifest),
+        "audio_locator": "|audio|",
+        "prompt_template": "{context} {answer}",
+        "min_duration": 0.3,
+        "max_duration": 16.7,
+        "micro_batch_size": 2,
+        "drop_last": False,
+        "shuffle": False,
+    }
+    loader = build_dataloader(make_dataset_config(cfg), tokenizer)
+    rows = [unpack_sample_id(int(i))[1] - 1 for batch in loader for i in batch["sample_ids"]]
+    assert sorted(durations[r] for r in rows) == sharded
+    assert loader.report() == {"too_short_audio": 1, "too_long_audio": 1}
+
+
+def test_shard_inspect_and_the_loader_estimate_the_same_bins(tmp_path: Path) -> None:
+    """On the durations 1..8 s, ``shard --buckets 4`` wrote [5, 7, 8] and ``inspect`` suggested
+    [4, 6, 7]; the one estimator (equal total duration, nearest cuts) gives [5, 7, 8] to both,
+    and to the loader's ``num_buckets: 4``."""
+    manifest = _clips(tmp_path / "clips", [float(d) for d in range(1, 9)])
+    stats_file = tmp_path / "stats.json"
+    assert main(["inspect", str(manifest), "--json", str(stats_file), "--num-buckets", "4"]) == 0
+    suggested = json.loads(stats_file.read_text())["suggested_bins"]
+    out = tmp_path / "out"
+    assert main(["shard", str(manifest), "--out", str(out), "--buckets", "4", "--no-progress"]) == 0
+    written = yaml.safe_load((out / "metadata.yaml").read_text())["bucket_duration_bins"]
+    loader_bins = make_buckets(load_index(manifest), None, make_dataset_config({"num_buckets": 4})).bins
+    assert suggested == written == loader_bins.tolist() == [5.0, 7.0, 8.0]
+    totals = [sum(e["duration"] for e in _shard_entries(out / f"bucket{b}")) for b in (1, 2, 3, 4)]
+    assert totals == [10.0, 11.0, 7.0, 8.0]
