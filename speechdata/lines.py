@@ -1,9 +1,12 @@
 """The rules of one NeMo JSONL manifest line: which keys are read, what values they may hold.
 
-Every reader of manifest lines uses these rules and no other: the indexer's fast path for the
-common line shape (:func:`fast_line`), the full resolver (:func:`parse_line`) that the indexer
-falls back to and that :meth:`speechdata.manifest.Index.record` reads examples back with, and the
-commands that read manifests (they build their :class:`ManifestKeys` with :func:`manifest_keys`).
+Every reader of manifest lines uses these rules and no other. The rules of one clip and of the
+texts are written once, in :func:`check_clip`: the indexer's fast path calls it for a line of the
+common shape (one ``audio_filepath``, scalar numbers, no ``shard_id``), and :func:`parse_line`,
+the full resolver that the indexer falls back to and that
+:meth:`speechdata.manifest.Index.record` reads examples back with, calls it for every clip. So a
+line is indexed exactly when it can be read back, with the same values. The commands and the
+loader build their :class:`ManifestKeys` with :func:`manifest_keys`.
 
 Keys follow NeMo: audio from ``audio_filepath`` (or ``audio_filename``, ``audio_file``), a string
 or a list for multi-audio; ``duration`` and ``offset`` as numbers or lists (``true`` and ``false``
@@ -17,8 +20,9 @@ Example::
     >>> keys = manifest_keys(cfg)                      # from a DatasetConfig
     >>> parse_line({"audio_filepath": "a.wav", "duration": 2, "text": "hi"}, keys)
     (['a.wav'], [2.0], [0.0], None, 'hi')
-    >>> fast_line({"audio_filepath": "a.wav", "duration": 2, "text": "hi"}, keys)  # (duration, text length)
-    (2, 2)
+    >>> check_clip("a.wav", False, None, {"text": "hi"}, keys)
+    Traceback (most recent call last):
+    ValueError: 'duration' must be a number, got False
 """
 
 from __future__ import annotations
