@@ -525,19 +525,15 @@ def check_section(
     built by their function ``(value, path) -> value``. The built object's own rules run last: its
     ``check(path)`` method, when the class has one. Errors name ``path.key``.
     """
-    if values is None:
-        values = {}
+    values = {} if values is None else values
     if not isinstance(values, Mapping):
         raise ConfigError(f"{path}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
-    known = section_keys(cls)
-    check_keys(values, known, path)
+    check_keys(values, section_keys(cls), path)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        key = str(key)
-        build = (nested or {}).get(key)
-        where = f"{path}.{key}"
-        kwargs[key] = build(value, where) if build is not None else coerce(value, hints[key], where)
+        build, where = (nested or {}).get(str(key)), f"{path}.{key}"
+        kwargs[str(key)] = build(value, where) if build is not None else coerce(value, hints[key], where)
     out = cls(**kwargs)
     check = getattr(out, "check", None)
     if callable(check):
