@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 
 from speechdata.audio import AudioInfo, audio_info, check_span
-from speechdata.bench.clips import Clip, TarReader
+from speechdata.bench.clips import Clip
 from speechdata.config import DatasetConfig, dataset_config, load_config
 from speechdata.errors import ConfigError, DataError, DropCounter, SpeechDataError, handle
 from speechdata.inspect import resolve_manifests
-from speechdata.manifest import Index, Record, load_index, manifest_keys, unpack_sample_id
+from speechdata.manifest import Index, Record, load_index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import plan_epoch
-from speechdata.shards.read import TarredDataset, local_path, member_table, strip_sub, tarred_dataset_folders
-from speechdata.shards.tarfmt import Member
+from speechdata.shards.read import TarredDataset, local_path, tarred_dataset_folders
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
 
@@ -125,8 +124,8 @@ def train_default_tokenizer(index: Index, cfg: DatasetConfig, out_dir: str | Pat
 
 
 class _TarMembers:
-    """Where a tarred dataset's records keep their audio: ``(tar, member name, Member)`` per clip,
-    from the tars' member tables (header scans, cached), and the members' bytes by offset."""
+    """A tarred dataset's members where the loader finds them (:meth:`TarredDataset.member_places`:
+    the entry's ``tar_offset``/``tar_size``, else the shard's member table), read by offset."""
 
     def __init__(self, cfg: DatasetConfig, index: Index) -> None:
         self.tarred = TarredDataset(cfg, index=index)
@@ -135,39 +134,9 @@ class _TarMembers:
                 "--compare reads a tarred dataset's members by byte offset: its shards must be local "
                 "files (not pipe: commands or URLs)"
             )
-        self.cache_dir = cfg.cache_dir
-        self.tables: dict[str, dict[str, Member]] = {}
-        self.reader = TarReader()
-
-    def locate(self, rec: Record, name: str) -> tuple[str, str, Member]:
-        """The tar holding member ``name`` of ``rec`` (the shard its ``shard_id`` names, else any
-        shard of its dataset), the name in that tar (NeMo's ``-subN`` repeats resolved) and the
-        member's place."""
-        dataset = unpack_sample_id(rec.sample_id)[0]
-        shards = self.tarred.shard_paths[dataset]
-        paths = (
-            [self.tarred.shard_path(dataset, rec.shard_id, rec.where)]
-            if rec.shard_id >= 0
-            else [shards[k] for k in sorted(shards)]
-        )
-        for url in paths:
-            tar = str(local_path(url))
-            table = self.tables.get(tar)
-            if table is None:
-                table = self.tables[tar] = member_table(tar, self.cache_dir)
-            for key in (name, strip_sub(name)):
-                if key in table:
-                    return tar, key, table[key]
-        shown = paths[0] if len(paths) == 1 else f"{len(paths)} shards"
-        raise DataError("missing_audio", rec.where, f"member {name!r} not found in {shown}")
-
-    def read(self, tar: str, name: str, member: Member) -> bytes:
-        """The member's bytes, read by offset."""
-        return self.reader.read(tar, member.offset, member.size, f"{tar}:{name}")
 
     def close(self) -> None:
         """Close the tars."""
-        self.reader.close()
         self.tarred.close()
 
 
@@ -186,9 +155,15 @@ def _clip_fields(
             info = infos[name] = audio_info(name, where)
         place = {"path": name}
     else:
-        tar, key, m = members.locate(rec, name)
-        info = audio_info(members.read(tar, key, m), where)
-        place = {"path": tar, "member": key, "member_offset": m.offset, "member_size": m.size}
+        at = members.tarred.member_places(rec)[k]
+        info = audio_info(members.tarred.read_member(at), where)
+        tar = str(local_path(at.tar))
+        place = {
+            "path": tar,
+            "member": at.name,
+            "member_offset": at.member.offset,
+            "member_size": at.member.size,
+        }
     start, frames = check_span(info.sample_rate, info.frames, rec.offset[k], rec.duration[k], where)
     return {
         **place,

@@ -32,7 +32,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,15 +199,33 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
     return table
 
 
+def find_member(table: Mapping[str, Member], name: str) -> tuple[str, Member] | None:
+    """Find ``name`` in a member table: exactly, else without NeMo's ``-subN`` suffix; returns the
+    name found and the member."""
+    for key in (name, strip_sub(name)):
+        m = table.get(key)
+        if m is not None:
+            return key, m
+    return None
+
+
 def lookup_member(table: Mapping[str, Member], name: str) -> Member | None:
-    """Find ``name`` in a member table: exactly, else without NeMo's ``-subN`` suffix."""
-    m = table.get(name)
-    if m is None:
-        m = table.get(strip_sub(name))
-    return m
+    """The member ``name`` names in a member table (see :func:`find_member`), or None."""
+    found = find_member(table, name)
+    return None if found is None else found[1]
 
 
 # --------------------------------------------------------------------------- random access
+
+
+@dataclass(frozen=True)
+class MemberPlace:
+    """One audio of an entry inside a tarred dataset: the shard (as configured), the member's
+    name in it and its byte range."""
+
+    tar: str
+    name: str
+    member: Member
 
 
 class TarredDataset:
@@ -296,30 +314,27 @@ class TarredDataset:
             table = self._tables[path] = member_table(str(local_path(path)), self.cache_dir)
         return table
 
-    def _locate(self, dataset: int, shard_id: int, name: str, where: str) -> tuple[str, Member]:
+    def _locate(self, dataset: int, shard_id: int, name: str, where: str) -> MemberPlace:
         candidates = (
             [self.shard_path(dataset, shard_id, where)]
             if shard_id >= 0
             else [self.shard_paths[dataset][k] for k in sorted(self.shard_paths[dataset])]
         )
         for path in candidates:
-            m = lookup_member(self._table(path), name)
-            if m is not None:
-                return path, m
+            found = find_member(self._table(path), name)
+            if found is not None:
+                return MemberPlace(path, *found)
         shown = candidates[0] if len(candidates) == 1 else f"{len(candidates)} shards"
         raise DataError("missing_audio", where, f"member {name!r} not found in {shown}")
 
-    def read_audio_bytes(self, record: Record) -> list[bytes]:
-        """The bytes of each audio member of ``record`` (one per clip), read by offset."""
-        if not self.seekable:
-            raise ConfigError(
-                "tarred_audio_filepaths: shards are not local files; read them with stream_tarred"
-            )
+    def member_places(self, record: Record) -> list[MemberPlace]:
+        """Where each audio of ``record`` lies: its shard, its member name and byte range. From the
+        entry's ``tar_offset``/``tar_size`` when it has them (speechdata's layout), else from the
+        shard's member table (NeMo's layout; ``-subN`` names resolved)."""
         dataset = unpack_sample_id(record.sample_id)[0]
         offs = record.extra.get("tar_offset")
         sizes = record.extra.get("tar_size")
         n = len(record.audio)
-        places: list[tuple[str, Member]]
         if offs is not None and sizes is not None and record.shard_id >= 0:
             offs = offs if isinstance(offs, list) else [offs]
             sizes = sizes if isinstance(sizes, list) else [sizes]
@@ -330,28 +345,39 @@ class TarredDataset:
             if not all(_is_count(v) for v in (*offs, *sizes)):
                 raise DataError("bad_line", record.where, "tar_offset/tar_size must be integers >= 0")
             path = self.shard_path(dataset, record.shard_id, record.where)
-            places = [(path, Member(int(o), int(s))) for o, s in zip(offs, sizes, strict=True)]
-        else:
-            places = [self._locate(dataset, record.shard_id, name, record.where) for name in record.audio]
-        out = []
-        for (path, m), name in zip(places, record.audio, strict=True):
-            fd = self._fd(path)
-            end = os.fstat(fd).st_size
-            # checked before reading: a wrong tar_size must not allocate a huge buffer
-            if m.offset + m.size > end:
-                raise DataError(
-                    "decode_error",
-                    f"{path}:{name}",
-                    f"member bytes {m.offset}-{m.offset + m.size} lie past the end of the tar ({end} bytes): "
-                    "the tar is truncated or tar_offset/tar_size are wrong",
-                )
-            data = os.pread(fd, m.size, m.offset)
-            if len(data) != m.size:
-                raise DataError(
-                    "decode_error", f"{path}:{name}", f"tar is truncated ({len(data)} of {m.size} bytes)"
-                )
-            out.append(data)
-        return out
+            return [
+                MemberPlace(path, name, Member(int(o), int(sz)))
+                for name, o, sz in zip(record.audio, offs, sizes, strict=True)
+            ]
+        return [self._locate(dataset, record.shard_id, name, record.where) for name in record.audio]
+
+    def read_audio_bytes(self, record: Record) -> list[bytes]:
+        """The bytes of each audio member of ``record`` (one per clip), read by offset."""
+        if not self.seekable:
+            raise ConfigError(
+                "tarred_audio_filepaths: shards are not local files; read them with stream_tarred"
+            )
+        return [self.read_member(place) for place in self.member_places(record)]
+
+    def read_member(self, place: MemberPlace) -> bytes:
+        """The bytes of one member, read by offset; a range past the end of the tar is a one-line
+        ``decode_error`` checked before reading (a wrong ``tar_size`` allocates nothing)."""
+        path, name, m = place.tar, place.name, place.member
+        fd = self._fd(path)
+        end = os.fstat(fd).st_size
+        if m.offset + m.size > end:
+            raise DataError(
+                "decode_error",
+                f"{path}:{name}",
+                f"member bytes {m.offset}-{m.offset + m.size} lie past the end of the tar ({end} bytes): "
+                "the tar is truncated or tar_offset/tar_size are wrong",
+            )
+        data = os.pread(fd, m.size, m.offset)
+        if len(data) != m.size:
+            raise DataError(
+                "decode_error", f"{path}:{name}", f"tar is truncated ({len(data)} of {m.size} bytes)"
+            )
+        return data
 
     def close(self) -> None:
         """Close shard file descriptors (reopened on demand)."""
