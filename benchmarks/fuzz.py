@@ -1,4 +1,4 @@
-"""Long fuzzing run of the manifest reader, the tar reader and the prompt builder (SPEC §8).
+"""Long fuzzing run of the manifest reader, the tar reader and the prompt builder (docs/errors.md).
 
 Runs every property of ``tests/test_fuzz.py`` with 10,000 random (not derandomized) cases each,
 then, when ``atheris`` is importable, the byte-level targets (manifest bytes, tar bytes, prompt

@@ -37,7 +37,7 @@ from speechdata.train.module import error_sums
 from speechdata.train.optim import CosineAnnealing, build_optimizer
 from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 
-SPEC = SyntheticSpec(vocab_size=32, num_classes=6, max_audios=2, min_seconds=0.2, max_seconds=0.5)
+SYNTH = SyntheticSpec(vocab_size=32, num_classes=6, max_audios=2, min_seconds=0.2, max_seconds=0.5)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -51,10 +51,10 @@ def _silence(batch: dict[str, Any]) -> dict[str, Any]:
 def _model(arch: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        vocab_size=SPEC.vocab_size,
-        pad_id=SPEC.pad_id,
-        eos_id=SPEC.eos_id,
-        bos_id=SPEC.bos_id,
+        vocab_size=SYNTH.vocab_size,
+        pad_id=SYNTH.pad_id,
+        eos_id=SYNTH.eos_id,
+        bos_id=SYNTH.bos_id,
         arch=arch,
         features=FeatureConfig(n_mels=40),
         encoder=EncoderConfig(
@@ -78,7 +78,7 @@ def _evaluate(model: Any, batches: list[dict[str, Any]], autocast: Any) -> tuple
             hyps = model.generate(batch, max_new_tokens=8)
             lengths = batch["answer_lengths"].tolist()
             refs = [
-                [t for t in batch["answers"][i, :n].tolist() if t != SPEC.eos_id]
+                [t for t in batch["answers"][i, :n].tolist() if t != SYNTH.eos_id]
                 for i, n in enumerate(lengths)
             ]
             e, n = error_sums(zip(hyps, refs, strict=True))
@@ -94,7 +94,7 @@ def run_one(arch: str, deaf: bool, args: argparse.Namespace, device: torch.devic
     sched = CosineAnnealing(opt, warmup_steps=args.steps // 10, max_steps=args.steps, min_lr=args.lr / 20)
     # a fresh batch every step (seeds 0..steps-1), held-out batches from seeds no step uses
     held_out = [
-        synthetic_batch(SPEC, args.batch_size, seed=10_000_000 + args.seed * 1000 + i) for i in range(8)
+        synthetic_batch(SYNTH, args.batch_size, seed=10_000_000 + args.seed * 1000 + i) for i in range(8)
     ]
     if deaf:
         held_out = [_silence(b) for b in held_out]
@@ -107,7 +107,7 @@ def run_one(arch: str, deaf: bool, args: argparse.Namespace, device: torch.devic
     start = time.perf_counter()
     model.train()
     for step in range(args.steps):
-        batch = synthetic_batch(SPEC, args.batch_size, seed=args.seed * 1_000_000 + step)
+        batch = synthetic_batch(SYNTH, args.batch_size, seed=args.seed * 1_000_000 + step)
         batch = _to(_silence(batch) if deaf else batch, device)
         with autocast():
             loss, _ = model.loss(batch)

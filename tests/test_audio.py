@@ -1,4 +1,4 @@
-"""Audio decoding: spans, channels, resampling, bytes, errors (SPEC §8 fault cases)."""
+"""Audio decoding: spans, channels, resampling, bytes, errors (docs/errors.md fault cases)."""
 
 from __future__ import annotations
 

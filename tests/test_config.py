@@ -1,4 +1,4 @@
-"""Config loading per SPEC §2, including the reference page's own YAML blocks."""
+"""Config loading per docs/configuration.md, including the reference page's own YAML blocks."""
 
 from __future__ import annotations
 

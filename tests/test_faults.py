@@ -1,4 +1,4 @@
-"""The fault catalogue (SPEC §8, docs/errors.md): one test per bad input, through the public API.
+"""The fault catalogue (docs/errors.md): one test per bad input, through the public API.
 
 For each data fault: ``on_error: raise`` gives a one-line :class:`DataError` naming the place
 (``file:line``, or ``tar:member``) with no chained traceback, and ``on_error: skip`` yields every

@@ -1,4 +1,4 @@
-"""Fuzzing (SPEC §8) of the three parsers of untrusted input: manifests, tars, prompt text.
+"""Fuzzing (docs/errors.md) of the three parsers of untrusted input: manifests, tars, prompt text.
 
 Invariant: whatever the input, only :class:`SpeechDataError` subclasses escape (never KeyError,
 IndexError, struct.error, UnicodeDecodeError, OSError...), every message is one line, and in

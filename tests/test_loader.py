@@ -1,4 +1,4 @@
-"""build_dataloader end to end on real files (SPEC §5, §6): contract, reference collator, workers,
+"""build_dataloader end to end on real files (docs/architecture.md, docs/batch.md): contract, reference collator, workers,
 exactly-once epochs, exact resume, multi-audio, errors."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def expected_prompt(tokenizer: Tokenizer, context: str, answer: str) -> tuple[li
 def reference_batch(
     cfg, tokenizer: Tokenizer, sample_ids: list[int], entries: list[dict], root: Path
 ) -> dict[str, torch.Tensor]:
-    """A slow, obviously-correct collator: python loops over the manifest's entries, per SPEC §6."""
+    """A slow, obviously-correct collator: python loops over the manifest's entries, per docs/batch.md."""
     recs = [entries[unpack_sample_id(s)[1] - 1] for s in sample_ids]
     prompts = [expected_prompt(tokenizer, r["context"], r["answer"]) for r in recs]
     listed = [(r["audio_filepath"], r["offset"], r["duration"]) for r in recs]

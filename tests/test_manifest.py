@@ -1,4 +1,4 @@
-"""Manifest -> Index (SPEC §1, §8): key resolution, lazy records, cache, errors, fuzzing."""
+"""Manifest -> Index (docs/configuration.md, docs/errors.md): key resolution, lazy records, cache, errors, fuzzing."""
 
 from __future__ import annotations
 

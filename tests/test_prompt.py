@@ -1,4 +1,4 @@
-"""Tests of speechdata.text.prompt: SPEC §4 template, special tokens, truncation, locators, loss mask."""
+"""Tests of speechdata.text.prompt: the documented template, special tokens, truncation, locators, loss mask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sampling: filters, buckets, the epoch planner and the resumable BatchSampler (SPEC §3, §5)."""
+"""Sampling: filters, buckets, the epoch planner and the resumable BatchSampler (docs/configuration.md, docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming buffers: sample-level shuffle and buffered bucketing (SPEC §7 streaming, §5 batching)."""
+"""Streaming buffers: sample-level shuffle and buffered bucketing (docs/architecture.md, "Streaming")."""
 
 from __future__ import annotations
 

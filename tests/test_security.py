@@ -1,4 +1,4 @@
-"""Security properties (SPEC §8): manifests never run commands, ``speechdata shard`` writes only
+"""Security properties (docs/errors.md): manifests never run commands, ``speechdata shard`` writes only
 under ``--out``, tar member names never reach the file system, YAML is loaded safely, and nothing
 in the package unpickles untrusted bytes (``torch.load`` only with ``weights_only=True``).
 

@@ -1,7 +1,7 @@
 """``speechdata shard`` killed in the middle of a shard, then rerun, gives the bytes of an
 uninterrupted run.
 
-SPEC §7: writes are atomic per shard and rerunning after a crash completes the job. Each case
+docs/shards.md: writes are atomic per shard and rerunning after a crash completes the job. Each case
 starts ``python -m speechdata shard`` in its own process group and watches the output folder;
 the kill moment is chosen from progress, not from a timer: once at least ``done`` shards have
 their completion marker and a shard's ``audio_i.tar.tmp`` holds data, the whole group (pool

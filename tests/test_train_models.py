@@ -1,4 +1,4 @@
-"""Tests of the tiny SALM / BESTOW models on synthetic SPEC §6 batches."""
+"""Tests of the tiny SALM / BESTOW models on synthetic batches (docs/batch.md)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConf
 from speechdata.train.models.salm import splice_plan
 from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 
-SPEC = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=3, min_seconds=0.1, max_seconds=0.3)
+SYNTH = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=3, min_seconds=0.1, max_seconds=0.3)
 
 
 def tiny_config(arch: str, **kw: object) -> ModelConfig:
     """A very small model for fast tests."""
     base = {
-        "vocab_size": SPEC.vocab_size,
-        "pad_id": SPEC.pad_id,
-        "eos_id": SPEC.eos_id,
-        "bos_id": SPEC.bos_id,
+        "vocab_size": SYNTH.vocab_size,
+        "pad_id": SYNTH.pad_id,
+        "eos_id": SYNTH.eos_id,
+        "bos_id": SYNTH.bos_id,
         "arch": arch,
         "features": FeatureConfig(n_mels=16),
         "encoder": EncoderConfig(
@@ -58,7 +58,7 @@ def drop_audios(batch: dict, example: int) -> dict:
 @pytest.mark.parametrize("arch", ["salm", "bestow"])
 def test_forward_backward_multi_audio(arch: str) -> None:
     model = make(arch)
-    batch = synthetic_batch(SPEC, 4, seed=3)
+    batch = synthetic_batch(SYNTH, 4, seed=3)
     assert int(batch["num_audios"].max()) > 1
     loss, count = model.loss(batch)
     assert torch.isfinite(loss) and float(count) == float(batch["loss_mask"].sum())
@@ -89,7 +89,7 @@ def test_splice_plan_by_hand() -> None:
 
 def test_salm_splices_audio_at_positions_and_moves_labels() -> None:
     model = make("salm").eval()
-    batch = synthetic_batch(SPEC, 3, seed=5)
+    batch = synthetic_batch(SYNTH, 3, seed=5)
     audio, audio_len = model.encode_audio(batch)
     inp = model.decoder_inputs(
         batch["tokens"],
@@ -130,7 +130,7 @@ def test_salm_splices_audio_at_positions_and_moves_labels() -> None:
 @torch.no_grad()
 def test_salm_loss_ignores_audio_and_padding() -> None:
     model = make("salm").eval()
-    batch = synthetic_batch(SPEC, 3, seed=6)
+    batch = synthetic_batch(SYNTH, 3, seed=6)
     out = model(batch)
     audio, audio_len = model.encode_audio(batch)
     token_index = model.decoder_inputs(
@@ -155,7 +155,7 @@ def test_salm_loss_ignores_audio_and_padding() -> None:
 
 def test_bestow_keeps_text_length_and_is_causal_per_example() -> None:
     model = make("bestow").eval()
-    batch = synthetic_batch(SPEC, 3, seed=7)
+    batch = synthetic_batch(SYNTH, 3, seed=7)
     out = model(batch)
     assert out.logits.shape[:2] == batch["tokens"].shape
     assert torch.equal(out.labels, batch["labels"]) or bool(
@@ -165,7 +165,7 @@ def test_bestow_keeps_text_length_and_is_causal_per_example() -> None:
     # changing a later token leaves earlier logits unchanged (causal)
     changed = dict(batch)
     changed["tokens"] = batch["tokens"].clone()
-    changed["tokens"][0, 3] = (changed["tokens"][0, 3] + 1) % SPEC.vocab_size
+    changed["tokens"][0, 3] = (changed["tokens"][0, 3] + 1) % SYNTH.vocab_size
     out2 = model(changed)
     assert torch.allclose(out.logits[0, :3], out2.logits[0, :3], atol=1e-5)
     assert not torch.allclose(out.logits[0, 3:], out2.logits[0, 3:], atol=1e-5)
@@ -182,7 +182,7 @@ def test_bestow_keeps_text_length_and_is_causal_per_example() -> None:
 @pytest.mark.parametrize("arch", ["salm", "bestow"])
 def test_precomputed_features_equal_waveform_path(arch: str) -> None:
     model = make(arch).eval()
-    batch = synthetic_batch(SPEC, 2, seed=8)
+    batch = synthetic_batch(SYNTH, 2, seed=8)
     feats, feat_len = log_mel(
         batch["audio_signal"], batch["audio_signal_length"], 16000, FeatureConfig(n_mels=16)
     )
@@ -200,7 +200,7 @@ def test_freezing_flags(flag: str) -> None:
     }[flag]
     model.train()
     assert not part.training, "frozen parts stay in eval mode"
-    loss, _ = model.loss(synthetic_batch(SPEC, 2, seed=9))
+    loss, _ = model.loss(synthetic_batch(SYNTH, 2, seed=9))
     loss.backward()
     frozen = {id(p) for p in part.parameters()}
     for p in model.parameters():
@@ -211,7 +211,7 @@ def test_freezing_flags(flag: str) -> None:
 
 
 def test_lora_starts_identical_and_trains_only_adapters() -> None:
-    batch = synthetic_batch(SPEC, 2, seed=10)
+    batch = synthetic_batch(SYNTH, 2, seed=10)
     plain = make("salm", seed=4).eval()
     lora_cfg = LoraConfig(adapter_dim=4, alpha=8.0)
     lora = make("salm", seed=4, lora=lora_cfg).eval()
@@ -240,7 +240,7 @@ def test_lora_starts_identical_and_trains_only_adapters() -> None:
 @pytest.mark.parametrize("arch", ["salm", "bestow"])
 def test_thirty_steps_lower_the_loss(arch: str) -> None:
     model = make(arch, seed=1)
-    batch = synthetic_batch(SPEC, 4, seed=11)
+    batch = synthetic_batch(SYNTH, 4, seed=11)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     first = None
@@ -270,15 +270,15 @@ class _ScriptedLM(torch.nn.Module):
     def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         b, s, _ = x.shape
-        logits = torch.zeros(b, s, SPEC.vocab_size)
+        logits = torch.zeros(b, s, SYNTH.vocab_size)
         pos = torch.arange(s)[None, :].expand(b, s)
-        target = torch.where(pos + 1 >= self.stop_at[:, None], SPEC.eos_id, 7)
+        target = torch.where(pos + 1 >= self.stop_at[:, None], SYNTH.eos_id, 7)
         return logits.scatter(2, target[..., None], 1.0)
 
 
 def test_greedy_generation_stops_at_eos_and_limit() -> None:
     model = make("bestow").eval()
-    batch = synthetic_batch(SPEC, 3, seed=12)
+    batch = synthetic_batch(SYNTH, 3, seed=12)
     ctx = batch["context_lengths"]
     # example 0 stops after 2 tokens, example 1 after 0, example 2 never (limit 4)
     model.llm = _ScriptedLM(model.llm, ctx + torch.tensor([2, 0, 100]))  # type: ignore[assignment]
@@ -288,7 +288,7 @@ def test_greedy_generation_stops_at_eos_and_limit() -> None:
 
 def test_salm_generation_runs_with_audio() -> None:
     model = make("salm").eval()
-    batch = synthetic_batch(SPEC, 2, seed=13)
+    batch = synthetic_batch(SYNTH, 2, seed=13)
     out = model.generate(batch, max_new_tokens=3)
     assert len(out) == 2 and all(len(o) <= 3 for o in out)
     assert out == model.generate(batch, max_new_tokens=3), "greedy decoding is deterministic"

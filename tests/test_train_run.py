@@ -22,7 +22,7 @@ from speechdata.train.exp_manager import find_last_checkpoint, resolve_log_dir
 from speechdata.train.run import train
 from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 
-SPEC = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=2, min_seconds=0.1, max_seconds=0.25)
+SYNTH = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=2, min_seconds=0.1, max_seconds=0.25)
 
 
 class FakeLoader:
@@ -45,7 +45,7 @@ class FakeLoader:
         while self.consumed < self.n:
             seed = self.epoch * 100 + self.consumed
             self.consumed += 1
-            yield synthetic_batch(SPEC, self.batch_size, seed)
+            yield synthetic_batch(SYNTH, self.batch_size, seed)
         self.epoch, self.consumed = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
@@ -56,10 +56,10 @@ class FakeLoader:
 
 
 class FakeTokenizer:
-    vocab_size = SPEC.vocab_size
-    pad_id = SPEC.pad_id
-    bos_id = SPEC.bos_id
-    eos_id = SPEC.eos_id
+    vocab_size = SYNTH.vocab_size
+    pad_id = SYNTH.pad_id
+    bos_id = SYNTH.bos_id
+    eos_id = SYNTH.eos_id
 
     @staticmethod
     def decode(ids: list[int]) -> str:

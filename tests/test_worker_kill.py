@@ -1,4 +1,4 @@
-"""A DataLoader worker killed mid-epoch (SPEC §8, §5): a clear error, then an exact resume.
+"""A DataLoader worker killed mid-epoch (docs/errors.md, docs/architecture.md): a clear error, then an exact resume.
 
 The worker kills itself with SIGKILL while it prepares a chosen batch (a hook on the dataset's
 audio reader, armed once through a marker file so the resumed run is not killed again). The error

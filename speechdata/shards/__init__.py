@@ -1,4 +1,4 @@
-"""Tarred shards (SPEC §7): writing (``speechdata shard``), reading by offset or streaming, validation.
+"""Tarred shards (docs/shards.md): writing (``speechdata shard``), reading by offset or streaming, validation.
 
 The writer produces NeMo's layout (``audio_{i}.tar``, ``tarred_audio_manifest.json``,
 ``sharded_manifests/``, ``metadata.yaml``) with each entry's member byte offset and size

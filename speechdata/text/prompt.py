@@ -1,4 +1,4 @@
-"""Prompt formatting: template, special tokens, truncation, audio locators, loss mask (SPEC §4).
+"""Prompt formatting: template, special tokens, truncation, audio locators, loss mask (docs/differences-from-nemo.md, "Text stage").
 
 A :class:`PromptBuilder` turns one example's context and answer into a :class:`Prompt`::
 
