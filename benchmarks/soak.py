@@ -44,12 +44,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def worker_pids(loader: object) -> list[int]:
-    """Pids of the DataLoader workers behind a SpeechDataLoader (empty without workers)."""
-    it = getattr(getattr(loader, "_loader", None), "_iterator", None)
-    return [w.pid for w in getattr(it, "_workers", [])]
-
-
 def slope(values: list[float]) -> tuple[float, float]:
     """Least-squares slope per step and the residual standard deviation of ``values``."""
     y = np.asarray(values, dtype=np.float64)
@@ -99,7 +93,7 @@ def main() -> int:
                 del batch
             gc.collect()
             main_rss.append(rss_mb(os.getpid()))
-            worker_rss.append([rss_mb(pid) for pid in worker_pids(loader)])
+            worker_rss.append([rss_mb(pid) for pid in loader.worker_pids()])
             print(
                 f"epoch {epoch:3d}: main {main_rss[-1]:7.1f} MB, workers "
                 + ", ".join(f"{r:6.1f}" for r in worker_rss[-1])

@@ -34,6 +34,9 @@ _LAZY = {
     "PromptBuilder": "speechdata.text.prompt",
     "BatchSampler": "speechdata.sampling.plan",
     "Batch": "speechdata.batch",
+    "Position": "speechdata.sampling.position",
+    "Source": "speechdata.sources",
+    "open_source": "speechdata.sources",
 }
 
 __all__ = [

@@ -4,15 +4,7 @@ Tests and benchmarks import from here; the generator itself lives in :mod:`speec
 (plan, synthesize, write). :func:`make_corpus` writes a folder of audio files plus a NeMo-style
 JSONL manifest whose answers can be recovered from the audio with :func:`decode_tones`.
 
-Example::
-
-    >>> corpus = make_corpus(tmp_path, n=20, seed=1)
-    >>> line = corpus.entries[0]            # a single-audio line: one path, offset, duration
-    >>> sr = soundfile.info(corpus.root / line["audio_filepath"]).samplerate
-    >>> audio, sr = soundfile.read(corpus.root / line["audio_filepath"],
-    ...     start=round(line["offset"] * sr), frames=round(line["duration"] * sr))
-    >>> decode_tones(audio, sr) == line["answer"]
-    True
+The example in :mod:`speechdata.synth.corpus` shows a corpus written and one clip decoded back.
 """
 
 from __future__ import annotations

@@ -110,12 +110,10 @@ def dataset_index(cfg: DatasetConfig, tokenizer: str | Path | None = None) -> In
 def train_default_tokenizer(index: Index, cfg: DatasetConfig, out_dir: str | Path) -> str:
     """A small SentencePiece model (no byte fallback) on the manifests' text; returns its path."""
     from speechdata.text.tokenizer import train_tokenizer
-    from speechdata.text.train_cli import manifest_texts
+    from speechdata.text.train_cli import tokenizer_texts
 
     symbols = [s for s in (cfg.audio_locator, cfg.end_string) if s]
-    texts = list(manifest_texts(index, progress=False))
-    if cfg.default_context:
-        texts.append(cfg.default_context)
+    texts = list(tokenizer_texts(index, cfg.default_context, progress=False))
     train_tokenizer(texts, out_dir, 1024, user_symbols=symbols, byte_fallback=False)
     return str(Path(out_dir) / "tokenizer.model")
 
