@@ -152,6 +152,7 @@ def test_pickle_carries_model_bytes(trained: tuple[Tokenizer, Path]) -> None:
     text = "sushagen kalo |audio| ve"
     assert copy.encode(text) == tok.encode(text)
     assert copy.encode(text, continuation=True) == tok.encode(text, continuation=True)
+    assert copy.encode_with_offsets(text) == tok.encode_with_offsets(text)
     assert (copy.pad_id, copy.bos_id, copy.eos_id, copy.sep_id) == (
         tok.pad_id,
         tok.bos_id,
@@ -193,3 +194,19 @@ def test_piecewise_encoding_decodes_to_joined_text(trained: tuple[Tokenizer, Pat
         # Text continues once some text was encoded; empty parts before it do not count.
         ids += tok.encode(part, continuation=bool(ids))
     assert tok.decode(ids) == "".join(parts)
+
+
+def test_offsets_mark_where_tokens_end(trained: tuple[Tokenizer, Path], plain_model: bytes) -> None:
+    # a lossless model (train_tokenizer) and SentencePiece's defaults (NFKC, whitespace trimmed)
+    # both follow TextTokenizer.encode_with_offsets; tests/test_natural_tokens.py has the properties
+    tok, _ = trained
+    ids, ends = tok.encode_with_offsets("kalo 東 mine")
+    assert ids == tok.encode("kalo 東 mine")
+    # 東 is three byte pieces, which all end where the character ends
+    assert [e for e, i in zip(ends, ids, strict=True) if tok.id_to_piece(i).startswith("<0x")] == [6, 6, 6]
+    assert ends[-1] == len("kalo 東 mine")
+    plain = Tokenizer(plain_model, "plain.model")
+    ids, ends = plain.encode_with_offsets("  kalo   mine  ")
+    assert ids == plain.encode("  kalo   mine  ")
+    assert ends[-1] == len("  kalo   mine")  # trimmed whitespace belongs to no token
+    assert ends == sorted(ends)

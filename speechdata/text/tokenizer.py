@@ -1,20 +1,21 @@
-"""SentencePiece tokenizer: loading, training, and piecewise encoding for prompts.
+"""SentencePiece tokenizer: loading, training, and encoding with character offsets for prompts.
 
 :class:`Tokenizer` wraps a SentencePiece model. It keeps the serialized model bytes (not the C++
 processor), so it pickles cheaply into DataLoader workers. Besides plain :meth:`Tokenizer.encode`
-it offers *continuation* encoding: a piece of text that follows other text in the same sequence is
-encoded without the model's dummy-prefix space and without whitespace trimming, so that encoding a
-text piece by piece and concatenating the ids decodes back to the joined text (for models whose
-normalizer is lossless, such as those :func:`train_tokenizer` writes). The prompt builder relies on
-it to know exactly which tokens are template text and which are manifest content.
+it offers *continuation* encoding: text that follows a special token or an audio in the same
+sequence is encoded without the model's dummy-prefix space and without whitespace trimming, and
+:meth:`Tokenizer.encode_with_offsets`, which also says where each token ends in the text. The
+prompt builder encodes each stretch of a formatted example's text whole and finds the answer
+boundary, truncation cuts and audio positions from those offsets (docs/differences-from-nemo.md,
+"Natural tokenization"). :class:`TextTokenizer` is the interface the prompt builder needs, which
+any other tokenizer kind implements too.
 
 Example::
 
-    >>> tok = train_tokenizer(["hello world", "good morning"], "out/tok", vocab_size=300,
-    ...                       user_symbols=["|audio|"])
-    >>> ids = tok.encode("hello") + tok.encode(" world", continuation=True)
-    >>> tok.decode(ids)
-    'hello world'
+    >>> tok = train_tokenizer(texts, "out/tok", vocab_size=1000, user_symbols=["|audio|"])
+    >>> ids, ends = tok.encode_with_offsets("the world")
+    >>> [tok.id_to_piece(i) for i in ids], ends
+    (['▁the', '▁world'], [3, 9])
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sentencepiece as spm
 
@@ -34,11 +36,16 @@ SEP_PIECE = "<sep>"
 
 MODEL_TYPES = ("unigram", "bpe")
 
-# Protobuf field numbers of sentencepiece_model.proto (ModelProto / NormalizerSpec).
+# Protobuf field numbers of sentencepiece_model.proto (ModelProto, TrainerSpec, NormalizerSpec).
+_MODEL_TRAINER_SPEC = 2
 _MODEL_NORMALIZER_SPEC = 3
 _MODEL_SELF_TEST_DATA = 4
+_TRAINER_WHITESPACE_AS_SUFFIX = 24
+_NORM_NAME = 1
+_NORM_CHARSMAP = 2
 _NORM_ADD_DUMMY_PREFIX = 3
 _NORM_REMOVE_EXTRA_WHITESPACES = 4
+_NORM_RULE_TSV = 6
 
 
 # ------------------------------------------------------------------------- protobuf patching
@@ -125,6 +132,44 @@ def _continuation_proto(model: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _spec(model: bytes, field: int) -> dict[int, bytes | int]:
+    """The scalar fields of sub-message ``field`` of ``model``: bytes payloads and varint values."""
+    out: dict[int, bytes | int] = {}
+    for f, wire, raw in _fields(model):
+        if f != field or wire != 2:
+            continue
+        for g, w, r in _fields(_payload(raw)):
+            if w == 2:
+                out[g] = _payload(r)
+            elif w == 0:
+                _, pos = _read_varint(r, 0)
+                out[g] = _read_varint(r, pos)[0]
+    return out
+
+
+def _normalizer(model: bytes) -> tuple[bool, bool]:
+    """``(lossless, add_dummy_prefix)`` of a model's normalizer.
+
+    Lossless: the pieces of an encoding spell the text exactly (one character per character,
+    whitespace escaped as ``▁`` but not trimmed): the ``identity`` rule with no character map and
+    no rule table, no whitespace removal, and the dummy prefix (if any) in front. Any field this
+    parser cannot read makes the model count as not lossless.
+    """
+    try:
+        norm = _spec(model, _MODEL_NORMALIZER_SPEC)
+        trainer = _spec(model, _MODEL_TRAINER_SPEC)
+    except ValueError:
+        return False, True
+    lossless = (
+        norm.get(_NORM_NAME, b"") == b"identity"
+        and not norm.get(_NORM_CHARSMAP, b"")
+        and not norm.get(_NORM_RULE_TSV, b"")
+        and norm.get(_NORM_REMOVE_EXTRA_WHITESPACES, 1) == 0
+        and not trainer.get(_TRAINER_WHITESPACE_AS_SUFFIX, 0)
+    )
+    return lossless, bool(norm.get(_NORM_ADD_DUMMY_PREFIX, 1))
+
+
 def _processor(model: bytes) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     sp.LoadFromSerializedProto(model)
@@ -150,6 +195,62 @@ def _fast_encoder(sp: spm.SentencePieceProcessor) -> Callable[[str], list[int]]:
         except (TypeError, RuntimeError):
             pass
     return sp.encode
+
+
+# ------------------------------------------------------------------------------- interface
+
+
+class TextTokenizer(Protocol):
+    """What the prompt builder needs of a tokenizer; :class:`Tokenizer` (SentencePiece) is one.
+
+    ``bos_id``, ``eos_id`` and ``sep_id`` are ``None`` when the tokenizer has no such token
+    (``sep_id`` is the id of the :data:`SEP_PIECE` token); ``pad_id`` is always an id.
+    """
+
+    vocab_size: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int | None
+    sep_id: int | None
+
+    def encode(self, text: str, *, continuation: bool = False) -> list[int]:
+        """Token ids of ``text``, no special token added.
+
+        ``continuation=False``: ``text`` starts a sequence (the tokenizer may add its prefix
+        space, as SentencePiece's dummy prefix or a ``Metaspace`` pre-tokenizer do, and may trim
+        whitespace as its normalizer says). ``continuation=True``: ``text`` continues a sequence,
+        after a special token or an audio, so nothing is added in front of it and no whitespace is
+        trimmed: exactly the tokens the text gets when it follows such an atom in a longer text.
+        """
+        ...
+
+    def encode_with_offsets(self, text: str, *, continuation: bool = False) -> tuple[list[int], list[int]]:
+        """``(ids, ends)``: the ids of :meth:`encode` (the same list, for the same arguments) and
+        where each token ends in ``text``.
+
+        ``ends[i]`` is a character offset into ``text`` (a Python ``str`` index, not a byte
+        offset): the end of the last character that token ``i`` covers, so the tokens
+        ``ids[:i + 1]`` spell ``text[:ends[i]]``, with these rules:
+
+        * ``len(ends) == len(ids)``, ``ends`` is non-decreasing and ``0 <= ends[i] <= len(text)``;
+        * a token holding only part of a character (a byte-fallback piece, a byte-level BPE
+          token of a multi-byte character) ends where that character ends: all the tokens of one
+          character have the same end;
+        * a token holding no character of ``text`` (a prefix space the tokenizer adds in front
+          of the text) has the end of the token after it;
+        * characters the tokenizer drops (whitespace its normalizer trims) belong to no token.
+
+        The prompt builder cuts the tokens at a character offset ``c`` of the text with
+        ``bisect_right(ends, c)``: the tokens that end at or before ``c`` come before the cut, and
+        a token that holds the character at ``c`` (even if it starts before ``c``) comes after it.
+        For example ``"A: yes"`` as ``▁A``, ``:``, ``▁yes`` has ``ends == [1, 2, 6]``; cut at 2 (the
+        space before ``yes``), ``▁yes`` is after the cut.
+        """
+        ...
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; control tokens (pad, BOS, EOS) decode to nothing."""
+        ...
 
 
 # ------------------------------------------------------------------------------- Tokenizer
@@ -182,6 +283,7 @@ class Tokenizer:
             self._sp_cont = self._sp
         self._enc = _fast_encoder(self._sp)
         self._enc_cont = _fast_encoder(self._sp_cont)
+        lossless, self._dummy_prefix = _normalizer(self._model)
         sp = self._sp
         self.vocab_size: int = sp.get_piece_size()
         self.unk_id: int = sp.unk_id()
@@ -190,6 +292,25 @@ class Tokenizer:
         self.has_pad: bool = sp.pad_id() >= 0
         self.pad_id: int = sp.pad_id() if self.has_pad else self.unk_id
         self.sep_id: int | None = self.piece_to_id(SEP_PIECE)
+        # Characters of text each piece spells, for lossless models (see encode_with_offsets).
+        self._spelled: list[int] | None = self._spelled_lengths() if lossless else None
+
+    def _spelled_lengths(self) -> list[int]:
+        """Per id, how many characters of the text the piece ends: its length, for a byte piece 1
+        for the first byte of a character and 0 for the others (so all the bytes of a character end
+        where it ends), and 0 for control and unknown pieces (an unknown piece makes
+        :meth:`encode_with_offsets` ask SentencePiece for the offsets instead)."""
+        sp = self._sp
+        out = []
+        for i in range(sp.get_piece_size()):
+            if sp.is_byte(i):
+                byte = int(sp.id_to_piece(i)[3:5], 16)
+                out.append(0 if 0x80 <= byte < 0xC0 else 1)
+            elif sp.is_control(i) or sp.is_unknown(i):
+                out.append(0)
+            else:
+                out.append(len(sp.id_to_piece(i)))
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -211,12 +332,45 @@ class Tokenizer:
         return self._model
 
     def encode(self, text: str, *, continuation: bool = False) -> list[int]:
-        """Token ids of ``text``.
+        """Token ids of ``text`` (:meth:`TextTokenizer.encode`).
 
         With ``continuation=True`` the text is encoded as the continuation of earlier text: no
         dummy-prefix space is added and no whitespace is trimmed.
         """
         return self._enc_cont(text) if continuation else self._enc(text)
+
+    def encode_with_offsets(self, text: str, *, continuation: bool = False) -> tuple[list[int], list[int]]:
+        """:meth:`encode` and where each token ends in ``text``: the contract of
+        :meth:`TextTokenizer.encode_with_offsets`.
+
+        For a lossless model (``identity`` normalization, whitespace kept, as
+        :func:`train_tokenizer` writes) the ends are the running sum of the characters each piece
+        spells, less the dummy prefix; otherwise (and for a text with unknown pieces) they come
+        from SentencePiece's own character offsets.
+        """
+        ids = self._enc_cont(text) if continuation else self._enc(text)
+        spelled = self._spelled
+        if spelled is not None and ids and self.unk_id not in ids:
+            prefix = self._dummy_prefix and not continuation
+            ends = list(accumulate(map(spelled.__getitem__, ids), initial=-1 if prefix else 0))
+            del ends[0]
+            if ends[-1] == len(text):
+                if prefix and ends[0] == 0 and len(ends) > 1:
+                    ends[0] = ends[1]  # the dummy prefix alone: no character of the text
+                return ids, ends
+        return ids, self._sp_offsets(text, continuation)
+
+    def _sp_offsets(self, text: str, continuation: bool) -> list[int]:
+        """Token ends from SentencePiece's ``(begin, end)`` character offsets; a token with
+        ``begin == end`` (a dummy prefix, a byte of a character but its last) takes the next
+        token's end."""
+        sp = self._sp_cont if continuation else self._sp
+        offsets = sp.encode(text, out_type="offset_mapping")["offsets"]
+        ends = [end for _, end in offsets]
+        for i in range(len(ends) - 2, -1, -1):
+            if offsets[i][0] == offsets[i][1]:
+                ends[i] = ends[i + 1]
+        return ends
 
     def encode_batch(self, texts: Sequence[str], *, continuation: bool = False) -> list[list[int]]:
         """:meth:`encode` of each text (single-threaded: faster than a thread pool for short texts)."""
