@@ -159,7 +159,8 @@ def _ends(offsets: Sequence[tuple[int, int]], shift: int = 0) -> list[int]:
 class HFTokenizer:
     """A Hugging Face ``tokenizer.json`` with the ids the prompt builder needs.
 
-    The interface is :class:`~speechdata.text.tokenizer.Tokenizer`'s. ``bos_id``, ``eos_id`` and
+    The interface is :class:`~speechdata.text.tokenizer.Tokenizer`'s (the prompt builder's
+    ``TextTokenizer``). ``bos_id``, ``eos_id`` and
     ``sep_id`` are the ids of the config's ``bos_token``, ``eos_token`` and ``sep_token`` (for
     ``sep_id``, else the ``<sep>`` token when the vocabulary has it), ``None`` when absent.
     ``pad_id`` is always an int: the ``pad_token``, else the ``eos_token``, else the unknown
@@ -199,7 +200,6 @@ class HFTokenizer:
             self._enc, self._cont, self._atom = _encoders(spec)
         except Exception as e:  # the tokenizers package raises its own exception type
             raise ConfigError(f"{self.source}: not a Hugging Face tokenizer.json ({e})") from None
-        self._tok = self._enc  # vocabulary, decoder: the same in every encoder
 
         where = self.config_source
         self.special_tokens: dict[str, str] = {}
@@ -212,12 +212,12 @@ class HFTokenizer:
             text = self.special_tokens.get(key)
             if text is None:
                 return None
-            i = self._tok.token_to_id(text)
+            i = self._enc.token_to_id(text)
             if i is None:
                 raise ConfigError(f"{where}: {key} {text!r} is not in the vocabulary of {self.source}")
             return int(i)
 
-        vocab = self._tok.get_vocab(with_added_tokens=True)
+        vocab = self._enc.get_vocab(with_added_tokens=True)
         self.vocab_size: int = max(vocab.values()) + 1 if vocab else 0
         model_unk = spec.get("model", {}).get("unk_token") if isinstance(spec.get("model"), dict) else None
         unk = token_id("unk_token")
@@ -286,7 +286,7 @@ class HFTokenizer:
         if not continuation:
             return self._enc.encode(text, add_special_tokens=False), 0
         e = self._cont.encode(_ATOM + text, add_special_tokens=False)
-        if not e.ids or e.ids[0] != self._atom:  # a normalizer that rewrites private-use characters
+        if not e.ids or e.ids[0] != self._atom:  # never seen: the atom is split off before anything else
             raise ConfigError(f"{self.source}: cannot encode continuation text with this tokenizer")
         return e, 1
 
@@ -321,19 +321,19 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; BOS, EOS and the pad token decode to nothing, other added tokens (the
         audio locator) to their text."""
-        return self._tok.decode(
+        return self._enc.decode(
             [int(i) for i in ids if int(i) not in self._control], skip_special_tokens=False
         )
 
     def piece_to_id(self, piece: str) -> int | None:
         """Id of the vocabulary token ``piece`` (as written in the vocabulary: byte-level tokens
         spell a space as ``Ġ``), or ``None`` if there is no such token."""
-        i = self._tok.token_to_id(piece)
+        i = self._enc.token_to_id(piece)
         return None if i is None else int(i)
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary token of id ``i``; ``IndexError`` for an id no token has."""
-        piece = self._tok.id_to_token(int(i))
+        piece = self._enc.id_to_token(int(i))
         if piece is None:
             raise IndexError(f"token id {i} is not in the vocabulary of {self.source}")
         return str(piece)
