@@ -14,6 +14,10 @@ also saved as ``<filename>-last.ckpt``; ``save_top_k`` / ``monitor`` / ``mode``,
 Resume: ``resume_from_checkpoint`` (a path) wins; else with ``resume_if_exists`` the newest
 ``*-last.ckpt`` in ``checkpoints/`` is resumed; none found is an error unless
 ``resume_ignore_no_checkpoint``.
+
+Data figures (:mod:`.observe`, added by :func:`speechdata.train.run.train`): every
+``data_log_every_n_steps`` steps (default ``trainer.log_every_n_steps``; 0: off), printed on the
+console too unless ``data_log_console: false``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from speechdata.config import check_keys
+from speechdata.config import check_keys, coerce
 from speechdata.errors import ConfigError
 from speechdata.train.ema import EMA
 
@@ -53,6 +57,8 @@ EXP_KEYS = (
     "log_step_timing",
     "log_local_rank_0_only",
     "log_global_rank_0_only",
+    "data_log_every_n_steps",
+    "data_log_console",
 )
 CKPT_KEYS = (
     "monitor",
@@ -76,6 +82,8 @@ CKPT_KEYS = (
 _NEMO_ONLY = {"always_save_nemo", "save_nemo_on_train_end", "save_best_model", "model_parallel_size"}
 EMA_KEYS = ("enable", "decay", "validate_original_weights", "every_n_steps", "cpu_offload")
 LAST_SUFFIX = "-last"
+#: Lightning's ``log_every_n_steps`` when the trainer section does not set it.
+LIGHTNING_LOG_EVERY = 50
 
 
 @dataclass
@@ -88,6 +96,8 @@ class Experiment:
     ckpt_path: str | None = None
     checkpoint: ModelCheckpoint | None = None
     ema: EMA | None = None
+    data_log_every_n_steps: int = 0
+    data_log_console: bool = True
 
 
 class SpeechCheckpoint(ModelCheckpoint):
@@ -176,9 +186,10 @@ def setup_experiment(cfg: DictConfig, *, is_global_zero: bool = True) -> Experim
     """
     exp = _section(cfg.get("exp_manager"), EXP_KEYS, "exp_manager")
     exp.setdefault("name", cfg.get("name") or "default")
+    every, console = data_log_settings(cfg, exp)
     log_dir = resolve_log_dir(exp)
     ckpt_dir = log_dir / "checkpoints"
-    result = Experiment(log_dir=log_dir)
+    result = Experiment(log_dir=log_dir, data_log_every_n_steps=every, data_log_console=console)
     if is_global_zero:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
@@ -228,6 +239,24 @@ def setup_experiment(cfg: DictConfig, *, is_global_zero: bool = True) -> Experim
 
     result.ckpt_path = _resume_path(exp, ckpt_dir)
     return result
+
+
+def data_log_settings(cfg: DictConfig, exp: Mapping[str, Any]) -> tuple[int, bool]:
+    """``(every_n_steps, console)`` of the data figures (:mod:`.observe`): ``exp_manager.
+    data_log_every_n_steps`` (an int >= 0, 0 turns them off; default ``trainer.log_every_n_steps``,
+    else Lightning's default, 50) and ``exp_manager.data_log_console`` (default true)."""
+    key = "exp_manager.data_log_every_n_steps"
+    every = exp.get("data_log_every_n_steps")
+    if every is None:
+        key = "trainer.log_every_n_steps"
+        every = OmegaConf.select(cfg, key, default=None)
+    if every is None:
+        every = LIGHTNING_LOG_EVERY
+    every = coerce(every, int, key)
+    if every < 0:
+        raise ConfigError(f"{key}: must be >= 0 (0 turns the data figures off); got {every}")
+    console = coerce(exp.get("data_log_console", True), bool, "exp_manager.data_log_console")
+    return every, console
 
 
 def _resume_path(exp: Mapping[str, Any], ckpt_dir: Path) -> str | None:

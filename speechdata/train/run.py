@@ -7,7 +7,8 @@
   names mapped to Lightning's, CPU fallback when a GPU is asked for but CUDA is absent,
   ``accumulate_grad_batches`` computed from the batch sizes, ``use_distributed_sampler=False``
   (speechdata deals data to ranks itself);
-* ``exp_manager`` -> folder, loggers, checkpoints, resume and EMA (:mod:`.exp_manager`);
+* ``exp_manager`` -> folder, loggers, checkpoints, resume and EMA (:mod:`.exp_manager`), and the
+  data figures (:mod:`.observe`: waiting for data, rates, padding, drops, datasets);
 * ``optim`` (top level or ``model.optim``) -> optimiser and schedule (:mod:`.optim`);
 * ``model`` -> tokenizer (``model.tokenizer.model``), loaders (``model.train_ds``,
   ``model.validation_ds``) and the SALM / BESTOW architecture (:mod:`.models.config`).
@@ -366,6 +367,17 @@ def train(
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
             )
+    if exp.data_log_every_n_steps > 0:  # the data figures (docs/training.md): waits, rates, padding, drops
+        from speechdata.train.observe import DataFigures
+
+        figures = DataFigures(
+            train_loader,
+            sample_rate=train_ds.sample_rate,
+            every_n_steps=exp.data_log_every_n_steps,
+            console=exp.data_log_console,
+        )
+        trainer.callbacks.insert(0, figures)  # before checkpointing, which must not count as step time
+        train_loader = figures.loader  # a TimedLoader: counts the time spent waiting for batches
     wrapped = ResumableLoader(train_loader)
     if val_loader is not None:
         val_loader = EvalLoader(val_loader)
