@@ -509,6 +509,29 @@ def test_chat_template_pickles(chat_pairs) -> None:
 # ---------------------------------------------------------------------------- the loader
 
 
+@given(
+    context=st.lists(st.one_of(plain_texts, st.just(LOCATOR)), min_size=1, max_size=4).map("".join),
+    answer=plain_texts,
+)
+def test_prompt_ids_are_the_encoding_of_the_formatted_text(pairs, context: str, answer: str) -> None:
+    """With the locator a special token, the builder's ids are the tokenizer's encoding of the
+    whole formatted text, the locators taken out where the audios go (a test of the builder and
+    the tokenizer together; tests/test_natural_tokens.py has the builder's own properties)."""
+    for kind in ("bytelevel", "metaspace_first"):
+        tok, _ = pairs[kind]
+        cfg = {"prompt_template": "Q: {context}\nA: {answer}", "audio_locator": LOCATOR}
+        cfg.update(add_bos=False, add_sep=False, add_eos=False)
+        text = f"Q: {context}\nA: {answer}"
+        loc = tok.piece_to_id(LOCATOR)
+        ids = tok.encode(text)
+        positions = [k - n for n, k in enumerate(i for i, x in enumerate(ids) if x == loc)]
+        want = [x for x in ids if x != loc]
+        audios = context.count(LOCATOR)
+        p = PromptBuilder(make_dataset_config(cfg), tok).build(context, answer, audios, "m.jsonl:1")
+        assert p.input_ids == want, kind
+        assert p.audio_positions == positions
+
+
 def test_hf_tokenizer_in_dataloader_workers(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "c", n=24, seed=4, max_duration=4.0)
     texts = [str(e[k]) for e in corpus.entries for k in ("answer", "context") if e.get(k)]
