@@ -10,8 +10,10 @@
   deterministic stream and skips the batches already handed out.
 
 The loader talks to either through the same five members: ``loader`` (the torch DataLoader),
-``length(epoch)`` (``None`` for a stream), ``start(epoch, consumed)``, ``tail_drops(epoch)`` and
-``check_first_epoch(names)``.
+``length(epoch, resized)`` (``None`` for a stream), ``start(epoch, consumed, resized)``,
+``tail_drops(epoch, resized)`` and ``check_first_epoch(names)``; ``resized`` are the epoch's
+earlier deals after an elastic resume (:class:`~speechdata.sampling.position.Position`), always
+empty for a stream (the loader refuses to resume one on another world size).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from speechdata.config import DatasetConfig
 from speechdata.errors import DataError, DropCounter, EmptyDatasetError, SpeechDataError, handle
 from speechdata.manifest import Record
 from speechdata.sampling.plan import BatchSampler
-from speechdata.sampling.position import Position
+from speechdata.sampling.position import Position, Resized
 from speechdata.sampling.stream import bucketed_stream
 from speechdata.sources.base import Source, StreamSlot, StreamSource
 from speechdata.text.prompt import PromptBuilder
@@ -120,21 +122,21 @@ class PlannedFeed:
             **_loader_options(cfg, pin_memory),
         )
 
-    def length(self, epoch: int) -> int | None:
-        """This rank's batches in ``epoch``."""
-        return len(self.sampler.plan(epoch))
+    def length(self, epoch: int, resized: Resized = ()) -> int | None:
+        """This rank's batches in ``epoch`` (re-dealt after the earlier deals ``resized``)."""
+        return len(self.sampler.plan(epoch, resized))
 
-    def start(self, epoch: int, consumed: int) -> int:
+    def start(self, epoch: int, consumed: int, resized: Resized = ()) -> int:
         """Make the next ``iter(loader)`` start after ``consumed`` batches of ``epoch``; returns
         the batches it replays before that point (none: the plan is sliced)."""
-        self.sampler.seek(Position(epoch, consumed))
+        self.sampler.seek(Position(epoch, consumed, resized=resized))
         return 0
 
-    def tail_drops(self, epoch: int) -> DropCounter:
+    def tail_drops(self, epoch: int, resized: Resized = ()) -> DropCounter:
         """The examples ``drop_last`` left out of ``epoch``'s global plan (the same on every
         rank), as ``drop_last_tail`` drops with the places of the first few."""
         drops = DropCounter()
-        plan = self.sampler.plan(epoch)
+        plan = self.sampler.plan(epoch, resized)
         if plan.dropped:
             world = self.sampler.world_size
             note = "drop_last" if world == 1 else f"drop_last, over {world} ranks"
@@ -241,17 +243,17 @@ class StreamedFeed:
             self.stream, batch_size=None, **_loader_options(cfg, pin_memory)
         )
 
-    def length(self, epoch: int) -> int | None:
+    def length(self, epoch: int, resized: Resized = ()) -> int | None:
         """Unknown before the stream ends: ``None``."""
         return None
 
-    def start(self, epoch: int, consumed: int) -> int:
+    def start(self, epoch: int, consumed: int, resized: Resized = ()) -> int:
         """Make the next ``iter(loader)`` stream ``epoch``; the stream is deterministic for
         (seed, epoch, rank, workers), so the ``consumed`` batches are replayed and skipped."""
         self.stream.epoch = epoch
         return consumed
 
-    def tail_drops(self, epoch: int) -> DropCounter:
+    def tail_drops(self, epoch: int, resized: Resized = ()) -> DropCounter:
         """None: a stream drops no tail, every row is yielded."""
         return DropCounter()
 

@@ -9,6 +9,9 @@ shards, or any other) -> filters -> the batch sampler (a pure per-epoch plan) or
 Its position is the number of batches *consumed* by the caller, not the number prefetched by the
 workers, so ``state_dict()`` taken at any step and given to a fresh loader's
 ``load_state_dict()`` continues with exactly the batches an uninterrupted run would have seen.
+A position saved on another number of ranks resumes too (elastic resume): the rest of its epoch
+is dealt again to this loader's ranks, so over the epoch every example is still delivered once
+(docs/architecture.md, "Planning and resume"); a streamed dataset refuses it.
 
 Example::
 
@@ -43,13 +46,19 @@ from speechdata.feed import BatchDataset, PlannedFeed, StreamedFeed
 from speechdata.manifest import Index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
-from speechdata.sampling.position import Position, resolve_rank_world
+from speechdata.sampling.position import Position, Resized, resolve_rank_world
 from speechdata.sources import Source, StreamSource, open_source
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import Tokenizer
 from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death, worker_pids
 
 log = logging.getLogger("speechdata")
+
+#: Why a streamed position resumes only on the world size (and workers) it was saved with.
+STREAM_FIXED_WORLD = (
+    "a streamed dataset resumes only on as many ranks (and workers per rank) as it was saved with: "
+    "its shards are dealt by rank and worker (elastic resume needs shards read by offset)"
+)
 
 
 class SpeechDataLoader:
@@ -58,9 +67,10 @@ class SpeechDataLoader:
     It composes a :class:`~speechdata.sources.base.Source` (``source``, else the one the config
     describes: :func:`~speechdata.sources.open_source`), the filters, the planner, the dataset
     and the collator. ``state_dict()`` / ``load_state_dict()`` save and restore the exact
-    position (a :class:`~speechdata.sampling.position.Position`), ``set_epoch()`` jumps to the
-    start of an epoch, ``report()`` returns the dropped examples by reason (indexing, filters and
-    workers together).
+    position (a :class:`~speechdata.sampling.position.Position`; one saved on another world size
+    re-deals the rest of its epoch to this loader's ranks), ``set_epoch()`` jumps to the start of
+    an epoch, ``report()`` returns the dropped examples by reason (indexing, filters and workers
+    together).
     """
 
     def __init__(
@@ -116,6 +126,7 @@ class SpeechDataLoader:
         self._tails_counted: set[int] = set()
         self._epoch = 0
         self._consumed = 0
+        self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
         self._live: Any = None  # the DataLoader iterator of the pass in progress
 
     @property
@@ -139,7 +150,7 @@ class SpeechDataLoader:
         return self._epoch
 
     def __len__(self) -> int:
-        n = self.feed.length(self._epoch)
+        n = self.feed.length(self._epoch, self._resized)
         if n is None:
             raise TypeError("a streamed dataset has no length known in advance")
         return n
@@ -147,13 +158,13 @@ class SpeechDataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (no-op when it is the current epoch)."""
         if epoch != self._epoch:
-            self._epoch, self._consumed = int(epoch), 0
+            self._epoch, self._consumed, self._resized = int(epoch), 0, ()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch, start = self._epoch, self._consumed
-        skip = self.feed.start(epoch, start)  # batches the DataLoader replays before `start`
+        epoch, start, resized = self._epoch, self._consumed, self._resized
+        skip = self.feed.start(epoch, start, resized)  # batches the DataLoader replays before `start`
         self._consumed = start - skip
-        tail = self.feed.tail_drops(epoch)
+        tail = self.feed.tail_drops(epoch, resized)
         if epoch not in self._tails_counted:
             self._tails_counted.add(epoch)
             self.plan_drops.merge(tail)
@@ -181,14 +192,14 @@ class SpeechDataLoader:
             # the caller closed the iteration: mid-epoch (a break, a trainer's max_steps) or after
             # the last batch without asking for more (a trainer that knows the length); either
             # way, say what this epoch dropped
-            n = self.feed.length(epoch)
+            n = self.feed.length(epoch, resized)
             complete = n is not None and self._consumed >= n
             self._log_epoch(epoch, epoch_drops, tail, stopped=not complete)
             if complete:
-                self._epoch, self._consumed = epoch + 1, 0
+                self._epoch, self._consumed, self._resized = epoch + 1, 0, ()
             raise
         line = self._log_epoch(epoch, epoch_drops, tail, stopped=False)
-        self._epoch, self._consumed = epoch + 1, 0
+        self._epoch, self._consumed, self._resized = epoch + 1, 0, ()
         if yielded == 0 and start == 0:
             raise EmptyDatasetError(f"{self.names}: epoch {epoch} yielded no batch: {line}")
 
@@ -203,7 +214,7 @@ class SpeechDataLoader:
         if drops.total():
             when = f"epoch {epoch}"
             if stopped:
-                n = self.feed.length(epoch)
+                n = self.feed.length(epoch, self._resized)
                 total = "" if n is None else f" of {n}"
                 when += f" (stopped after {self._consumed}{total} batches)"
             log.warning("%s: %s", when, line)
@@ -254,27 +265,38 @@ class SpeechDataLoader:
         return Position.after(
             self._epoch,
             self._consumed,
-            self.feed.length(self._epoch),
+            self.feed.length(self._epoch, self._resized),
             seed=self.cfg.seed,
             rank=self.rank,
             world_size=self.world_size,
+            resized=self._resized,
         )
 
     def state_dict(self) -> dict[str, Any]:
         """The exact position in the dict form of :class:`~speechdata.sampling.position.Position`:
-        ``{"version", "epoch", "batch", "seed", "rank", "world_size"}``."""
+        ``{"version", "epoch", "batch", "seed", "rank", "world_size"}``, and ``resized`` in an
+        epoch re-dealt after an elastic resume."""
         return self.position().to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a :meth:`state_dict` (same config, seed, rank and world size); older
-        formats are read too (:meth:`Position.from_dict`)."""
+        """Continue from a :meth:`state_dict` (same config and seed; older formats are read too,
+        :meth:`Position.from_dict`). A state saved on another world size (any of its ranks': they
+        hold the same step) continues with the rest of its epoch dealt to this loader's ranks; a
+        streamed dataset refuses it (:data:`STREAM_FIXED_WORLD`)."""
         what = "loader state"
         pos = Position.from_dict(state, what)
-        pos.check(seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what)
-        n = self.feed.length(pos.epoch)
+        fixed = None if self.source.seekable else STREAM_FIXED_WORLD
+        pos.check(
+            seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what, fixed_world=fixed
+        )
+        resized = pos.resized_for(self.world_size)
+        try:
+            n = self.feed.length(pos.epoch, resized)
+        except ConfigError as e:  # an earlier deal that does not reach its step
+            raise ConfigError(f"{what}: {e}") from None
         if n is not None and pos.batch > n:
             raise ConfigError(f"{what}: batch {pos.batch} is past the end of epoch {pos.epoch} ({n} batches)")
-        self._epoch, self._consumed = pos.epoch, pos.batch
+        self._epoch, self._consumed, self._resized = pos.epoch, pos.batch, resized
 
     def report(self) -> dict[str, int]:
         """Dropped examples so far by reason: indexing and filters (counted once, they are the

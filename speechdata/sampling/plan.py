@@ -40,6 +40,18 @@ seeds identically:
    every rank, since they come from the global plan (the loader counts them as
    ``drop_last_tail``).
 
+**Elastic resume** (``resized``: the epoch ran its first steps on other world sizes). Steps 1–3
+do not depend on the world size; dealing does (``synced_randomized`` groups ``world_size``
+batches, the tail depends on it). So an epoch resumed at step ``b`` on ``world_size`` ranks
+after running on ``W`` ranks replays the ``W``-deal (same generator, so the same slots), takes
+its first ``b * W`` slots as delivered, and deals the batches not delivered yet — including the
+ones the ``W``-deal's ``drop_last`` would have left out — again by the same rule (:func:`_deal`)
+to ``world_size`` ranks, with a generator seeded by ``(seed, epoch, earlier deals)``: every new
+rank computes the same deal, and has the same number of steps. Steps count over the whole
+epoch, so the new plan's steps are ``b, b + 1, ...`` (:attr:`Plan.start`). A second resize
+repeats this on the re-dealt remainder. Over the epoch every batch is delivered once, or
+repeated to even out the last step (``drop_last: false``), or dropped by the last deal.
+
 Example::
 
     >>> plan = plan_epoch(index, keep, cfg, epoch=3, rank=1, world_size=8)
@@ -62,7 +74,7 @@ from speechdata.errors import ConfigError
 from speechdata.sampling.batching import BatchTable, batch_capacity, form_batches
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
-from speechdata.sampling.position import Position, resolve_rank_world
+from speechdata.sampling.position import Position, Resized, resolve_rank_world
 
 __all__ = [
     "MIN_FILL",
@@ -185,6 +197,10 @@ class Plan:
     the number of batches cut for the epoch over all ranks, before ``drop_last`` and dealing, and
     ``fill`` their mean fullness: a batch's examples over the examples a full batch of its kind
     holds (its bucket's size, or ``floor(batch_duration / its longest effective duration)``).
+
+    An epoch re-dealt after an elastic resume (``resized``, see the module docstring) holds the
+    steps from ``start`` on: ``len()`` counts the whole epoch, ``batch(k)`` exists for
+    ``start <= k < len()``, and ``ids``/``offsets``/``bucket`` describe steps ``start, ...``.
     """
 
     ids: np.ndarray
@@ -198,9 +214,11 @@ class Plan:
     dropped_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     formed: int = 0
     fill: float = 1.0
+    start: int = 0
+    resized: Resized = ()
 
     def __len__(self) -> int:
-        return int(self.offsets.size - 1)
+        return self.start + int(self.offsets.size - 1)
 
     @property
     def num_batches_per_rank(self) -> int:
@@ -209,17 +227,27 @@ class Plan:
 
     def batch(self, k: int) -> np.ndarray:
         """Example ids of batch ``k`` (int64)."""
-        if not 0 <= k < len(self):
+        if not self.start <= k < len(self):
+            if 0 <= k < self.start:
+                raise IndexError(
+                    f"batch {k} of epoch {self.epoch} was dealt to {self._dealt_on(k)} ranks before the "
+                    f"resume on {self.world_size}"
+                )
             raise IndexError(f"batch {k} out of range for a plan of {len(self)} batches")
-        return self.ids[self.offsets[k] : self.offsets[k + 1]]
+        j = k - self.start
+        return self.ids[self.offsets[j] : self.offsets[j + 1]]
+
+    def _dealt_on(self, k: int) -> int:
+        """The world size that step ``k`` (< ``start``) ran on."""
+        return next(w for w, reached in self.resized if k < reached)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return (self.batch(k) for k in range(len(self)))
+        return (self.batch(k) for k in range(self.start, len(self)))
 
     @property
     def batches(self) -> list[np.ndarray]:
-        """All batches as a list of int64 arrays."""
-        return np.split(self.ids, self.offsets[1:-1]) if len(self) else []
+        """All batches (from ``start`` on) as a list of int64 arrays."""
+        return np.split(self.ids, self.offsets[1:-1]) if self.offsets.size > 1 else []
 
 
 def _deal(
@@ -269,6 +297,43 @@ def _deal(
     return slots, int(lengths[slots[t:]].sum()), none
 
 
+def _redeal(
+    table: BatchTable,
+    selected: np.ndarray,
+    cfg: DatasetConfig,
+    world_size: int,
+    rng: np.random.Generator,
+    resized: Resized,
+    epoch: int,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """The last deal of an epoch whose first steps ran on other world sizes (``resized``, see the
+    module docstring): its slots, the examples repeated over the whole epoch and the batches the
+    last deal drops."""
+    remaining, parts, reached = selected, [], 0
+    for hop, (w, step) in enumerate(resized):
+        slots = _deal(
+            table, remaining, cfg, w, rng if hop == 0 else _deal_rng(cfg.seed, epoch, resized[:hop])
+        )[0]
+        take = (step - reached) * w
+        if take > slots.size:
+            raise ConfigError(
+                f"batch {step} is past the end of epoch {epoch} on {w} ranks ({reached + slots.size // w} batches)"
+            )
+        parts.append(slots[:take])
+        remaining = np.setdiff1d(remaining, slots[:take])  # sorted, as selected is: grouped by bucket
+        reached = step
+    slots, _, tail = _deal(table, remaining, cfg, world_size, _deal_rng(cfg.seed, epoch, resized))
+    dealt = np.concatenate([*parts, slots])
+    lengths = table.length
+    repeated = int(lengths[dealt].sum() - lengths[np.unique(dealt)].sum())
+    return slots, repeated, tail
+
+
+def _deal_rng(seed: int, epoch: int, resized: Resized) -> np.random.Generator:
+    """The generator of a deal after the earlier deals ``resized`` (the same on every rank)."""
+    return np.random.default_rng([int(seed), int(epoch), *(int(v) for deal in resized for v in deal)])
+
+
 def plan_epoch(
     index: IndexColumns,
     keep_mask: np.ndarray,
@@ -278,12 +343,17 @@ def plan_epoch(
     rank: int = 0,
     world_size: int = 1,
     buckets: Buckets | np.ndarray | None = None,
+    resized: Resized = (),
 ) -> Plan:
     """Plan this rank's batches of example ids for ``epoch`` (see the module docstring).
 
     ``keep_mask`` is the boolean filter mask (:func:`~speechdata.sampling.filters.filter_mask`).
     ``buckets`` is a precomputed :class:`Buckets` (saves estimating bins every epoch), or a
     per-row bucket column of a pre-bucketed dataset, or ``None`` to derive buckets from ``cfg``.
+    ``resized`` are the epoch's earlier deals after an elastic resume (``(world_size, step
+    reached)`` pairs, :attr:`Position.resized <speechdata.sampling.position.Position.resized>`):
+    the plan then holds the steps from the last one reached on, the rest of the epoch dealt to
+    ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal).
     """
     resolve_rank_world(rank, world_size)  # checks the pair
     keep = np.asarray(keep_mask, dtype=bool)
@@ -308,7 +378,10 @@ def plan_epoch(
     cut = cfg.drop_last and buckets.sizes is not None
     selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
     incomplete = np.flatnonzero(~table.full) if cut else np.zeros(0, dtype=np.int64)
-    slots, repeated, tail = _deal(table, selected, cfg, world_size, rng)
+    if resized:
+        slots, repeated, tail = _redeal(table, selected, cfg, world_size, rng, resized, epoch)
+    else:
+        slots, repeated, tail = _deal(table, selected, cfg, world_size, rng)
     dropped_ids = entries[table.positions(np.concatenate((incomplete, tail)))]
     mine = slots[rank::world_size]
     ids = entries[table.positions(mine)]
@@ -326,6 +399,8 @@ def plan_epoch(
         dropped_ids=dropped_ids,
         formed=len(table),
         fill=_mean_fill(table, eff, buckets.sizes, cfg.batch_duration),
+        start=resized[-1][1] if resized else 0,
+        resized=tuple(resized),
     )
 
 
@@ -366,7 +441,9 @@ class BatchSampler:
     ``rank`` / ``world_size`` default to torch.distributed's when a process group is
     initialised, else 0 / 1. The plan of an epoch depends only on (cfg, seed, epoch, rank,
     world size), so ranks agree without communicating and DataLoader workers, which receive
-    batches from the main process, never duplicate work.
+    batches from the main process, never duplicate work. A position saved on another world size
+    resumes elastically: the rest of its epoch is dealt again to this sampler's ranks
+    (:meth:`Position.resized_for <speechdata.sampling.position.Position.resized_for>`).
 
     Example::
 
@@ -395,16 +472,19 @@ class BatchSampler:
         self.buckets = buckets
         self._epoch = 0
         self._batch = 0
-        self._plans: dict[int, Plan] = {}
+        self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
+        self._plans: dict[tuple[int, Resized], Plan] = {}
 
     @property
     def epoch(self) -> int:
         """The epoch the next batch comes from."""
         return self._epoch
 
-    def plan(self, epoch: int) -> Plan:
-        """This rank's plan for ``epoch`` (the two most recent plans are cached)."""
-        plan = self._plans.get(epoch)
+    def plan(self, epoch: int, resized: Resized = ()) -> Plan:
+        """This rank's plan for ``epoch``, re-dealt after the earlier deals ``resized`` when
+        given (see :func:`plan_epoch`; the two most recent plans are cached)."""
+        key = (epoch, tuple(resized))
+        plan = self._plans.get(key)
         if plan is None:
             plan = plan_epoch(
                 self.index,
@@ -414,10 +494,11 @@ class BatchSampler:
                 rank=self.rank,
                 world_size=self.world_size,
                 buckets=self.buckets,
+                resized=key[1],
             )
             if len(self._plans) >= 2:
                 self._plans.pop(next(iter(self._plans)))
-            self._plans[epoch] = plan
+            self._plans[key] = plan
         return plan
 
     def small_data_warning(self, epoch: int = 0) -> str | None:
@@ -446,18 +527,18 @@ class BatchSampler:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self._epoch:
-            self._epoch, self._batch = int(epoch), 0
+            self._epoch, self._batch, self._resized = int(epoch), 0, ()
 
     def __len__(self) -> int:
-        return len(self.plan(self._epoch))
+        return len(self.plan(self._epoch, self._resized))
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.plan(self._epoch)
+        plan = self.plan(self._epoch, self._resized)
         while self._batch < len(plan):
             k = self._batch
             self._batch = k + 1
             yield plan.batch(k).tolist()
-        self._epoch, self._batch = self._epoch + 1, 0
+        self._epoch, self._batch, self._resized = self._epoch + 1, 0, ()
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's own position (next batch to yield) in the dict form of
@@ -465,25 +546,33 @@ class BatchSampler:
         return self.position(self._epoch, self._batch).to_dict()
 
     def position(self, epoch: int, consumed_batches: int) -> Position:
-        """The position after ``consumed_batches`` batches of ``epoch`` were consumed; a finished
-        epoch rolls over to batch 0 of ``epoch + 1``."""
+        """The position after ``consumed_batches`` batches of ``epoch`` were consumed (with the
+        current epoch's earlier deals, after an elastic resume); a finished epoch rolls over to
+        batch 0 of ``epoch + 1``."""
+        resized = self._resized if epoch == self._epoch else ()
         return Position.after(
             epoch,
             consumed_batches,
-            len(self.plan(epoch)),
+            len(self.plan(epoch, resized)),
             seed=self.cfg.seed,
             rank=self.rank,
             world_size=self.world_size,
+            resized=resized,
         )
 
     def seek(self, pos: Position, what: str = "sampler state") -> None:
-        """Continue at ``pos`` (checked against this sampler's seed, rank and world size, and
-        against the length of its epoch)."""
+        """Continue at ``pos`` (checked against this sampler's seed, and rank on the same world
+        size, and against the length of its epoch); a position of another world size continues
+        with the rest of its epoch dealt to this sampler's ranks."""
         pos.check(seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what)
-        n = len(self.plan(pos.epoch))
+        resized = pos.resized_for(self.world_size)
+        try:
+            n = len(self.plan(pos.epoch, resized))
+        except ConfigError as e:  # an earlier deal that does not reach its step
+            raise ConfigError(f"{what}: {e}") from None
         if pos.batch > n:
             raise ConfigError(f"{what}: batch {pos.batch} is past the end of epoch {pos.epoch} ({n} batches)")
-        self._epoch, self._batch = pos.epoch, pos.batch
+        self._epoch, self._batch, self._resized = pos.epoch, pos.batch, resized
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (any format :meth:`Position.from_dict` reads)."""

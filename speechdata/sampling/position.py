@@ -8,10 +8,20 @@ written by every ``state_dict()`` and stored in checkpoints, is::
     {"version": 1, "epoch": 3, "batch": 117, "seed": 42, "rank": 0, "world_size": 8}
 
 ``seed``, ``rank`` and ``world_size`` may be ``None`` (a loader that does not know them); a
-known value must match the loader that loads the position (:meth:`Position.check`). Older
-formats keep loading (:meth:`Position.from_dict` converts them): the sampler's ``{"epoch",
-"batch"}``, the loader's ``{"epoch", "batch", "seed", "rank", "world_size"}`` without a version,
-and the trainer's checkpoint entry ``{"epoch", "batches", "epoch_complete", "state"}``.
+known seed must match the loader that loads the position (:meth:`Position.check`), and so must
+the rank when the world size is the same. A position saved on another world size resumes
+*elastically*: the steps already taken stay taken, and the rest of the epoch is dealt again to the
+new ranks (:meth:`Position.resized_for`, :func:`speechdata.sampling.plan.plan_epoch`). Such an
+epoch's position carries one more key, ``resized``: the world sizes of its earlier deals and the
+step each one reached, oldest first::
+
+    {"version": 1, "epoch": 3, "batch": 140, "seed": 42, "rank": 0, "world_size": 3,
+     "resized": [[2, 117]]}
+
+(steps 0..116 of epoch 3 ran on 2 ranks, steps 117.. on 3). Older formats keep loading
+(:meth:`Position.from_dict` converts them): the sampler's ``{"epoch", "batch"}``, the loader's
+``{"epoch", "batch", "seed", "rank", "world_size"}`` without a version, and the trainer's
+checkpoint entry ``{"epoch", "batches", "epoch_complete", "state"}``.
 
 Example::
 
@@ -19,13 +29,15 @@ Example::
     >>> Position.from_dict(pos.to_dict()) == pos
     True
     >>> Position.from_dict({"epoch": 1, "batch": 2})
-    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None)
+    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None, resized=())
+    >>> Position(1, 5, world_size=2).resized_for(3)
+    ((2, 5),)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from speechdata.errors import ConfigError
@@ -35,6 +47,11 @@ __all__ = ["POSITION_VERSION", "Position", "resolve_rank_world"]
 #: The version written in :meth:`Position.to_dict`; a higher one is refused (a newer speechdata).
 POSITION_VERSION = 1
 _KEYS = ("epoch", "batch", "seed", "rank", "world_size")
+#: Keys written only when they hold something (so a position without them is the plain format).
+_OPTIONAL = ("resized",)
+
+#: Earlier deals of an epoch: ``(world_size, step reached)`` pairs, oldest first.
+Resized = tuple[tuple[int, int], ...]
 
 
 def _is_int(v: Any) -> bool:
@@ -44,13 +61,16 @@ def _is_int(v: Any) -> bool:
 @dataclass(frozen=True)
 class Position:
     """Where the next batch comes from: ``batch`` of ``epoch`` for (``seed``, ``rank``,
-    ``world_size``). Immutable; build it from a state dict with :meth:`from_dict`."""
+    ``world_size``). ``resized`` lists the epoch's earlier deals when it was resumed on another
+    world size (``(world_size, step reached)``, oldest first; steps count over the whole epoch).
+    Immutable; build it from a state dict with :meth:`from_dict`."""
 
     epoch: int
     batch: int
     seed: int | None = None
     rank: int | None = None
     world_size: int | None = None
+    resized: Resized = ()
 
     def __post_init__(self) -> None:
         for name in ("epoch", "batch"):
@@ -64,10 +84,28 @@ class Position:
                 raise ConfigError(f"position: {name} must be an integer >= {low} or null, got {v!r}")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ConfigError(f"position: rank {self.rank} is not below world_size {self.world_size}")
+        reached = 0
+        for deal in self.resized if isinstance(self.resized, tuple) else [None]:
+            if (
+                not isinstance(deal, tuple)
+                or len(deal) != 2
+                or not all(_is_int(v) for v in deal)
+                or deal[0] < 1
+                or not reached < deal[1] <= self.batch
+            ):
+                raise ConfigError(
+                    f"position: resized must list [world_size >= 1, batch] pairs with batches rising "
+                    f"from 1 to at most batch {self.batch}, got {_plain(self.resized)!r}"
+                )
+            reached = deal[1]
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented dict form (``version`` first, then :data:`_KEYS`)."""
-        return {"version": POSITION_VERSION, **{k: getattr(self, k) for k in _KEYS}}
+        """The documented dict form (``version`` first, then :data:`_KEYS`, then ``resized`` when
+        the epoch was re-dealt)."""
+        out: dict[str, Any] = {"version": POSITION_VERSION, **{k: getattr(self, k) for k in _KEYS}}
+        if self.resized:
+            out["resized"] = _plain(self.resized)
+        return out
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any], what: str = "position") -> Position:
@@ -91,35 +129,65 @@ class Position:
                 f"{what}: version {version!r} is not one this speechdata reads (1..{POSITION_VERSION}); "
                 "was it written by a newer speechdata?"
             )
-        unknown = sorted(set(state) - {"version", *_KEYS})
+        unknown = sorted(set(state) - {"version", *_KEYS, *_OPTIONAL})
         if unknown:
             raise ConfigError(
                 f"{what}: unknown key(s) {', '.join(map(repr, unknown))}; expected {list(_KEYS)}"
             )
-        values = {k: state.get(k) for k in _KEYS}
+        values: dict[str, Any] = {k: state.get(k) for k in _KEYS}
         for key in ("epoch", "batch"):
             values[key] = _int_of(state, key, what)
+        resized = state.get("resized", ())
+        if isinstance(resized, (list, tuple)):
+            resized = tuple(tuple(d) if isinstance(d, (list, tuple)) else d for d in resized)
+        values["resized"] = resized
         try:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{what}: {str(e).removeprefix('position: ')}") from None
 
-    def check(self, *, seed: int, rank: int, world_size: int, what: str = "position") -> None:
-        """A :class:`ConfigError` when a known ``seed``/``rank``/``world_size`` differs from the
-        loader's: the saved position would then name other batches."""
+    def check(
+        self,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        what: str = "position",
+        fixed_world: str | None = None,
+    ) -> None:
+        """A :class:`ConfigError` when a known ``seed`` differs from the loader's, or a known
+        ``rank`` on the same ``world_size``: the saved position would then name other batches.
+        Another world size is not an error (the rest of the epoch is re-dealt, see
+        :meth:`resized_for`) unless ``fixed_world`` says why this loader cannot re-deal (a
+        stream) and the position is inside an epoch; a position already re-dealt is refused then
+        too."""
+
+        def mismatch(name: str, saved: int, why: str) -> ConfigError:
+            return ConfigError(f"{what}: saved {name}={saved} differs from this loader's {mine[name]}; {why}")
+
         mine = {"seed": seed, "rank": rank, "world_size": world_size}
-        for f in fields(self):
-            if f.name in mine:
-                saved = getattr(self, f.name)
-                if saved is not None and saved != mine[f.name]:
-                    raise ConfigError(
-                        f"{what}: saved {f.name}={saved} differs from this loader's {mine[f.name]}; "
-                        "the saved position would not match"
-                    )
+        if self.seed is not None and self.seed != seed:
+            raise mismatch("seed", self.seed, "the saved position would not match")
+        other_world = self.world_size is not None and self.world_size != world_size
+        if other_world and fixed_world is not None and self.batch > 0:
+            raise mismatch("world_size", self.world_size, fixed_world)  # type: ignore[arg-type]
+        if not other_world and self.rank is not None and self.rank != rank:
+            raise mismatch("rank", self.rank, "the saved position would not match")
+        if fixed_world is not None and self.resized:
+            raise ConfigError(f"{what}: epoch {self.epoch} was re-dealt to another world size; {fixed_world}")
+
+    def resized_for(self, world_size: int) -> Resized:
+        """The earlier deals of this epoch as seen by a loader of ``world_size`` ranks: the saved
+        ones, plus the saved world size up to ``batch`` when it differs (and steps were taken on
+        it). A loader continues at ``batch`` with the rest of the epoch dealt to its ranks."""
+        reached = self.resized[-1][1] if self.resized else 0
+        if self.world_size is None or self.world_size == world_size or self.batch == reached:
+            return self.resized
+        return (*self.resized, (self.world_size, self.batch))
 
     def next_epoch(self) -> Position:
-        """The start of the following epoch (same run)."""
-        return replace(self, epoch=self.epoch + 1, batch=0)
+        """The start of the following epoch (same run; a fresh deal)."""
+        return replace(self, epoch=self.epoch + 1, batch=0, resized=())
 
     @classmethod
     def after(
@@ -131,12 +199,20 @@ class Position:
         seed: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        resized: Resized = (),
     ) -> Position:
-        """The position once ``consumed`` batches of ``epoch`` were handed out: an epoch of known
-        length (``epoch_length``; ``None`` for a stream) that is finished rolls over to batch 0
-        of the next one."""
-        pos = cls(epoch, consumed, seed, rank, world_size)
+        """The position once ``consumed`` batches of ``epoch`` (whose earlier deals were
+        ``resized``) were handed out: an epoch of known length (``epoch_length``; ``None`` for a
+        stream) that is finished rolls over to batch 0 of the next one."""
+        pos = cls(epoch, consumed, seed, rank, world_size, resized)
         return pos.next_epoch() if epoch_length is not None and consumed >= epoch_length else pos
+
+
+def _plain(resized: Any) -> Any:
+    """``resized`` as JSON-like lists (the dict form; also what an error message shows)."""
+    if isinstance(resized, tuple):
+        return [list(d) if isinstance(d, tuple) else d for d in resized]
+    return resized
 
 
 def _int_of(state: Mapping[str, Any], key: str, what: str) -> int:

@@ -11,6 +11,11 @@ exactly the batch after the last one trained on. A position in another epoch tha
 trainer resumes in is not restored: that epoch starts fresh from ``set_epoch``. Checkpoints
 written before positions had a version (``{"epoch", "batches", "epoch_complete", "state"}``) are
 read too.
+
+A checkpoint resumes on another number of devices (``trainer.devices``, nodes) too: every rank
+saved the same step (data parallelism runs in lock step), so each new rank loads that position and
+the loader deals the rest of the epoch to the new ranks (elastic resume, docs/architecture.md,
+"Planning and resume").
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from speechdata.errors import ConfigError
 from speechdata.sampling.position import Position
 
 CHECKPOINT_KEY = "speechdata_loader"
@@ -41,18 +47,39 @@ class ResumableLoader:
         self._pending: deque[Position] = deque()
         self.done: Position | None = None
         self._restore: Position | None = None
+        self._full: tuple[int, int] | None = None  # (epoch, its full length) of a resumed epoch
 
     def __len__(self) -> int:
-        return len(self.loader)
+        if self._restore is not None and self._restore.epoch == self.epoch_fn():
+            self._start_epoch()
+        n = len(self.loader)
+        # Lightning reads the length once, when fit starts, and ends every epoch at that many
+        # batches; after an elastic resume the resumed epoch (the steps taken before plus the rest
+        # re-dealt) can be longer or shorter than a full one: report the longer, a shorter epoch
+        # ends when the loader does
+        if self._full is not None and self._full[0] == self.epoch_fn():
+            n = max(n, self._full[1])
+        return n
 
-    def __iter__(self) -> Iterator[Any]:
+    def _start_epoch(self) -> None:
+        """Put the loader at the start of the trainer's epoch, or at the position to restore
+        when it lies in that epoch (a position in an epoch the trainer has left, or not reached,
+        is not restored)."""
         epoch = self.epoch_fn()
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
         restore, self._restore = self._restore, None
-        # a position in an epoch the trainer has left (or not reached) is not restored
         if restore is not None and restore.epoch == epoch:
+            try:
+                full = len(self.loader)
+            except TypeError:
+                full = 0  # a stream: no length
             self.loader.load_state_dict(restore.to_dict())
+            self._full = (epoch, full)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epoch_fn()
+        self._start_epoch()
         self._pending.clear()
         try:
             total: int | None = len(self.loader)
@@ -122,19 +149,33 @@ class LoaderStateCallback(pl.Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Hand this rank's resume point to the wrapper (ignored if the world size changed)."""
+        """Hand this rank's resume point to the wrapper; on another world size, the step every
+        saved rank reached (the loader re-deals the rest of the epoch to the new ranks)."""
         snaps = checkpoint.get(CHECKPOINT_KEY)
         if not snaps:
             return
-        if len(snaps) != trainer.world_size:
-            from lightning.pytorch.utilities import rank_zero_warn
-
-            rank_zero_warn(
-                f"the checkpoint holds loader positions for {len(snaps)} ranks but this run has "
-                f"{trainer.world_size}; the data position is not restored (the epoch restarts)"
-            )
+        if len(snaps) == trainer.world_size:
+            self.loader.restore(snaps[trainer.global_rank])
             return
-        self.loader.restore(snaps[trainer.global_rank])
+        self.loader.restore(_common_step(snaps, trainer.world_size))
+
+
+def _common_step(snaps: list[Any], world_size: int) -> dict[str, Any] | None:
+    """The one position that the ranks of a checkpoint saved (``snaps``, one per rank), for a run
+    on ``world_size`` ranks; a :class:`ConfigError` when the ranks saved different steps (they
+    cannot be re-dealt as one epoch)."""
+    what = "checkpoint loader positions"
+    known = [(r, Position.from_dict(s, what)) for r, s in enumerate(snaps) if s is not None]
+    if not known:
+        return None
+    steps = {(p.epoch, p.batch, p.seed, p.world_size, p.resized) for _, p in known}
+    if len(steps) > 1 or len(known) < len(snaps):
+        shown = ", ".join(f"rank {r}: epoch {p.epoch} batch {p.batch}" for r, p in known[:4])
+        raise ConfigError(
+            f"{what}: the {len(snaps)} saved ranks are at different steps ({shown}); only a position "
+            f"that every rank reached can be re-dealt to {world_size} ranks"
+        )
+    return snaps[known[0][0]]
 
 
 class EvalLoader:
