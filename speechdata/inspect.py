@@ -189,9 +189,9 @@ def token_lengths(index: Index, tokenizer_path: str | Path) -> np.ndarray:
     """Tokens of each example's context and answer with the SentencePiece model at ``tokenizer_path``."""
     from tqdm import tqdm
 
-    from speechdata.text.tokenizer import Tokenizer
+    from speechdata.text.tokenizer import load_tokenizer
 
-    tok = Tokenizer.load(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
     out = np.zeros(len(index), dtype=np.float64)
     for i in tqdm(range(len(index)), desc="tokenizing", unit="ex", disable=len(index) < 10_000):
         rec = index.record(i)

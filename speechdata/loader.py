@@ -31,6 +31,7 @@ it is built.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -49,7 +50,7 @@ from speechdata.sampling.plan import BatchSampler
 from speechdata.sampling.position import Position, Resized, resolve_rank_world
 from speechdata.sources import Source, StreamSource, open_source
 from speechdata.text.prompt import PromptBuilder
-from speechdata.text.tokenizer import Tokenizer
+from speechdata.text.tokenizer import TextTokenizer, load_tokenizer
 from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death, worker_pids
 
 log = logging.getLogger("speechdata")
@@ -76,7 +77,7 @@ class SpeechDataLoader:
     def __init__(
         self,
         cfg: DatasetConfig,
-        tokenizer: Tokenizer,
+        tokenizer: TextTokenizer,
         *,
         device: torch.device | str | None = None,
         rank: int | None = None,
@@ -328,7 +329,7 @@ def _nothing_kept(names: str, index: Index, keep: np.ndarray, filter_drops: Drop
 
 def build_dataloader(
     cfg: DatasetConfig | DictConfig | Mapping[str, Any] | str | Path,
-    tokenizer: Tokenizer | str | Path | None = None,
+    tokenizer: TextTokenizer | str | Path | None = None,
     *,
     name: str = "train_ds",
     overrides: Sequence[str] = (),
@@ -341,7 +342,7 @@ def build_dataloader(
 
     ``cfg`` is a :class:`DatasetConfig`, a whole config (YAML path, DictConfig or mapping; the
     section ``name`` is found under ``model.`` or at the top level) or the section itself.
-    ``tokenizer`` is a :class:`Tokenizer` or the path of a SentencePiece model; when omitted, the
+    ``tokenizer`` is a tokenizer of either kind or its path (see :func:`~speechdata.text.tokenizer.load_tokenizer`); when omitted, the
     config's ``model.tokenizer.model`` is used. ``rank``/``world_size`` default to
     torch.distributed's when it is initialised. ``source`` replaces the source the config
     describes (its manifests and shards) with another
@@ -362,6 +363,6 @@ def build_dataloader(
         if path is None:
             raise ConfigError("no tokenizer: pass tokenizer= or set model.tokenizer.model in the config")
         tokenizer = path
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer = Tokenizer.load(tokenizer)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)  # a SentencePiece model, or a tokenizer.json (or its folder)
     return SpeechDataLoader(ds, tokenizer, device=device, rank=rank, world_size=world_size, source=source)

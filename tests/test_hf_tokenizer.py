@@ -22,15 +22,15 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from speechdata import SpeechDataLoader
+from speechdata import build_dataloader
 from speechdata.cli import main
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DataError
 from speechdata.testing import make_corpus
 from speechdata.text.chat import ChatTemplate
-from speechdata.text.hf import HFTokenizer, find_tokenizer_json, load_tokenizer, train_hf_tokenizer
+from speechdata.text.hf import HFTokenizer, train_hf_tokenizer
 from speechdata.text.prompt import PromptBuilder
-from speechdata.text.tokenizer import Tokenizer, train_tokenizer
+from speechdata.text.tokenizer import Tokenizer, find_tokenizer_json, load_tokenizer, train_tokenizer
 
 LOCATOR = "|audio|"
 CHAT_TOKENS = [
@@ -550,7 +550,8 @@ def test_hf_tokenizer_in_dataloader_workers(tmp_path: Path) -> None:
             "seed": 1,
         }
     )
-    loader = SpeechDataLoader(cfg, tok)
+    loader = build_dataloader(cfg, tmp_path / "tok")  # the folder's tokenizer.json, by path
+    assert isinstance(loader.tokenizer, HFTokenizer)
     batch = next(iter(loader))
     builder = PromptBuilder(cfg, pickle.loads(pickle.dumps(tok)))
     assert len(batch["metadata"]) == 4

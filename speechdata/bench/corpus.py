@@ -36,7 +36,7 @@ from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import plan_epoch
 from speechdata.shards.read import TarredDataset, local_path, tarred_dataset_folders
 from speechdata.text.prompt import PromptBuilder
-from speechdata.text.tokenizer import Tokenizer
+from speechdata.text.tokenizer import load_tokenizer
 
 #: Dataset settings of a manifest given on its own (overridable).
 MANIFEST_DEFAULTS: dict[str, Any] = {
@@ -98,7 +98,7 @@ def dataset_index(cfg: DatasetConfig, tokenizer: str | Path | None = None) -> In
     skipped), which is enough to read the text for a tokenizer."""
     if tokenizer is None:
         return load_index(cfg.manifests, manifest_keys(cfg), on_error="skip", cache_dir=cfg.cache_dir)
-    builder = PromptBuilder(cfg, Tokenizer.load(tokenizer))
+    builder = PromptBuilder(cfg, load_tokenizer(tokenizer))
     return load_index(
         cfg.manifests,
         manifest_keys(cfg, builder.needs_context),

@@ -29,47 +29,25 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
 from speechdata.errors import ConfigError
 from speechdata.text.chat import SPECIAL_TOKEN_KEYS, ChatTemplate
-from speechdata.text.tokenizer import SEP_PIECE, Tokenizer, _write_atomic
+from speechdata.text.tokenizer import (
+    SEP_PIECE,
+    TOKENIZER_JSON,
+    _write_atomic,
+)
 
-TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
-#: Either tokenizer kind; both have the same interface.
-AnyTokenizer = Union[Tokenizer, "HFTokenizer"]
-
 
 # ------------------------------------------------------------------------------ loading
-
-
-def find_tokenizer_json(path: str | os.PathLike[str]) -> Path | None:
-    """The ``tokenizer.json`` that ``path`` names (the file itself when it ends in ``.json``, or
-    ``path/tokenizer.json`` for a folder holding one), or ``None`` when ``path`` names a
-    SentencePiece model (a ``.model`` file or a folder without ``tokenizer.json``).
-
-    A folder holding both ``tokenizer.json`` and ``tokenizer.model`` (as many Hugging Face
-    repositories do) is read as ``tokenizer.json``, which is what transformers reads too.
-    """
-    p = Path(path)
-    if p.suffix == ".json":
-        return p
-    if p.is_dir() and (p / TOKENIZER_JSON).is_file():
-        return p / TOKENIZER_JSON
-    return None
-
-
-def load_tokenizer(path: str | os.PathLike[str]) -> AnyTokenizer:
-    """The tokenizer at ``path``, of either kind: see :func:`find_tokenizer_json`."""
-    found = find_tokenizer_json(path)
-    return HFTokenizer.load(found) if found is not None else Tokenizer.load(path)
 
 
 def _read_text(path: Path, what: str) -> str:

@@ -298,8 +298,8 @@ class Tokenizer:
     def _spelled_lengths(self) -> list[int]:
         """Per id, how many characters of the text the piece ends: its length, for a byte piece 1
         for the first byte of a character and 0 for the others (so all the bytes of a character end
-        where it ends), and 0 for control and unknown pieces (an unknown piece makes
-        :meth:`encode_with_offsets` ask SentencePiece for the offsets instead)."""
+        where it ends), and 0 for control and unknown pieces (so a text with an unknown piece does
+        not add up, and :meth:`encode_with_offsets` asks SentencePiece for its offsets instead)."""
         sp = self._sp
         out = []
         for i in range(sp.get_piece_size()):
@@ -350,10 +350,11 @@ class Tokenizer:
         """
         ids = self._enc_cont(text) if continuation else self._enc(text)
         spelled = self._spelled
-        if spelled is not None and ids and self.unk_id not in ids:
+        if spelled is not None and ids:
             prefix = self._dummy_prefix and not continuation
             ends = list(accumulate(map(spelled.__getitem__, ids), initial=-1 if prefix else 0))
             del ends[0]
+            # an unknown piece spells nothing of the one or more characters it stands for
             if ends[-1] == len(text):
                 if prefix and ends[0] == 0 and len(ends) > 1:
                     ends[0] = ends[1]  # the dummy prefix alone: no character of the text
@@ -409,6 +410,38 @@ class Tokenizer:
 
 
 # -------------------------------------------------------------------------------- training
+
+
+TOKENIZER_JSON = "tokenizer.json"
+
+
+def find_tokenizer_json(path: str | os.PathLike[str]) -> Path | None:
+    """The ``tokenizer.json`` that ``path`` names (the file itself when it ends in ``.json``, or
+    ``path/tokenizer.json`` for a folder holding one), or ``None`` when ``path`` names a
+    SentencePiece model (a ``.model`` file or a folder without ``tokenizer.json``).
+
+    A folder holding both ``tokenizer.json`` and ``tokenizer.model`` (as many Hugging Face
+    repositories do) is read as ``tokenizer.json``, which is what transformers reads too.
+    """
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.suffix == ".json":
+        return p
+    if p.is_dir() and (p / TOKENIZER_JSON).is_file():
+        return p / TOKENIZER_JSON
+    return None
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> TextTokenizer:
+    """The tokenizer at ``path``, of either kind (see :func:`find_tokenizer_json`): a Hugging Face
+    ``tokenizer.json`` (:class:`speechdata.text.hf.HFTokenizer`, imported only then) or a
+    SentencePiece model (:class:`Tokenizer`). Every command and ``build_dataloader`` load
+    tokenizers through this function."""
+    found = find_tokenizer_json(path)
+    if found is None:
+        return Tokenizer.load(os.path.expanduser(os.fspath(path)))
+    from speechdata.text.hf import HFTokenizer
+
+    return HFTokenizer.load(found)
 
 
 def train_tokenizer(

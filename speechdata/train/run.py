@@ -267,14 +267,14 @@ def check_config(
 
 
 def _load_tokenizer(cfg: DictConfig) -> Any:
-    from speechdata.text.tokenizer import Tokenizer
+    from speechdata.text.tokenizer import load_tokenizer
 
     key = "model.tokenizer.model"
     path = str(_required(cfg, key))
     if not Path(os.path.expanduser(path)).exists():
         raise ConfigError(f"{key}: tokenizer file not found: {path}")
     try:
-        return Tokenizer.load(os.path.expanduser(path))
+        return load_tokenizer(path)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
 
