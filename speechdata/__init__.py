@@ -31,6 +31,8 @@ _LAZY = {
     "load_audio": "speechdata.audio",
     "Tokenizer": "speechdata.text.tokenizer",
     "train_tokenizer": "speechdata.text.tokenizer",
+    "load_tokenizer": "speechdata.text.tokenizer",
+    "HFTokenizer": "speechdata.text.hf",
     "PromptBuilder": "speechdata.text.prompt",
     "BatchSampler": "speechdata.sampling.plan",
     "Batch": "speechdata.batch",
