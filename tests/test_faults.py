@@ -159,13 +159,20 @@ def test_bad_manifest_line(case: str, tmp_path: Path, good, tokenizer) -> None:
 
 
 def test_locator_count_mismatch(tmp_path: Path, good, tokenizer) -> None:
-    lines = [good[0], dict(good[1], context="no locator here"), dict(good[2], context=f"{LOCATOR} {LOCATOR}")]
-    path = _write(tmp_path / "m.jsonl", [*lines, *good[3:5]])
+    # two locators for one audio (twice) are errors; one audio and no locator is not: it goes first
+    lines = [
+        good[0],
+        dict(good[1], context=f"{LOCATOR} then {LOCATOR}"),
+        dict(good[2], context=f"{LOCATOR} {LOCATOR}"),
+        dict(good[3], context="no locator here"),
+        good[4],
+    ]
+    path = _write(tmp_path / "m.jsonl", lines)
     check_fault(
         path,
         tokenizer,
         reason="bad_line",
-        where=rf"m\.jsonl:{BAD}: context has 0 audio locator",
+        where=rf"m\.jsonl:{BAD}: context has 2 audio locator\(s\) '\|audio\|' but the example has 1 audio",
         good_lines=[1, 4, 5],
         dropped=2,
     )

@@ -51,30 +51,31 @@ def _cfg(corpus, **kw):
 def expected_prompt(tokenizer: Tokenizer, context: str, answer: str) -> tuple[list[int], int, list[int]]:
     """``(input_ids, answer_start, audio_positions)`` of one example under :data:`TEMPLATE`, by hand.
 
-    Independent of ``PromptBuilder``; the rules are those of docs/differences-from-nemo.md: only
-    trailing spaces of the context part move to the answer, so the context part is ``"Q: "`` +
-    context + ``"\nA:"`` and the answer part is ``" "`` + answer; template text and manifest text
-    are tokenized as separate pieces (the context cut at each locator), the first piece plainly and
-    every later one as a continuation; BOS first (``add_bos``), EOS last (``add_eos``); each
-    audio's position is the index in the final sequence, BOS included, where its locator was.
+    Independent of ``PromptBuilder``; the rules are those of docs/differences-from-nemo.md
+    ("Natural tokenization"): the formatted text ``"Q: "`` + context + ``"\nA: "`` + answer is
+    encoded whole, cut only at each locator (the first stretch plainly, every later one as a
+    continuation); BOS first (``add_bos``), EOS last (``add_eos``); each audio's position is the
+    index in the final sequence, BOS included, where its locator was. The answer part starts at the
+    space before the answer (only trailing spaces of the context part move to the answer), with the
+    token that holds that space: a SentencePiece model starts a new piece at every space, so that
+    token is the first of the answer part encoded on its own (checked here).
     """
-    segments = context.split(LOCATOR)
-    pieces: list[str | None] = ["Q: ", segments[0]]  # None marks a locator
-    for segment in segments[1:]:
-        pieces += [None, segment]
-    pieces += ["\nA:", " ", answer]
+    stretches = f"Q: {context}\nA: {answer}".split(LOCATOR)
     ids = [tokenizer.bos_id]
     positions = []
-    answer_start = -1
-    first = True
-    for k, piece in enumerate(pieces):
-        if k == len(pieces) - 2:
-            answer_start = len(ids)
-        if piece is None:
+    for k, stretch in enumerate(stretches[:-1]):
+        if k:
             positions.append(len(ids))
-        elif piece:
-            ids += tokenizer.encode(piece, continuation=not first)
-            first = False
+        ids += tokenizer.encode(stretch, continuation=k > 0)
+    if len(stretches) > 1:
+        positions.append(len(ids))
+    last = len(stretches) > 1
+    head = tokenizer.encode(stretches[-1][: -len(answer) - 1], continuation=last)
+    tail = tokenizer.encode(" " + answer, continuation=True)
+    assert head + tail == tokenizer.encode(stretches[-1], continuation=last)  # the stretch, whole
+    ids += head
+    answer_start = len(ids)
+    ids += tail
     return [*ids, tokenizer.eos_id], answer_start, positions
 
 
@@ -119,11 +120,13 @@ def reference_batch(
     for b, (ids, start, _) in enumerate(prompts):
         answers[b, : len(ids) - start] = torch.tensor(ids[start:])
     num_audios = [len(p) if isinstance(p, list) else 1 for p, _, _ in listed]
+    # one audio and no locator in the context: the audio goes first
+    positions = [q for (_, _, found), n in zip(prompts, num_audios, strict=True) for q in (found or [0] * n)]
     return {
         "audio_signal": audio,
         "audio_signal_length": torch.tensor([len(c) for c in clips]),
         "num_audios": torch.tensor(num_audios),
-        "audio_positions": torch.tensor([q for _, _, positions in prompts for q in positions]),
+        "audio_positions": torch.tensor(positions),
         "tokens": tokens,
         "tokens_length": torch.tensor([len(ids) - 1 for ids, _, _ in prompts]),
         "labels": labels,
@@ -352,3 +355,106 @@ def test_streaming_reads_no_manifest_line_at_start_and_finds_entries_without_sha
     assert loader.streaming and reads == []
     seen = [s for b in loader for s in b["sample_ids"].tolist()]
     assert sorted(seen) == [pack_sample_id(0, i + 1) for i in range(len(entries))]
+
+
+def _mixed_manifest(corpus, path: Path, extra: list[dict] = ()) -> tuple[Path, list[dict]]:
+    """Plain ASR lines (no context), single-audio lines whose context has no locator, and the
+    corpus's multi-audio lines with one locator per audio, paths made absolute."""
+    singles = [dict(e) for e in corpus.entries if isinstance(e["audio_filepath"], str)][:6]
+    multis = [dict(e) for e in corpus.entries if isinstance(e["audio_filepath"], list)][:3]
+    lines = []
+    for k, e in enumerate(singles):
+        path_ = str(corpus.root / e["audio_filepath"])
+        if k % 2:
+            lines.append({"audio_filepath": path_, "duration": e["duration"], "text": e["answer"]})
+        else:
+            context = " ".join(e["context"].replace(LOCATOR, " ").split())
+            lines.append({**e, "audio_filepath": path_, "context": context})
+    for e in multis:
+        lines.append({**e, "audio_filepath": [str(corpus.root / p) for p in e["audio_filepath"]]})
+    lines += extra
+    return write_manifest(path, lines), lines
+
+
+def test_mixed_manifest_single_audio_without_locator_goes_first(tmp_path: Path, corpus, tokenizer) -> None:
+    # NeMo's rule: with audio_locator set, a one-audio line whose context has no locator gets its
+    # audio at position 0; lines with locators keep theirs
+    path, lines = _mixed_manifest(corpus, tmp_path / "mixed.jsonl")
+    default = "Transcribe the audio."
+    cfg = _cfg(corpus, manifest_filepath=str(path), default_context=default, add_bos=True, shuffle=False)
+    # the lines as the reference collator reads them: default_context filled in, 'text' as answer
+    entries = [{"context": default, "answer": x.get("text"), "offset": 0.0, **x} for x in lines]
+    seen = 0
+    for batch in build_dataloader(cfg, tokenizer):
+        ref = reference_batch(cfg, tokenizer, batch["sample_ids"].tolist(), entries, corpus.root)
+        for key, want in ref.items():
+            torch.testing.assert_close(batch[key], want.to(batch[key].dtype), rtol=0, atol=0, msg=key)
+        seen += len(batch["sample_ids"])
+    assert seen == len(lines)
+
+
+def test_mixed_manifest_locator_mismatches_stay_errors(tmp_path: Path, corpus, tokenizer) -> None:
+    multi = next(e for e in corpus.entries if isinstance(e["audio_filepath"], list))
+    paths = [str(corpus.root / p) for p in multi["audio_filepath"]]
+    bad = [
+        {**multi, "audio_filepath": paths, "context": "Transcribe both."},  # several audios, no locator
+        {**multi, "audio_filepath": paths, "context": f"Transcribe {LOCATOR} only."},  # 1 locator, 2+ audios
+    ]
+    path, lines = _mixed_manifest(corpus, tmp_path / "mixed.jsonl", bad)
+    first = len(lines) - 1  # the 1-based line of the first bad line
+    cfg = _cfg(corpus, manifest_filepath=str(path), default_context="Transcribe the audio.", shuffle=False)
+    n = len(paths)
+    with pytest.raises(DataError) as err:
+        list(build_dataloader(cfg, tokenizer))
+    # whichever of the two lines is read first
+    assert str(err.value).endswith(
+        (
+            f"mixed.jsonl:{first}: context has 0 audio locator(s) '|audio|' but the example has {n} audio(s)",
+            f"mixed.jsonl:{first + 1}: context has 1 audio locator(s) '|audio|' but the example has {n} audio(s)",
+        )
+    )
+    skip = build_dataloader(
+        _cfg(corpus, manifest_filepath=str(path), default_context="Transcribe the audio.", on_error="skip"),
+        tokenizer,
+    )
+    got = sorted(s for b in skip for s in b["sample_ids"].tolist())
+    assert got == [pack_sample_id(0, k) for k in range(1, first)]
+    assert skip.report() == {"bad_line": 2}
+
+
+def test_bundled_config_reads_a_mixed_manifest(tmp_path: Path, corpus, tokenizer) -> None:
+    # salm_tiny's default_context "|audio| Transcribe the audio." puts the audio of a plain ASR
+    # line after "Q: "; a line with a locator-less context has its audio first
+    path, lines = _mixed_manifest(corpus, tmp_path / "mixed.jsonl")
+    config = Path(__file__).resolve().parent.parent / "configs" / "salm_tiny.yaml"
+    overrides = [
+        f"model.train_ds.{k}"
+        for k in (
+            f"manifest_filepath={path}",
+            "num_workers=0",
+            "max_duration=null",
+            "drop_last=false",
+            "shuffle=false",
+        )
+    ]
+    loader = build_dataloader(config, tokenizer, overrides=overrides)
+    seen = 0
+    head = len(tokenizer.encode("Q: ")) + 1  # BOS, then "Q: "
+    for batch in loader:
+        at = 0
+        for b, meta in enumerate(batch["metadata"]):
+            n = int(batch["num_audios"][b])
+            positions = batch["audio_positions"][at : at + n].tolist()
+            at += n
+            line = lines[int(meta["where"].rsplit(":", 1)[1]) - 1]
+            if n > 1:
+                assert len(positions) == n and positions[0] >= head
+            elif "context" in line:
+                assert positions == [0]
+            else:
+                ids, start, want = expected_prompt(tokenizer, "|audio| Transcribe the audio.", meta["answer"])
+                assert positions == want == [head]
+                m = int(batch["context_lengths"][b])
+                assert batch["contexts"][b, :m].tolist() == ids[:start]
+            seen += 1
+    assert seen == len(lines)

@@ -2,43 +2,57 @@
 
 A :class:`PromptBuilder` turns one example's context and answer into a :class:`Prompt`::
 
-    [BOS]? + context part + [SEP]? + answer part + end_string? + [EOS]?
+    [BOS]? + context part + [SEP]? + answer part + end_string + [EOS]?
 
 The context part is ``prompt_template`` up to the answer slot with the context filled in and its
 trailing spaces removed; the answer part is the rest (so the space before the answer belongs to the
 answer). Without a template, the context is followed by a separator (``"\\n"`` with
 ``separate_prompt_and_response_with_newline``, else ``" "``) that belongs to the answer.
 
-Template text, manifest content and special tokens are tokenized as separate pieces, each piece
-after the first as a continuation (see :meth:`Tokenizer.encode`), so the builder knows which token
-is which: truncation removes tokens only from the end of the ``truncation_field`` content, audio
-locators become exact insertion indices, and the loss mask covers exactly the answer part.
+**Natural tokenization.** The formatted text is tokenized whole, as the tokenizer tokenizes it:
+the only cuts are at BOS, SEP and EOS (added as ids) and at audio locators (which become no token).
+Each stretch of text between two such atoms is one :meth:`~speechdata.text.tokenizer.TextTokenizer.encode`
+call, the first stretch of the sequence plainly and every later one as a continuation. Where the
+answer part starts, where a truncated field's content ends, and where each audio goes are found
+from the character offsets of the tokens (``encode_with_offsets``): **a token belongs to the part
+of the text that holds its last character**, so a token that straddles a boundary belongs to the
+later part. The answer part starts with the token that holds its first character (``▁yes`` in
+``... A: yes``, the template's space and the answer's first word in one token, is an answer
+token), and a field's content tokens are those that end inside it (``▁what`` in ``Q: what``
+belongs to the context, space included).
+
+Truncation removes tokens (it never re-encodes text) from the end of the ``truncation_field``
+content, whole characters only, so a truncated example is its full token sequence with one run of
+content tokens taken out; template text that shares no token with the content, BOS/SEP/EOS and
+``end_string`` stay.
 
 Example::
 
     >>> builder = PromptBuilder(cfg, tokenizer)   # prompt_template "Q: {context}\\nA: {answer}"
     >>> p = builder.build("what is said?", "hello", num_audios=1, where="train.jsonl:3")
-    >>> tokenizer.decode(p.context_ids), tokenizer.decode(p.answer_ids)
-    ('Q: what is said?\\nA:', ' hello')
+    >>> p.input_ids == [*tokenizer.encode("Q: what is said?\\nA: hello"), tokenizer.eos_id]
+    True
+    >>> tokenizer.decode(p.context_ids), tokenizer.id_to_piece(p.answer_ids[0])
+    ('Q: what is said?\\nA:', '▁hello')
 """
 
 from __future__ import annotations
 
 import re
 import string
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, DataError
-from speechdata.text.tokenizer import Tokenizer
+from speechdata.text.tokenizer import TextTokenizer
 
-# Kinds of pieces of a formatted example.
-_TEMPLATE = 0  # template text, separators, end_string: cached, never truncated
-_CONTEXT = 1  # manifest context text
-_LOCATOR = 2  # an audio insertion point (no tokens)
-_ANSWER = 3  # manifest answer text
+# The atoms between two stretches of text.
+_LOC = 0  # an audio locator: where an audio goes (no token)
+_SEP = 1  # the SEP token
 
-_EMPTY: list[int] = []  # shared, never mutated
+# Marks of a layout (see PromptBuilder._layout): where these parts start or end in the text.
+_CONTEXT_START, _CONTEXT_END, _ANSWER_PART, _ANSWER_START, _ANSWER_END = range(5)
 
 _ESCAPES = re.compile(r"\\([ntr\\])")
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -53,16 +67,34 @@ class Prompt:
     text, ``end_string`` and EOS). ``loss_mask[i]`` is 1 where ``input_ids[i]`` is a target: the
     answer part with ``answer_only_loss``, else every token but the first (nothing predicts it).
     ``audio_positions[k]`` is the index in ``input_ids`` where audio ``k`` is inserted.
-    ``truncated`` counts the tokens removed to fit ``max_seq_length``.
+    ``truncated`` counts the tokens removed to fit ``max_seq_length``: the excess, or a few more
+    when the cut would have split the tokens of one character. ``context_ids``, ``answer_ids`` and
+    ``loss_mask`` are computed when asked for (the collator needs none of them).
     """
 
     input_ids: list[int]
     answer_start: int
-    loss_mask: list[int]
-    context_ids: list[int]
-    answer_ids: list[int]
     audio_positions: list[int]
     truncated: int = 0
+    answer_only_loss: bool = True
+
+    @property
+    def context_ids(self) -> list[int]:
+        """``input_ids[:answer_start]``."""
+        return self.input_ids[: self.answer_start]
+
+    @property
+    def answer_ids(self) -> list[int]:
+        """``input_ids[answer_start:]``."""
+        return self.input_ids[self.answer_start :]
+
+    @property
+    def loss_mask(self) -> list[int]:
+        """1 for each target token, 0 for the others (see the class docstring)."""
+        n = len(self.input_ids)
+        if self.answer_only_loss:
+            return [0] * self.answer_start + [1] * (n - self.answer_start)
+        return [0] + [1] * (n - 1) if n else []
 
 
 def _unescape(template: str) -> str:
@@ -88,7 +120,7 @@ class PromptBuilder:
     no context is its answer alone.
     """
 
-    def __init__(self, cfg: DatasetConfig, tokenizer: Tokenizer) -> None:
+    def __init__(self, cfg: DatasetConfig, tokenizer: TextTokenizer) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self._bos = self._special("add_bos", cfg.add_bos, tokenizer.bos_id, "BOS")
@@ -104,9 +136,7 @@ class PromptBuilder:
         self._answer_only = cfg.answer_only_loss
         self._locator = cfg.audio_locator or None
         self._default_context = cfg.default_context
-        self._end = tokenizer.encode(cfg.end_string, continuation=True) if cfg.end_string else []
-        self._cache: dict[tuple[str, bool], list[int]] = {}
-        self._fixed = len(self._bos) + len(self._sep) + len(self._end) + len(self._eos)
+        self._end = cfg.end_string or ""
 
         self._templated = cfg.prompt_template is not None
         if self._templated:
@@ -178,14 +208,6 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------------------- build
 
-    def _template_ids(self, text: str, first: bool) -> list[int]:
-        key = (text, first)
-        ids = self._cache.get(key)
-        if ids is None:
-            ids = self.tokenizer.encode(text, continuation=not first)
-            self._cache[key] = ids
-        return ids
-
     def _split(self, context: str | None, where: str) -> tuple[str, str, str, str]:
         """``(template text before the context, context, template text after it, answer prefix)``.
 
@@ -216,117 +238,173 @@ class PromptBuilder:
                 pre = kept
         return pre, ctx, mid, moved
 
+    def _layout(
+        self, pre: str, ctx: str, mid: str, moved: str, answer: str
+    ) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+        """The formatted text cut at its atoms: ``(texts, atoms, marks)``.
+
+        ``atoms[k]`` (:data:`_LOC` or :data:`_SEP`) stands between ``texts[k]`` and
+        ``texts[k + 1]``; locators are cut out of the template text and the context only. Each
+        mark is ``(k, offset)``, a character offset into ``texts[k]``: the context's start and
+        end, the answer part's start, the answer's start and end (indexed by ``_CONTEXT_START``
+        ...).
+        """
+        loc = self._locator
+        if not self._sep and (loc is None or (loc not in pre and loc not in ctx and loc not in mid)):
+            # one text and no atom (the common case): the marks are sums of lengths
+            c0 = len(pre)
+            c1 = c0 + len(ctx)
+            part = c1 + len(mid)
+            a0 = part + len(moved)
+            marks = [(0, c0), (0, c1), (0, part), (0, a0), (0, a0 + len(answer))]
+            return [f"{pre}{ctx}{mid}{moved}{answer}{self._end}"], [], marks
+        texts: list[str] = []
+        atoms: list[int] = []
+        marks = []
+        cur = self._add(texts, atoms, "", pre)
+        marks.append((len(texts), len(cur)))
+        cur = self._add(texts, atoms, cur, ctx)
+        marks.append((len(texts), len(cur)))
+        cur = self._add(texts, atoms, cur, mid)
+        if self._sep:
+            texts.append(cur)
+            atoms.append(_SEP)
+            cur = ""
+        marks.append((len(texts), len(cur)))
+        cur += moved
+        marks.append((len(texts), len(cur)))
+        cur += answer
+        marks.append((len(texts), len(cur)))
+        texts.append(cur + self._end)
+        return texts, atoms, marks
+
+    def _add(self, texts: list[str], atoms: list[int], cur: str, piece: str) -> str:
+        """Append ``piece`` to the text ``cur``, cutting it at each audio locator; the text after
+        the last locator is returned (it continues)."""
+        loc = self._locator
+        if loc is None or loc not in piece:
+            return cur + piece
+        parts = piece.split(loc)
+        texts.append(cur + parts[0])
+        texts += parts[1:-1]
+        atoms += [_LOC] * (len(parts) - 1)
+        return parts[-1]
+
     def build(self, context: str | None, answer: str, num_audios: int, where: str = "") -> Prompt:
         """Format, tokenize and (if needed) truncate one example; see :class:`Prompt`.
 
         ``context`` ``None`` falls back to ``default_context``. ``where`` (``"path:line"``) names
-        the example in errors.
+        the example in errors. With ``audio_locator`` set, the context (and template) must hold one
+        locator per audio, except that a single audio with no locator goes first (position 0, as
+        without ``audio_locator``).
         """
         pre, ctx, mid, moved = self._split(context, where)
-        if self._locator is not None:
-            return self._build_pieces(pre, ctx, mid, moved, answer, num_audios, where)
-        if num_audios > 1:
-            raise DataError(
-                "bad_line", where, f"the example has {num_audios} audios but no audio_locator is configured"
-            )
-        # One piece of each kind: the common case, without the bookkeeping of _build_pieces.
-        enc = self.tokenizer.encode
-        first = True
-        pre_ids = ctx_ids = mid_ids = moved_ids = ans_ids = _EMPTY
-        if pre:
-            pre_ids = self._template_ids(pre, True)
-            first = False
-        if ctx:
-            ctx_ids = enc(ctx, continuation=not first)
-            first = False
-        if mid:
-            mid_ids = self._template_ids(mid, first)
-            first = False
-        if self._sep:
-            first = False
-        if moved:
-            moved_ids = self._template_ids(moved, first)
-            first = False
-        if answer:
-            ans_ids = enc(answer, continuation=not first)
-        total = self._fixed + len(pre_ids) + len(ctx_ids) + len(mid_ids) + len(moved_ids) + len(ans_ids)
-        truncated = 0
-        if total > self._max:
-            truncated = total - self._max
-            if self._truncate_answer:
-                self._check_room(total, len(ans_ids), where)
-                ans_ids = ans_ids[: len(ans_ids) - truncated]
+        texts, atoms, marks = self._layout(pre, ctx, mid, moved, answer)
+        count = len(atoms) - len(self._sep)
+        if count != num_audios and (count or num_audios > 1):
+            if self._locator is None:
+                message = f"the example has {num_audios} audios but no audio_locator is configured"
             else:
-                self._check_room(total, len(ctx_ids), where)
-                ctx_ids = ctx_ids[: len(ctx_ids) - truncated]
-        input_ids = [*self._bos, *pre_ids, *ctx_ids, *mid_ids, *self._sep]
-        answer_start = len(input_ids)
-        input_ids += moved_ids
-        input_ids += ans_ids
-        input_ids += self._end
-        input_ids += self._eos
-        return self._finish(input_ids, answer_start, [0] if num_audios == 1 else [], truncated, where)
+                message = (
+                    f"context has {count} audio locator(s) {self._locator!r} but the example has "
+                    f"{num_audios} audio(s)"
+                )
+            raise DataError("bad_line", where, message)
 
-    def _build_pieces(
-        self, pre: str, ctx: str, mid: str, moved: str, answer: str, num_audios: int, where: str
-    ) -> Prompt:
-        """:meth:`build` with an audio locator: the context part is cut at each locator."""
-        loc = self._locator
-        assert loc is not None
-        pieces: list[tuple[int, str]] = []
-        count = 0
-        for kind, text in ((_TEMPLATE, pre), (_CONTEXT, ctx), (_TEMPLATE, mid)):
-            parts = text.split(loc) if loc in text else [text]
-            count += len(parts) - 1
-            pieces.append((kind, parts[0]))
-            for part in parts[1:]:
-                pieces.append((_LOCATOR, ""))
-                pieces.append((kind, part))
-        if count != num_audios:
-            raise DataError(
-                "bad_line",
-                where,
-                f"context has {count} audio locator(s) {loc!r} but the example has {num_audios} audio(s)",
-            )
-        pieces.append((_TEMPLATE, moved))
-        pieces.append((_ANSWER, answer))
-
-        enc = self.tokenizer.encode
-        first = True
-        segs: list[tuple[int, list[int]]] = []
-        total = self._fixed
-        answer_part = len(pieces) - 2
-        for i, (kind, text) in enumerate(pieces):
-            if i == answer_part and self._sep:
-                first = False  # text after <sep> continues the sequence, even with an empty context
-            if not text:
-                segs.append((kind, _EMPTY))
-                continue
-            ids = self._template_ids(text, first) if kind == _TEMPLATE else enc(text, continuation=not first)
-            first = False
-            total += len(ids)
-            segs.append((kind, ids))
-
-        truncated = 0
-        if total > self._max:
-            truncated = total - self._max
-            self._truncate(segs, truncated, total, where)
-
-        input_ids = list(self._bos)
-        positions: list[int] = []
-        for kind, ids in segs[:-2]:
-            if kind == _LOCATOR:
-                positions.append(len(input_ids))
-            else:
+        tok = self.tokenizer
+        part = marks[_ANSWER_PART]
+        input_ids = self._bos.copy()
+        spans: list[tuple[int, int]] = []  # where the tokens of each text are in input_ids
+        ends: dict[int, list[int]] = {}  # the token ends of the texts encoded with offsets
+        positions = []
+        for k, text in enumerate(texts):
+            start = len(input_ids)
+            if k == part[0] and 0 < part[1] < len(text):
+                ids, ends[k] = tok.encode_with_offsets(text, continuation=k > 0)
                 input_ids += ids
-        input_ids += self._sep
-        answer_start = len(input_ids)
-        # The last two pieces are the answer part: the separator (or moved spaces), then the answer.
-        input_ids += segs[-2][1]
-        input_ids += segs[-1][1]
-        input_ids += self._end
+            else:
+                input_ids += tok.encode(text, continuation=k > 0)
+            spans.append((start, len(input_ids)))
+            if k < len(atoms):
+                if atoms[k] == _LOC:
+                    positions.append(len(input_ids))
+                else:
+                    input_ids += self._sep
         input_ids += self._eos
-        return self._finish(input_ids, answer_start, positions, truncated, where)
+        if num_audios and not count:
+            positions = [0]  # one audio and no locator: the audio goes first
+
+        answer_start = self._index(part, texts, spans, ends)
+        removed = 0
+        if len(input_ids) > self._max:
+            cut, removed = self._truncate(input_ids, marks, texts, spans, ends, where)
+            positions = [p if p <= cut else max(cut, p - removed) for p in positions]
+            if answer_start > cut:
+                answer_start = max(cut, answer_start - removed)
+        return self._finish(input_ids, answer_start, positions, removed, where)
+
+    def _ends(self, k: int, texts: list[str], ends: dict[int, list[int]]) -> list[int]:
+        """The token ends of ``texts[k]`` (encoded with offsets on first use)."""
+        found = ends.get(k)
+        if found is None:
+            found = ends[k] = self.tokenizer.encode_with_offsets(texts[k], continuation=k > 0)[1]
+        return found
+
+    def _index(
+        self,
+        mark: tuple[int, int],
+        texts: list[str],
+        spans: list[tuple[int, int]],
+        ends: dict[int, list[int]],
+    ) -> int:
+        """The index in the sequence of the first token after ``mark``: the tokens that end at or
+        before the mark's character come before it."""
+        k, offset = mark
+        start, end = spans[k]
+        if offset <= 0:
+            return start
+        if offset >= len(texts[k]):
+            return end
+        return start + bisect_right(self._ends(k, texts, ends), offset)
+
+    def _truncate(
+        self,
+        input_ids: list[int],
+        marks: list[tuple[int, int]],
+        texts: list[str],
+        spans: list[tuple[int, int]],
+        ends: dict[int, list[int]],
+        where: str,
+    ) -> tuple[int, int]:
+        """Remove tokens from the end of the ``truncation_field`` content, in place, whole
+        characters only; ``(index of the cut, tokens removed)``. Raises ``too_long_text`` when the
+        field has fewer tokens than the excess."""
+        excess = len(input_ids) - self._max
+        first, last = (
+            (_ANSWER_START, _ANSWER_END) if self._truncate_answer else (_CONTEXT_START, _CONTEXT_END)
+        )
+        lo = self._index(marks[first], texts, spans, ends)
+        hi = self._index(marks[last], texts, spans, ends)
+        if hi - lo < excess:
+            name = "answer" if self._truncate_answer else "context"
+            raise DataError(
+                "too_long_text",
+                where,
+                f"{len(input_ids)} tokens exceed max_seq_length={self._max} and the {name} "
+                f"(truncation_field) has only {hi - lo} tokens to remove",
+            )
+        cut = hi - excess
+        # Whole characters only: the other tokens of a character cut in two go as well.
+        k = max(i for i, (start, _) in enumerate(spans) if start <= cut)
+        start, end = spans[k]
+        if start < cut < end:
+            found = self._ends(k, texts, ends)
+            j = cut - start
+            while j > 0 and found[j - 1] == found[j]:
+                j -= 1
+            cut = start + j
+        del input_ids[cut:hi]
+        return cut, hi - cut
 
     def _finish(
         self, input_ids: list[int], answer_start: int, positions: list[int], truncated: int, where: str
@@ -334,41 +412,4 @@ class PromptBuilder:
         n = len(input_ids)
         if n < self._min:
             raise DataError("too_short_text", where, f"{n} tokens, fewer than min_seq_length={self._min}")
-        if self._answer_only:
-            loss_mask = [0] * answer_start + [1] * (n - answer_start)
-        else:
-            loss_mask = [0] + [1] * (n - 1) if n else []
-        return Prompt(
-            input_ids=input_ids,
-            answer_start=answer_start,
-            loss_mask=loss_mask,
-            context_ids=input_ids[:answer_start],
-            answer_ids=input_ids[answer_start:],
-            audio_positions=positions,
-            truncated=truncated,
-        )
-
-    def _check_room(self, total: int, available: int, where: str) -> None:
-        """Raise ``too_long_text`` when the truncation field has fewer tokens than the excess."""
-        if available < total - self._max:
-            name = "answer" if self._truncate_answer else "context"
-            raise DataError(
-                "too_long_text",
-                where,
-                f"{total} tokens exceed max_seq_length={self._max} and the {name} "
-                f"(truncation_field) has only {available} tokens to remove",
-            )
-
-    def _truncate(self, segs: list[tuple[int, list[int]]], excess: int, total: int, where: str) -> None:
-        """Remove ``excess`` tokens from the end of the truncation field's content, in place."""
-        field = _ANSWER if self._truncate_answer else _CONTEXT
-        self._check_room(total, sum(len(ids) for kind, ids in segs if kind == field), where)
-        for i in range(len(segs) - 1, -1, -1):
-            kind, ids = segs[i]
-            if kind != field or not ids:
-                continue
-            cut = min(excess, len(ids))
-            segs[i] = (kind, ids[: len(ids) - cut])
-            excess -= cut
-            if not excess:
-                return
+        return Prompt(input_ids, answer_start, positions, truncated, self._answer_only)
