@@ -4,7 +4,8 @@ audio locators; the answer boundary, truncation cuts and audio positions follow 
 character offsets (``encode_with_offsets``), a token belonging to the part of the text that holds
 its last character.
 
-Every tokenizer kind in :data:`KINDS` runs every property (a new kind is one more entry)."""
+Every tokenizer kind in :data:`KINDS` (SentencePiece and Hugging Face) runs every property (a new
+kind is one more entry)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,20 @@ def _nfkc(tmp: Path) -> Kind:
     return _sp_kind(Tokenizer(buf.getvalue(), "nfkc.model"), lossless=False)
 
 
-KINDS: dict[str, Callable[[Path], Kind]] = {"sp-unigram": _unigram, "sp-bpe": _bpe, "sp-nfkc": _nfkc}
+def _hf(tmp: Path) -> Kind:
+    """A byte-level BPE ``tokenizer.json`` (no prefix space); its offsets are checked in
+    tests/test_hf_tokenizer.py, so here only the prompt's properties."""
+    from speechdata.text.hf import train_hf_tokenizer
+
+    return Kind(train_hf_tokenizer(_corpus(4), tmp, 400, [LOC, END]), None, "", None)
+
+
+KINDS: dict[str, Callable[[Path], Kind]] = {
+    "sp-unigram": _unigram,
+    "sp-bpe": _bpe,
+    "sp-nfkc": _nfkc,
+    "hf-bytelevel": _hf,
+}
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
