@@ -9,6 +9,12 @@ The example in :mod:`speechdata.synth.corpus` shows a corpus written and one cli
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
 from speechdata.synth import (
     ALPHABET,
     DURATION_MEDIAN,
@@ -39,6 +45,23 @@ __all__ = [
     "librispeech_like_durations",
     "make_corpus",
     "plan_corpus",
+    "run_speechdata",
     "synthesize_tones",
     "write_manifest",
 ]
+
+
+def run_speechdata(
+    args: Sequence[str], cwd: str | Path, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m speechdata ARGS`` in a fresh process (as a user would, e.g. for DDP runs that
+    spawn ranks) with one torch thread and warnings off; returns the completed process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "speechdata", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+    )

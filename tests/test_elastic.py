@@ -12,9 +12,6 @@ checkpoint resumed with ``trainer.devices=1``."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -30,7 +27,7 @@ from speechdata import build_dataloader
 from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.shards.write import ShardOptions, write_shards
-from speechdata.testing import Corpus, make_corpus
+from speechdata.testing import Corpus, make_corpus, run_speechdata
 from speechdata.train.data import CHECKPOINT_KEY
 from speechdata.train.run import train
 
@@ -376,15 +373,7 @@ def test_the_trainer_resumes_on_another_number_of_devices(corpus: Corpus, tmp_pa
     ]
     stop = 2
     two = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_steps={stop}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    out = subprocess.run(
-        [sys.executable, "-m", "speechdata", "train", str(CONFIGS / "salm_tiny.yaml"), *two],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = run_speechdata(["train", str(CONFIGS / "salm_tiny.yaml"), *two], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     last = next((tmp_path / "exp").rglob("*-last.ckpt"))
     saved = torch.load(last, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]

@@ -6,9 +6,6 @@ and a slow loader against a fast one."""
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +21,7 @@ from speechdata.config import dataset_config, load_config
 from speechdata.errors import ConfigError
 from speechdata.loader import build_dataloader
 from speechdata.manifest import Record, pack_sample_id
-from speechdata.testing import make_corpus
+from speechdata.testing import make_corpus, run_speechdata
 from speechdata.text.tokenizer import train_tokenizer
 from speechdata.train.exp_manager import setup_experiment
 from speechdata.train.observe import (
@@ -481,15 +478,7 @@ def test_two_rank_ddp_gathers_the_figures_and_prints_once(corpus: dict[str, str]
         "model.global_batch_size=8",
         "exp_manager.data_log_every_n_steps=1",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(
-        [sys.executable, "-m", "speechdata", "train", str(CONFIGS / "salm_tiny.yaml"), *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = run_speechdata(["train", str(CONFIGS / "salm_tiny.yaml"), *args], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("data @ step ")]
     assert [line.split(":")[0] for line in lines] == [f"data @ step {s}" for s in (1, 2, 3)], out.stdout[

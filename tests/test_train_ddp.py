@@ -6,10 +6,7 @@ in the one position format (docs/architecture.md, "Planning and resume")."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import torch
 
 from speechdata.config import dataset_config, load_config
 from speechdata.loader import build_dataloader
-from speechdata.testing import make_corpus
+from speechdata.testing import make_corpus, run_speechdata
 from speechdata.text.tokenizer import train_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -58,15 +55,7 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
     ds = dataset_config(cfg, "train_ds")
     per_rank = [len(build_dataloader(ds, tok, rank=r, world_size=2)) for r in range(2)]
     assert per_rank[0] == per_rank[1] > 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    out = subprocess.run(
-        [sys.executable, "-m", "speechdata", "train", str(CONFIGS / "salm_tiny.yaml"), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = run_speechdata(["train", str(CONFIGS / "salm_tiny.yaml"), *overrides], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     # accumulation = global / (micro x 2 ranks) = 1, so one optimizer step per batch of each rank
     assert f"trained {per_rank[0]} steps" in out.stdout, out.stdout[-2000:]
