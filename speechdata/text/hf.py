@@ -40,6 +40,7 @@ from speechdata.text.tokenizer import (
     SEP_PIECE,
     TOKENIZER_JSON,
     _write_atomic,
+    training_inputs,
 )
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -408,24 +409,15 @@ def train_hf_tokenizer(
 
     Raises :class:`ConfigError` for a bad ``vocab_size`` or symbol, or a corpus with no text.
     """
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
-        raise ConfigError(f"tokenizer vocab_size must be a positive integer; got {vocab_size!r}")
-    specials = [token for _, token in HF_SPECIAL_TOKENS]
-    for s in user_symbols:
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"tokenizer user symbol must be a non-empty string; got {s!r}")
-        if s not in specials:
-            specials.append(s)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    minimum = len(specials) + len(alphabet)
-    if vocab_size <= minimum:
-        raise ConfigError(
-            f"tokenizer vocab_size {vocab_size} is too small: {minimum} ids go to special and byte "
-            f"tokens; use at least {minimum + 16}"
-        )
-    sentences = [t for t in texts if t and not t.isspace()]
-    if not sentences:
-        raise ConfigError("tokenizer training: no text found in the given corpus")
+    specials, sentences = training_inputs(
+        texts,
+        vocab_size,
+        [token for _, token in HF_SPECIAL_TOKENS],
+        user_symbols,
+        len(alphabet),
+        "special and byte tokens",
+    )
     tok = _RustTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

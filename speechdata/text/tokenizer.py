@@ -444,6 +444,40 @@ def load_tokenizer(path: str | os.PathLike[str]) -> TextTokenizer:
     return HFTokenizer.load(found)
 
 
+def training_inputs(
+    texts: Iterable[str],
+    vocab_size: int,
+    fixed: Sequence[str],
+    user_symbols: Sequence[str],
+    reserved: int,
+    reserved_what: str,
+) -> tuple[list[str], list[str]]:
+    """The checks every tokenizer trainer makes (both kinds): a positive ``vocab_size`` with room
+    beyond ``reserved`` ids plus the symbols, non-empty string ``user_symbols``, some text.
+
+    Returns ``(symbols, sentences)``: ``fixed`` followed by the new ``user_symbols`` in order, and
+    the non-blank texts. Raises :class:`ConfigError` naming what is wrong.
+    """
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
+        raise ConfigError(f"tokenizer vocab_size must be a positive integer; got {vocab_size!r}")
+    symbols = list(fixed)
+    for s in user_symbols:
+        if not isinstance(s, str) or not s:
+            raise ConfigError(f"tokenizer user symbol must be a non-empty string; got {s!r}")
+        if s not in symbols:
+            symbols.append(s)
+    minimum = reserved + len(symbols)
+    if vocab_size <= minimum:
+        raise ConfigError(
+            f"tokenizer vocab_size {vocab_size} is too small: {minimum} ids go to {reserved_what}; "
+            f"use at least {minimum + 16}"
+        )
+    sentences = [t for t in texts if t and not t.isspace()]
+    if not sentences:
+        raise ConfigError("tokenizer training: no text found in the given corpus")
+    return symbols, sentences
+
+
 def train_tokenizer(
     texts: Iterable[str],
     out_dir: str | os.PathLike[str],
@@ -466,23 +500,14 @@ def train_tokenizer(
     """
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"tokenizer model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
-        raise ConfigError(f"tokenizer vocab_size must be a positive integer; got {vocab_size!r}")
-    symbols = [SEP_PIECE]
-    for s in user_symbols:
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"tokenizer user symbol must be a non-empty string; got {s!r}")
-        if s not in symbols:
-            symbols.append(s)
-    minimum = 4 + len(symbols) + (256 if byte_fallback else 0)
-    if vocab_size <= minimum:
-        raise ConfigError(
-            f"tokenizer vocab_size {vocab_size} is too small: {minimum} ids go to special, user and "
-            f"byte pieces; use at least {minimum + 16}"
-        )
-    sentences = [t for t in texts if t and not t.isspace()]
-    if not sentences:
-        raise ConfigError("tokenizer training: no text found in the given corpus")
+    symbols, sentences = training_inputs(
+        texts,
+        vocab_size,
+        [SEP_PIECE],
+        user_symbols,
+        4 + (256 if byte_fallback else 0),
+        "special, user and byte pieces",
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
