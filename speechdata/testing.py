@@ -37,6 +37,7 @@ __all__ = [
     "DURATION_MEDIAN",
     "DURATION_SIGMA",
     "SECONDS_PER_CHAR",
+    "TINY_MODEL",
     "TONE_FREQUENCIES",
     "TONE_PADDING",
     "WORDS",
@@ -49,6 +50,15 @@ __all__ = [
     "synthesize_tones",
     "write_manifest",
 ]
+
+
+#: Config overrides that shrink the bundled configs' model to a few-second CPU training run (tests).
+TINY_MODEL = (
+    "model.llm.hidden_size=32",
+    "model.llm.num_layers=1",
+    "model.perception.encoder.d_model=32",
+    "model.perception.encoder.num_layers=1",
+)
 
 
 def run_speechdata(

@@ -27,7 +27,7 @@ from speechdata import build_dataloader
 from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.shards.write import ShardOptions, write_shards
-from speechdata.testing import Corpus, make_corpus, run_speechdata
+from speechdata.testing import TINY_MODEL, Corpus, make_corpus, run_speechdata
 from speechdata.train.data import CHECKPOINT_KEY
 from speechdata.train.run import train
 
@@ -366,10 +366,7 @@ def test_the_trainer_resumes_on_another_number_of_devices(corpus: Corpus, tmp_pa
         "model.micro_batch_size=4",
         "model.global_batch_size=8",
         "optim.sched.max_steps=50",
-        "model.llm.hidden_size=32",
-        "model.llm.num_layers=1",
-        "model.perception.encoder.d_model=32",
-        "model.perception.encoder.num_layers=1",
+        *TINY_MODEL,
     ]
     stop = 2
     two = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_steps={stop}"]

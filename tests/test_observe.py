@@ -21,7 +21,7 @@ from speechdata.config import dataset_config, load_config
 from speechdata.errors import ConfigError
 from speechdata.loader import build_dataloader
 from speechdata.manifest import Record, pack_sample_id
-from speechdata.testing import make_corpus, run_speechdata
+from speechdata.testing import TINY_MODEL, make_corpus, run_speechdata
 from speechdata.text.tokenizer import train_tokenizer
 from speechdata.train.exp_manager import setup_experiment
 from speechdata.train.observe import (
@@ -351,10 +351,7 @@ def salm_overrides(corpus: dict[str, str], exp_dir: Path, max_steps: int) -> lis
         "model.micro_batch_size=4",
         "model.global_batch_size=4",
         "optim.sched.max_steps=50",
-        "model.llm.hidden_size=32",
-        "model.llm.num_layers=1",
-        "model.perception.encoder.d_model=32",
-        "model.perception.encoder.num_layers=1",
+        *TINY_MODEL,
     ]
 
 

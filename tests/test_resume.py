@@ -20,7 +20,7 @@ from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.sampling import Position
 from speechdata.shards.write import ShardOptions, write_shards
-from speechdata.testing import Corpus, make_corpus
+from speechdata.testing import TINY_MODEL, Corpus, make_corpus
 from speechdata.text.tokenizer import Tokenizer
 from speechdata.train.data import CHECKPOINT_KEY
 from speechdata.train.run import train
@@ -213,10 +213,7 @@ def _train_cfg(corpus: Corpus, exp_dir: Path, max_steps: int) -> Any:
         "model.micro_batch_size=4",
         "model.global_batch_size=4",
         "optim.sched.max_steps=50",
-        "model.llm.hidden_size=32",
-        "model.llm.num_layers=1",
-        "model.perception.encoder.d_model=32",
-        "model.perception.encoder.num_layers=1",
+        *TINY_MODEL,
     ]
     return load_config(CONFIGS / "salm_tiny.yaml", overrides)
 

@@ -14,7 +14,7 @@ import torch
 
 from speechdata.config import dataset_config, load_config
 from speechdata.loader import build_dataloader
-from speechdata.testing import make_corpus, run_speechdata
+from speechdata.testing import TINY_MODEL, make_corpus, run_speechdata
 from speechdata.text.tokenizer import train_tokenizer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -46,10 +46,7 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
         "model.train_ds.num_workers=0",
         "model.micro_batch_size=4",
         "model.global_batch_size=8",
-        "model.llm.hidden_size=32",
-        "model.llm.num_layers=1",
-        "model.perception.encoder.d_model=32",
-        "model.perception.encoder.num_layers=1",
+        *TINY_MODEL,
     ]
     cfg = load_config(CONFIGS / "salm_tiny.yaml", overrides)
     ds = dataset_config(cfg, "train_ds")

@@ -12,7 +12,7 @@ import torch
 
 from speechdata.config import dataset_config, load_config
 from speechdata.loader import build_dataloader
-from speechdata.testing import make_corpus
+from speechdata.testing import TINY_MODEL, make_corpus
 from speechdata.text.tokenizer import train_tokenizer
 from speechdata.train.run import train
 
@@ -54,10 +54,7 @@ def overrides(corpus: dict[str, str], exp_dir: Path, max_steps: int) -> list[str
         "model.global_batch_size=4",
         "model.validation_ds.tokens_to_generate=4",
         "optim.sched.max_steps=50",
-        "model.llm.hidden_size=32",
-        "model.llm.num_layers=1",
-        "model.perception.encoder.d_model=32",
-        "model.perception.encoder.num_layers=1",
+        *TINY_MODEL,
     ]
 
 
