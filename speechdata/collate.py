@@ -156,7 +156,7 @@ def _pack(
     for rec in records:
         mark = audio.size
         try:
-            prompt = builder.build(rec.context, rec.answer, len(rec.audio), rec.where)
+            prompt = builder.build_record(rec)
             clips = [
                 audio.decode(
                     src,

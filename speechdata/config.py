@@ -47,6 +47,10 @@ TRUNCATION_FIELDS = ("context", "answer")
 BUCKETING_STRATEGIES = ("fully_randomized", "synced_randomized", "fixed_order")
 CONCAT_TECHNIQUES = ("random", "temperature", "round-robin")
 ON_ERROR = ("raise", "skip")
+#: NeMo's prompt formats by name, and the tokenizer's own chat template (docs/conversations.md).
+PROMPT_FORMATS = ("llama2", "llama3", "qwen", "gemma", "plain", "chat_template")
+#: Which assistant turns carry the loss: every one, or only the last.
+LOSS_TURNS = ("all", "last")
 NORMALIZE = ("per_feature", "none")
 
 log = logging.getLogger("speechdata")
@@ -128,7 +132,11 @@ class DatasetConfig:
     bucketing_strategy: str = "fully_randomized"
     bucketing_batch_size: int | list[int] | None = None
     audio_locator: str | None = None
+    # NeMo 2.x prompt keys (docs/conversations.md)
+    prompt_format: str | None = None
+    system_prompt: str | None = None
     # speechdata additions
+    loss_turns: str = "all"
     seed: int = 0
     batch_duration: float | None = None
     quadratic_duration: float | None = None
@@ -418,7 +426,12 @@ def _check_dataset(ds: DatasetConfig, path: str) -> None:
         "bucketing_strategy": BUCKETING_STRATEGIES,
         "concat_sampling_technique": CONCAT_TECHNIQUES,
         "on_error": ON_ERROR,
+        "loss_turns": LOSS_TURNS,
     }
+    if ds.prompt_format is not None:
+        check_choice(ds.prompt_format, PROMPT_FORMATS, f"{path}.prompt_format")
+        if ds.prompt_template is not None:
+            raise ConfigError(f"{path}: set prompt_format (NeMo 2.x) or prompt_template (NeMo 1.x), not both")
     for key, allowed in choices.items():
         check_choice(getattr(ds, key), allowed, f"{path}.{key}")
     if ds.streaming not in (True, False, "auto"):

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, DataError
+from speechdata.lines import Record
 from speechdata.text.tokenizer import TextTokenizer
 
 # The atoms between two stretches of text.
@@ -289,6 +290,10 @@ class PromptBuilder:
         texts += parts[1:-1]
         atoms += [_LOC] * (len(parts) - 1)
         return parts[-1]
+
+    def build_record(self, rec: Record) -> Prompt:
+        """:meth:`build` for one example read from a source (every builder has this method)."""
+        return self.build(rec.context, rec.answer, len(rec.audio), rec.where)
 
     def build(self, context: str | None, answer: str, num_audios: int, where: str = "") -> Prompt:
         """Format, tokenize and (if needed) truncate one example; see :class:`Prompt`.
