@@ -187,7 +187,7 @@ def test_label_key_conflict_unknown_keys_and_sections(tmp_path: Path, asr: dict[
     ):
         dataset_config(typo, "train_ds")
     # keys that would change loading are not ignored
-    for key, value in (("prompt_format", "llama2"), ("input_cfg", "[]"), ("sample_alpha", "0.1")):
+    for key, value in (("input_cfg", "[]"), ("sample_alpha", "0.1")):
         bad = load_config(_nemo_yaml(tmp_path, asr), [f"model.data.train_ds.{key}={value}"])
         with pytest.raises(ConfigError, match=rf"model\.data\.train_ds\.{key}: "):
             dataset_config(bad, "train_ds")
