@@ -42,8 +42,10 @@ class Packed:
     """One batch as flat CPU buffers (what a worker sends to the main process).
 
     ``audio`` holds every clip's samples back to back (``audio_lengths`` per clip); ``ids`` every
-    example's full token sequence back to back (``ids_lengths`` per example); ``answer_start`` is
-    where each example's answer part begins. ``drops`` counts the examples of the planned batch
+    example's full token sequence back to back (``ids_lengths`` per example); ``targets`` (uint8,
+    aligned with ``ids``) is 1 for each token that is a loss target (:attr:`Prompt.loss_mask
+    <speechdata.text.prompt.Prompt.loss_mask>`); ``answer_start`` is where each example's answer
+    part begins. ``drops`` counts the examples of the planned batch
     that were dropped, by reason. ``slot_flag`` is the in-use flag of the worker's pooled buffer
     that ``audio`` lives in (None when it does not): :meth:`release` clears it once the audio has
     been copied out (padded, or pinned), and a received batch dropped unused releases itself (so
@@ -58,6 +60,7 @@ class Packed:
     ids_lengths: torch.Tensor
     answer_start: torch.Tensor
     sample_ids: torch.Tensor
+    targets: torch.Tensor
     metadata: list[dict[str, Any]] = field(default_factory=list)
     drops: DropCounter = field(default_factory=DropCounter)
     truncated: int = 0
@@ -73,6 +76,7 @@ class Packed:
         "ids_lengths",
         "answer_start",
         "sample_ids",
+        "targets",
     )
 
     def __len__(self) -> int:
@@ -82,7 +86,7 @@ class Packed:
     def empty(cls, error: SpeechDataError | None = None) -> Packed:
         """A batch with no examples (carrying ``error`` when a data or config error stopped it)."""
         z = torch.zeros(0, dtype=torch.int64)
-        return cls(torch.zeros(0), z, z, z, z, z, z, z, error=error)
+        return cls(torch.zeros(0), z, z, z, z, z, z, z, torch.zeros(0, dtype=torch.uint8), error=error)
 
     def pin_memory(self) -> Packed:
         """A copy with every tensor in page-locked memory (called by the DataLoader's pin thread);
@@ -148,6 +152,7 @@ def _pack(
     n_audio: list[int] = []
     positions: list[int] = []
     ids: list[int] = []
+    targets: list[int] = []
     lengths: list[int] = []
     starts: list[int] = []
     sample_ids: list[int] = []
@@ -177,6 +182,7 @@ def _pack(
         n_audio.append(len(clips))
         positions.extend(prompt.audio_positions)
         ids.extend(prompt.input_ids)
+        targets.extend(prompt.loss_mask)
         lengths.append(len(prompt.input_ids))
         starts.append(prompt.answer_start)
         sample_ids.append(rec.sample_id)
@@ -203,6 +209,7 @@ def _pack(
         ids_lengths=torch.tensor(lengths, dtype=torch.int64),
         answer_start=torch.tensor(starts, dtype=torch.int64),
         sample_ids=torch.tensor(sample_ids, dtype=torch.int64),
+        targets=torch.tensor(targets, dtype=torch.uint8),
         metadata=metadata,
         drops=drops,
         truncated=truncated,
@@ -253,15 +260,14 @@ def finalize(
     device: torch.device | str | None = None,
     pad_id: int = 0,
     pad_to_multiple: int = 8,
-    answer_only_loss: bool = True,
     features: FeatureConfig | None = None,
     sample_rate: int = 16000,
 ) -> Batch:
     """Pad a :class:`Packed` batch on ``device`` into a :class:`~speechdata.batch.Batch` (docs/batch.md).
 
     ``pad_id`` fills ``tokens``, ``labels``, ``contexts`` and ``answers`` beyond each example's
-    length; the token width is rounded up to ``pad_to_multiple``; ``answer_only_loss`` puts the
-    loss mask on the answer part only (else on every predicted token); ``features`` adds log-mel
+    length; the token width is rounded up to ``pad_to_multiple``; ``loss_mask[b, j]`` is the target
+    flag of label ``j`` (token ``j + 1``, from ``packed.targets``); ``features`` adds log-mel
     ``audio_features`` computed at ``sample_rate``.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -287,11 +293,8 @@ def finalize(
     tokens = _rows(t["ids"], start, tokens_length, width, pad_id)
     labels = _rows(t["ids"], start + 1, tokens_length, width, pad_id)
     col = torch.arange(width, device=dev).unsqueeze(0)
-    valid = col < tokens_length.unsqueeze(1)
-    if answer_only_loss:
-        # label j is input_ids[j + 1]: a target when it lies in the answer part
-        valid = valid & (col + 1 >= t["answer_start"].unsqueeze(1))
-    loss_mask = valid.to(torch.float32)
+    # label j is input_ids[j + 1]: its target flag is targets[j + 1]
+    loss_mask = _rows(t["targets"], start + 1, tokens_length, width, 0).to(torch.float32)
     ctx_len = t["answer_start"]
     ans_len = n - ctx_len
     contexts = _rows(t["ids"], start, ctx_len, int(ctx_len.max()) if n.numel() else 0, pad_id)

@@ -256,7 +256,6 @@ class SpeechDataLoader:
             device=self.device,
             pad_id=self.tokenizer.pad_id,
             pad_to_multiple=cfg.pad_to_multiple,
-            answer_only_loss=cfg.answer_only_loss,
             features=cfg.features,
             sample_rate=cfg.sample_rate,
         )

@@ -68,7 +68,7 @@ def test_pooled_buffer_is_released_by_whoever_ends_up_with_the_batch(clips: list
     buf.decode(clips[0], offset=0.0, duration=1.0, sample_rate=16000, where="t")
     assert buf.flag is not None and buf.tensor().is_shared()
     z = torch.zeros(1, dtype=torch.int64)
-    packed = Packed(buf.tensor(), z, z, z, z, z, z, z, slot_flag=buf.flag)
+    packed = Packed(buf.tensor(), z, z, z, z, z, z, z, z, slot_flag=buf.flag)
     received = pickle.loads(ForkingPickler.dumps(packed))  # as a worker sends it: shared, not copied
     del packed  # the sender dropping its object releases nothing
     assert int(buf.flag[0]) == 1 and pool.acquire(10) is None

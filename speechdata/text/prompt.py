@@ -65,12 +65,13 @@ class Prompt:
 
     ``input_ids`` is the whole sequence; ``context_ids == input_ids[:answer_start]`` (the prompt
     for generation, BOS and SEP included) and ``answer_ids == input_ids[answer_start:]`` (answer
-    text, ``end_string`` and EOS). ``loss_mask[i]`` is 1 where ``input_ids[i]`` is a target: the
-    answer part with ``answer_only_loss``, else every token but the first (nothing predicts it).
-    ``audio_positions[k]`` is the index in ``input_ids`` where audio ``k`` is inserted.
-    ``truncated`` counts the tokens removed to fit ``max_seq_length``: the excess, or a few more
-    when the cut would have split the tokens of one character. ``context_ids``, ``answer_ids`` and
-    ``loss_mask`` are computed when asked for (the collator needs none of them).
+    text, ``end_string`` and EOS; for a conversation, the last assistant turn). ``loss_mask[i]`` is
+    1 where ``input_ids[i]`` is a target: ``targets`` when set (a conversation: the tokens of its
+    assistant turns), else the answer part with ``answer_only_loss``, else every token but the
+    first (nothing predicts it). ``audio_positions[k]`` is the index in ``input_ids`` where audio
+    ``k`` is inserted. ``truncated`` counts the tokens removed to fit ``max_seq_length``: the
+    excess, or a few more when the cut would have split the tokens of one character.
+    ``context_ids``, ``answer_ids`` and ``loss_mask`` are computed when asked for.
     """
 
     input_ids: list[int]
@@ -78,6 +79,7 @@ class Prompt:
     audio_positions: list[int]
     truncated: int = 0
     answer_only_loss: bool = True
+    targets: list[int] | None = None
 
     @property
     def context_ids(self) -> list[int]:
@@ -92,6 +94,8 @@ class Prompt:
     @property
     def loss_mask(self) -> list[int]:
         """1 for each target token, 0 for the others (see the class docstring)."""
+        if self.targets is not None:
+            return self.targets
         n = len(self.input_ids)
         if self.answer_only_loss:
             return [0] * self.answer_start + [1] * (n - self.answer_start)

@@ -55,6 +55,7 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> Batch:
     positions: list[int] = []
     num_audios: list[int] = []
     ids: list[int] = []
+    targets: list[int] = []
     ids_lengths: list[int] = []
     answer_start: list[int] = []
     for _ in range(batch_size):
@@ -78,6 +79,7 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> Batch:
         example = context + answer + [spec.eos_id]
         num_audios.append(n_audio)
         ids += example
+        targets += [0] * len(context) + [1] * (len(example) - len(context))
         ids_lengths.append(len(example))
         answer_start.append(len(context))
     packed = Packed(
@@ -89,6 +91,7 @@ def synthetic_batch(spec: SyntheticSpec, batch_size: int, seed: int) -> Batch:
         ids_lengths=torch.tensor(ids_lengths, dtype=torch.int64),
         answer_start=torch.tensor(answer_start, dtype=torch.int64),
         sample_ids=torch.arange(batch_size, dtype=torch.int64) + seed * 1_000_003,
+        targets=torch.tensor(targets, dtype=torch.uint8),
         metadata=[{"synthetic": True, "seed": seed, "index": i} for i in range(batch_size)],
     )
     return finalize(
