@@ -3,7 +3,7 @@
 # (torch 2.13.0 is installed first so that CPU-only machines get the CPU wheel).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,lhotse,plot,dev
+EXTRAS ?= train,lhotse,plot,remote,ray,dev
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
