@@ -19,7 +19,7 @@ Example::
 
     >>> keys = manifest_keys(cfg)                      # from a DatasetConfig
     >>> parse_line({"audio_filepath": "a.wav", "duration": 2, "text": "hi"}, keys)
-    (['a.wav'], [2.0], [0.0], None, 'hi')
+    Line(audio=['a.wav'], duration=[2.0], offset=[0.0], context=None, answer='hi', messages=None)
     >>> check_clip("a.wav", False, None, {"text": "hi"}, keys)
     Traceback (most recent call last):
     ValueError: 'duration' must be a number, got False
@@ -33,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -43,7 +43,9 @@ from speechdata.errors import SpeechDataError
 __all__ = [
     "AUDIO_KEYS",
     "MAX_SECONDS",
+    "Line",
     "ManifestKeys",
+    "Message",
     "Record",
     "check_clip",
     "check_json_lines",
@@ -53,6 +55,7 @@ __all__ = [
     "json_error",
     "manifest_keys",
     "manifest_root",
+    "parse_conversation",
     "parse_line",
     "resolve_audio",
     "shard_id_of",
@@ -180,16 +183,34 @@ def _values(value: Any, n: int, key: str) -> list[Any] | None:
     return items
 
 
-def parse_line(
-    obj: Any, keys: ManifestKeys
-) -> tuple[list[str], list[float] | None, list[float], str | None, str]:
-    """Resolve one decoded manifest line: ``(audio, duration|None, offset, context, answer)``.
+class Line(NamedTuple):
+    """One resolved manifest line (what :func:`parse_line` returns).
 
-    Every clip passes :func:`check_clip`. Raises ``ValueError`` with a short message for anything
-    malformed (the caller adds file:line).
+    ``duration`` is ``None`` when the line gives none (measured from the audio header).
+    ``messages`` is ``None`` for a context/answer line; for a conversation it holds the turns,
+    merged by role (:data:`Message`), and ``context``/``answer`` are their text before the last
+    assistant turn and the last assistant turn's text (for metadata and the text length).
+    """
+
+    audio: list[str]
+    duration: list[float] | None
+    offset: list[float]
+    context: str | None
+    answer: str
+    messages: list[Message] | None = None
+
+
+def parse_line(obj: Any, keys: ManifestKeys) -> Line:
+    """Resolve one decoded manifest line (see :class:`Line`).
+
+    A line with a ``conversations`` key is a conversation (:func:`parse_conversation`);
+    every other line is a context/answer line whose clips pass :func:`check_clip`. Raises
+    ``ValueError`` with a short message for anything malformed (the caller adds file:line).
     """
     if type(obj) is not dict:
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "conversations" in obj:
+        return parse_conversation(obj)
     audio_val = None
     for k in AUDIO_KEYS:
         if k in obj:
@@ -200,8 +221,8 @@ def parse_line(
     audio = list(audio_val) if type(audio_val) is list else [audio_val]
     if not audio:
         raise ValueError("audio path must be a non-empty string or a list of them")
-    if len(audio) > 255:
-        raise ValueError(f"too many audios in one example ({len(audio)} > 255)")
+    if len(audio) > MAX_AUDIOS:
+        raise ValueError(f"too many audios in one example ({len(audio)} > {MAX_AUDIOS})")
     n = len(audio)
     dur = _values(obj.get("duration"), n, "duration")
     off = _values(obj.get("offset"), n, "offset")
@@ -209,13 +230,197 @@ def parse_line(
         context, answer = check_clip(
             audio[k], None if dur is None else dur[k], None if off is None else off[k], obj, keys
         )
-    return (
+    return Line(
         audio,
         None if dur is None else [float(v) for v in dur],
         [0.0] * n if off is None else [float(v) for v in off],
         context,
         answer,
     )
+
+
+# ------------------------------------------------------------------------------ conversations
+
+#: One message of a conversation: its role (``system``, ``user`` or ``assistant``) and its
+#: content as text pieces and audio numbers (``int`` ``k`` is the example's ``k``-th audio), in
+#: order. Consecutive turns of one role are one message, joined with a space (as NeMo does).
+Message = tuple[str, tuple[str | int, ...]]
+
+#: Roles as the two conversation formats write them.
+_NEMO_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+#: ShareGPT's audio placeholders (replaced, in order, by the audios of the ``sound`` key).
+SHAREGPT_PLACEHOLDERS = ("<sound>", "<speech>")
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in SHAREGPT_PLACEHOLDERS))
+MAX_AUDIOS = 255
+#: Key settings for checking a conversation's clips (its texts are not read by key).
+_NO_KEYS = ManifestKeys()
+
+
+def parse_conversation(obj: dict[str, Any]) -> Line:
+    """A conversation line, in either of two formats:
+
+    * NeMo's multimodal conversation: ``{"id", "conversations": [{"from": "User" | "Assistant"
+      | "System", "type": "text" | "audio", "value", "duration" (audio), "offset"? (audio)}]}``
+      (an audio turn's ``value`` is its path);
+    * ShareGPT: ``{"conversations": [{"from": "human" | "gpt" | "system", "value"}], "sound":
+      path or list}``, where ``<sound>`` / ``<speech>`` in a value stand for the next audio
+      (durations from an optional ``duration`` key, else measured from the audio header).
+
+    Rules: roles as above (any case); a system turn only first; the first other turn is the
+    user's; at least one assistant turn. Turns of one role in a row are one message, joined
+    with a space. Raises ``ValueError`` naming the turn (``turn 3: ...``, counted from 1).
+    """
+    turns = obj["conversations"]
+    if type(turns) is not list or not turns:
+        raise ValueError("'conversations' must be a non-empty list of turns")
+    sharegpt = not any(type(t) is dict and "type" in t for t in turns)
+    audio: list[str] = []
+    durations: list[Any] = []
+    offsets: list[float] = []
+    pieces: list[tuple[str, str | int]] = []  # (role, text or audio number) in order
+    if sharegpt:
+        audio = _sharegpt_audio(obj)
+    for n, turn in enumerate(turns, 1):
+        if type(turn) is not dict:
+            raise ValueError(f"turn {n}: expected an object, got {type(turn).__name__}")
+        who = turn.get("from")
+        roles = _SHAREGPT_ROLES if sharegpt else _NEMO_ROLES
+        role = roles.get(who.lower()) if type(who) is str else None
+        if role is None:
+            known = "human, gpt, system" if sharegpt else "User, Assistant, System"
+            raise ValueError(f"turn {n}: 'from' must be one of {known}; got {who!r}"[:200])
+        value = turn.get("value")
+        if type(value) is not str:
+            raise ValueError(f"turn {n}: 'value' must be a string, got {type(value).__name__}")
+        if sharegpt:
+            _sharegpt_pieces(value, role, pieces, len(audio), n)
+            continue
+        kind = turn.get("type")
+        if kind == "text":
+            pieces.append((role, value))
+        elif kind == "audio":
+            if not value:
+                raise ValueError(f"turn {n}: an audio turn's 'value' (its path) is empty")
+            duration, offset = turn.get("duration"), turn.get("offset")
+            if duration is None:
+                raise ValueError(f"turn {n}: audio turn {value!r} has no 'duration'"[:200])
+            try:
+                check_clip(value, duration, offset, {"text": ""}, _NO_KEYS)
+            except ValueError as e:
+                raise ValueError(f"turn {n}: {e}") from None
+            pieces.append((role, len(audio)))
+            audio.append(value)
+            durations.append(duration)
+            offsets.append(float(offset or 0.0))
+        else:
+            raise ValueError(f"turn {n}: 'type' must be 'text' or 'audio'; got {kind!r}"[:200])
+    if sharegpt:
+        used = sum(1 for _, p in pieces if type(p) is int)
+        if used != len(audio):
+            raise ValueError(
+                f"{used} audio placeholder(s) ({' or '.join(SHAREGPT_PLACEHOLDERS)}) but {len(audio)} "
+                "audio(s) in 'sound'"
+            )
+        dur = _values(obj.get("duration"), len(audio), "duration") if audio else None
+        if dur is not None:
+            for k, (a, d) in enumerate(zip(audio, dur, strict=True)):
+                try:
+                    check_clip(a, d, None, {"text": ""}, _NO_KEYS)
+                except ValueError as e:
+                    raise ValueError(f"audio {k + 1}: {e}") from None
+        durations = dur or []
+        offsets = [0.0] * len(audio)
+    if not audio:
+        raise ValueError("the conversation has no audio (text-only examples are not supported yet)")
+    if len(audio) > MAX_AUDIOS:
+        raise ValueError(f"too many audios in one example ({len(audio)} > {MAX_AUDIOS})")
+    messages = _merge(pieces)
+    context, answer = _texts(messages)
+    return Line(
+        audio,
+        [float(d) for d in durations] if durations or not audio else None,
+        offsets,
+        context,
+        answer,
+        messages,
+    )
+
+
+def _sharegpt_audio(obj: dict[str, Any]) -> list[str]:
+    """The audio paths of a ShareGPT line (``sound``, else ``ori_sound``; a string or a list)."""
+    value = obj.get("sound", obj.get("ori_sound"))
+    if value is None:
+        return []
+    paths = list(value) if type(value) is list else [value]
+    for p in paths:
+        if type(p) is not str or not p:
+            raise ValueError("'sound' must be a non-empty path or a list of them")
+    return paths
+
+
+def _sharegpt_pieces(value: str, role: str, pieces: list[tuple[str, str | int]], audios: int, n: int) -> None:
+    """Cut a ShareGPT value at its placeholders: text parts stripped (empty ones dropped, as
+    NeMo does), each placeholder the next audio."""
+    parts = _PLACEHOLDER.split(value)
+    for k, part in enumerate(parts):
+        if k:
+            used = sum(1 for _, p in pieces if type(p) is int)
+            if used >= audios:
+                raise ValueError(f"turn {n}: more audio placeholders than the {audios} audio(s) in 'sound'")
+            pieces.append((role, used))
+        text = part.strip() if len(parts) > 1 else part
+        if text or len(parts) == 1:
+            pieces.append((role, text))
+
+
+def _merge(pieces: list[tuple[str, str | int]]) -> list[Message]:
+    """Turns of one role in a row as one message (pieces joined with a space), and the role
+    rules: system only first, then the user first, at least one assistant message."""
+    messages: list[tuple[str, list[str | int]]] = []
+    for role, piece in pieces:
+        if messages and messages[-1][0] == role:
+            messages[-1][1].append(" ")
+        else:
+            messages.append((role, []))
+        messages[-1][1].append(piece)
+    for k, (role, _) in enumerate(messages):
+        if role == "system" and k:
+            raise ValueError(f"message {k + 1}: a system turn may only come first")
+    first = messages[1][0] if messages[0][0] == "system" and len(messages) > 1 else messages[0][0]
+    if first != "user":
+        raise ValueError(
+            f"the conversation must start with a user turn (after an optional system turn); it starts with {first!r}"
+        )
+    if not any(role == "assistant" for role, _ in messages):
+        raise ValueError("the conversation has no assistant turn (nothing to learn)")
+    out: list[Message] = []
+    for role, parts in messages:
+        joined: list[str | int] = []
+        for p in parts:  # adjacent text pieces as one string
+            if type(p) is str and joined and type(joined[-1]) is str:
+                joined[-1] += p
+            else:
+                joined.append(p)
+        out.append((role, tuple(joined)))
+    return out
+
+
+def _texts(messages: list[Message]) -> tuple[str, str]:
+    """``(text before the last assistant message, the last assistant message's text)``."""
+    last = max(k for k, (role, _) in enumerate(messages) if role == "assistant")
+
+    def text(parts: tuple[str | int, ...]) -> str:
+        return "".join(p for p in parts if type(p) is str)
+
+    context = "\n".join(text(parts) for _, parts in messages[:last])
+    return context, text(messages[last][1])
 
 
 def shard_id_of(obj: dict[str, Any]) -> int:
@@ -313,6 +518,8 @@ class Record:
     names: list[str] = field(default_factory=list)
     #: the manifest the line came from (as the user named it), for messages
     manifest: str = ""
+    #: a conversation's messages (:data:`Message`); ``None`` for a context/answer example
+    messages: list[Message] | None = None
 
     def describe_audio(self, k: int) -> str:
         """The ``k``-th audio as messages name it (see :func:`describe_audio`)."""

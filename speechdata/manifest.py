@@ -190,7 +190,7 @@ class Index:
         where = self.where(i)
         try:
             obj = orjson.loads(self.line(i))
-            audio, dur, off, context, answer = parse_line(obj, self.keys)
+            audio, dur, off, context, answer, messages = parse_line(obj, self.keys)
         except (orjson.JSONDecodeError, ValueError) as e:  # the file changed under us
             raise DataError("bad_line", where, f"{e} (was the manifest modified after indexing?)") from None
         names = [] if self.keys.tarred else list(audio)  # tar members are named as they are
@@ -217,6 +217,7 @@ class Index:
             i,
             names,
             info.path,
+            messages,
         )
 
     def close(self) -> None:
@@ -365,7 +366,7 @@ def _index_range(
         if total is None:
             where = f"{name}:{first + j + 1}"
             try:
-                audio, ds, offs, context, answer = parse_line(obj, keys)
+                audio, ds, offs, context, answer, _ = parse_line(obj, keys)
                 shard = shard_id_of(obj)
                 if ds is None:
                     ds = _measure_cached(audio, offs, keys, root, name, info_cache, where)

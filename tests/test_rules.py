@@ -132,7 +132,7 @@ def _per_record(line: bytes, keys: ManifestKeys) -> tuple[str, Any]:
     file (``a.wav`` lasts :data:`FILE_SECONDS`), as the documented rule says."""
     obj = orjson.loads(line)
     try:
-        audio, dur, off, context, answer = parse_line(obj, keys)
+        audio, dur, off, context, answer, _ = parse_line(obj, keys)
         shard = shard_id_of(obj)
     except ValueError as e:
         return "bad_line", str(e)
