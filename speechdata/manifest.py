@@ -56,6 +56,7 @@ from speechdata.lines import (
     shard_id_of,
 )
 from speechdata.openfiles import OpenFiles
+from speechdata.storage import is_remote, local_copy
 
 __all__ = [
     "AUDIO_KEYS",
@@ -527,7 +528,8 @@ def load_index(
 ) -> Index:
     """Index one or more manifests (``.json``, ``.jsonl``, optionally ``.gz``).
 
-    ``manifests`` is a path, a comma-separated string of paths, or a list (``~`` is expanded).
+    ``manifests`` is a path, a comma-separated string of paths, or a list (``~`` is expanded); a
+    path may be an object-storage URL (indexed from a local copy, :func:`speechdata.storage.local_copy`).
     With ``on_error="raise"`` the first bad line raises a one-line :class:`DataError` naming file
     and line; with ``"skip"`` it is counted in ``index.drops`` under its reason. Each manifest's
     index is cached under :func:`speechdata.cache.cache_root` (``cache_dir``, else
@@ -539,7 +541,8 @@ def load_index(
     keys = keys or ManifestKeys()
     parts = []
     for m in manifests:
-        path = Path(os.path.expanduser(str(m)))
+        # a manifest on object storage is indexed (and read back) from its local copy
+        path = local_copy(str(m), cache_dir) if is_remote(str(m)) else Path(os.path.expanduser(str(m)))
         if not path.is_file():
             raise SpeechDataError(f"{m}: manifest not found")
         try:

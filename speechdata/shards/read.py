@@ -5,16 +5,19 @@
   and a list of lists for pre-bucketed datasets. ``pipe:`` commands and URLs are kept as they are;
   they only ever come from the config, never from a manifest.
 * :class:`TarredDataset` opens a tarred dataset from a :class:`~speechdata.config.DatasetConfig`.
-  Local (or mounted) shards are read by byte offset with ``os.pread``: from the entry's
+  Local (or mounted) shards are read by byte offset with ``os.pread``, shards on object storage
+  (``s3://``, ``gs://``, ``az://``, ``http(s)://``, ``ais://`` URLs) by byte-range requests
+  through a :class:`~speechdata.storage.RangeReader` (read ahead, bounded, retried): from the entry's
   ``tar_offset``/``tar_size`` when speechdata wrote it, else from a header scan of the tar (done
   once, cached beside the tar keyed by its size and mtime) for datasets written by NeMo's script,
   whose entries name members by their flattened basename (``-subN`` suffixes of repeated entries
-  are resolved to the member they repeat).
+  are resolved to the member they repeat; a remote tar's headers are read front to back once and
+  cached by the object's URL and version).
 * :func:`tarred_dataset_folders` finds the dataset folders of a ``speechdata shard`` output
   folder: the folder itself, or its ``bucket*`` datasets (``speechdata validate`` and
   ``speechdata inspect`` both use it).
-* :func:`stream_tarred` reads non-seekable shards (``pipe:`` commands, http(s) URLs) front to
-  back through webdataset's URL openers, with a per-epoch shard order, shards dealt evenly to
+* :func:`stream_tarred` reads shards front to back (``pipe:`` commands through webdataset's
+  openers, URLs as whole objects through fsspec), with a per-epoch shard order, shards dealt evenly to
   ranks and workers (repeating a few, never dropping any) and a ``shuffle_n`` sample buffer.
 
 Example::
@@ -27,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -46,6 +50,7 @@ from speechdata.errors import ConfigError, DataError
 from speechdata.manifest import AUDIO_KEYS, Index, Record, load_index, manifest_keys, unpack_sample_id
 from speechdata.openfiles import OpenFiles
 from speechdata.shards.tarfmt import Member, scan_members
+from speechdata.storage import RangeReader, Span, is_remote, local_copy, object_version, open_object
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD_NUMBER = re.compile(r"(\d+)\.tar(?![A-Za-z0-9])")
@@ -199,6 +204,52 @@ def member_table(tar: str | os.PathLike[str], cache_dir: str | Path | None = Non
     return table
 
 
+def remote_member_table(url: str, cache_dir: str | Path | None = None) -> dict[str, Member]:
+    """:func:`member_table` of a tar on object storage: its headers read front to back once (data
+    skipped in large read-ahead blocks), cached by the object's URL and version (size and ETag or
+    equivalent) in the same folder as the local tables."""
+    try:
+        version = object_version(url).key()
+    except FileNotFoundError:
+        raise DataError("missing_audio", url, "tar shard not found") from None
+    except Exception as e:
+        raise DataError("missing_audio", url, f"cannot read tar shard ({type(e).__name__}: {e})") from None
+    try:
+        folder: Path | None = cache_folder("tar_members", cache_dir)
+    except OSError:
+        folder = None
+    key = hashlib.sha1(f"{url}\0{version}".encode()).hexdigest()[:16]
+    cfile = None if folder is None else folder / f"{key}.members.v{_CACHE_VERSION}.json"
+    if cfile is not None:
+        try:
+            cached = orjson.loads(cfile.read_bytes())
+            if cached["url"] == url and cached["version"] == version:
+                touch(cfile)
+                return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
+        except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
+            pass
+    table: dict[str, Member] = {}
+    try:
+        with open_object(url) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            for m in tf:
+                if m.isfile():
+                    table[m.name] = Member(m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as e:
+        if not table:
+            raise DataError(
+                "decode_error", url, f"not a readable tar file: {' '.join(str(e).split())}"
+            ) from None
+    if cfile is not None:
+        blob = {"url": url, "version": version, "members": {k: [m.offset, m.size] for k, m in table.items()}}
+        tmp = cfile.with_name(cfile.name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(blob))
+            os.replace(tmp, cfile)
+        except (OSError, TypeError):
+            tmp.unlink(missing_ok=True)
+    return table
+
+
 def find_member(table: Mapping[str, Member], name: str) -> tuple[str, Member] | None:
     """Find ``name`` in a member table: exactly, else without NeMo's ``-subN`` suffix; returns the
     name found and the member."""
@@ -231,11 +282,15 @@ class MemberPlace:
 class TarredDataset:
     """A tarred dataset opened from a config: ``index`` (metadata rows knowing their shard),
     ``buckets`` (pre-bucket id per row for a list-of-lists ``tarred_audio_filepaths``, else None),
-    ``seekable`` (every shard is a local file), and :meth:`read_audio_bytes`.
+    ``seekable`` (every shard is a local file or an object-storage URL: no ``pipe:`` command),
+    ``remote`` (some shard is a URL), and :meth:`read_audio_bytes`.
 
     ``manifest_filepath`` lists the tarred manifest(s). ``tarred_audio_filepaths`` is one spec for
     one manifest, one spec per manifest, or (pre-bucketed) one list per manifest, bucket order.
-    File descriptors are opened lazily per process, so the object can go to DataLoader workers.
+    File descriptors and the remote reader are made lazily per process, so the object can go to
+    DataLoader workers. Remote members are read ahead: :meth:`prefetch` announces a record's
+    members (the source calls it as each record of a batch is read), and :meth:`read_audio_bytes`
+    then finds them fetched or in flight.
     """
 
     def __init__(
@@ -273,12 +328,14 @@ class TarredDataset:
         self.shard_paths: list[dict[int, str]] = [
             dict(zip(shard_ids(paths), paths, strict=True)) for paths in per_dataset
         ]
-        locals_ = [local_path(p) for paths in per_dataset for p in paths]
-        self.seekable = all(p is not None for p in locals_)
+        every = [p for paths in per_dataset for p in paths]
+        self.remote = any(is_remote(p) for p in every)
+        self.seekable = all(is_remote(p) or local_path(p) is not None for p in every)
         if self.seekable:
-            for p in locals_:
-                if not os.path.isfile(str(p)):
-                    raise ConfigError(f"tarred_audio_filepaths: shard not found: {p}")
+            for p in every:
+                local = local_path(p)
+                if local is not None and not os.path.isfile(local):
+                    raise ConfigError(f"tarred_audio_filepaths: shard not found: {local}")
         if index is None:
             keys = replace(manifest_keys(cfg), tarred=True)  # member names, whatever is_tarred says
             index = load_index(manifests, keys, on_error=cfg.on_error)
@@ -287,6 +344,9 @@ class TarredDataset:
         self.cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
         self._tables: dict[str, dict[str, Member]] = {}
         self._files = OpenFiles()
+        self._reader = RangeReader(
+            seed=cfg.seed, cache_dir=None if self.cache_dir is None else str(self.cache_dir)
+        )
 
     def shard_path(self, dataset: int, shard_id: int, where: str = "") -> str:
         """The shard file of ``shard_id`` in manifest ``dataset``.
@@ -311,7 +371,11 @@ class TarredDataset:
     def _table(self, path: str) -> dict[str, Member]:
         table = self._tables.get(path)
         if table is None:
-            table = self._tables[path] = member_table(str(local_path(path)), self.cache_dir)
+            table = self._tables[path] = (
+                remote_member_table(path, self.cache_dir)
+                if is_remote(path)
+                else member_table(str(local_path(path)), self.cache_dir)
+            )
         return table
 
     def _locate(self, dataset: int, shard_id: int, name: str, where: str) -> MemberPlace:
@@ -355,14 +419,34 @@ class TarredDataset:
         """The bytes of each audio member of ``record`` (one per clip), read by offset."""
         if not self.seekable:
             raise ConfigError(
-                "tarred_audio_filepaths: shards are not local files; read them with stream_tarred"
+                "tarred_audio_filepaths: shards are pipe: commands; read them with stream_tarred"
             )
         return [self.read_member(place) for place in self.member_places(record)]
 
+    def prefetch(self, record: Record) -> None:
+        """Start reading the remote members of ``record`` ahead of :meth:`read_audio_bytes`
+        (records are announced in the order their audio will be read). Nothing for local shards;
+        an entry whose members cannot be placed is left for :meth:`read_audio_bytes` to report."""
+        if not self.remote:
+            return
+        try:
+            places = self.member_places(record)
+        except DataError:
+            return
+        self._reader.schedule([_span(p) for p in places if is_remote(p.tar)])
+
     def read_member(self, place: MemberPlace) -> bytes:
-        """The bytes of one member, read by offset; a range past the end of the tar is a one-line
-        ``decode_error`` checked before reading (a wrong ``tar_size`` allocates nothing)."""
+        """The bytes of one member, read by offset; a range past the end of a local tar is a one-line
+        ``decode_error`` checked before reading (a wrong ``tar_size`` allocates nothing). A remote
+        member is one byte-range request (read ahead when :meth:`prefetch` announced it)."""
         path, name, m = place.tar, place.name, place.member
+        if is_remote(path):
+            data = self._reader.read(_span(place))
+            if len(data) != m.size:
+                raise DataError(
+                    "decode_error", f"{path}:{name}", f"tar is truncated ({len(data)} of {m.size} bytes)"
+                )
+            return data
         fd = self._fd(path)
         end = os.fstat(fd).st_size
         if m.offset + m.size > end:
@@ -380,8 +464,13 @@ class TarredDataset:
         return data
 
     def close(self) -> None:
-        """Close shard file descriptors (reopened on demand)."""
+        """Close shard file descriptors and stop remote reads (reopened on demand)."""
         self._files.close()
+        self._reader.close()
+
+
+def _span(place: MemberPlace) -> Span:
+    return Span(place.tar, place.member.offset, place.member.size, place.name)
 
 
 def _is_count(v: Any) -> bool:
@@ -405,7 +494,7 @@ def entries_by_member(manifests: str | Sequence[str | Path]) -> dict[str, list[d
     paths = split_paths(manifests) if isinstance(manifests, str) else [str(m) for m in manifests]
     out: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
-        with open(path, "rb") as f:
+        with open(local_copy(path) if is_remote(path) else path, "rb") as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -455,9 +544,12 @@ MemberTable = Mapping[str, Sequence[Entry]]
 
 
 def _iter_members(url: str) -> Iterator[tuple[str, bytes]]:
-    from webdataset import gopen
+    if is_remote(url):
+        stream = open_object(url)
+    else:
+        from webdataset import gopen
 
-    stream = gopen(url, "rb")
+        stream = gopen(url, "rb")
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tf:
             for m in tf:

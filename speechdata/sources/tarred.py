@@ -1,7 +1,10 @@
-"""NeMo tarred datasets: read by byte offset (local shards), or streamed (``pipe:`` commands, URLs).
+"""NeMo tarred datasets: read by byte offset (local shards or object storage), or streamed
+(``pipe:`` commands, or any shards with ``streaming: true``).
 
 Both wrap a :class:`~speechdata.shards.read.TarredDataset` (shard lists, the Index of the tarred
-manifest(s)). :class:`TarredSource` reads each member with ``os.pread`` at its offset;
+manifest(s)). :class:`TarredSource` reads each member at its offset: ``os.pread`` for a local
+shard, a byte-range request for a shard on object storage (announced as the record is read, so
+a batch's requests are in flight together while earlier clips decode);
 :class:`StreamedTarSource` reads shards front to back with
 :func:`~speechdata.shards.read.stream_tarred` and looks up the manifest entries of a shard just
 before streaming it, so start-up reads no manifest line and each reader reads only the lines of
@@ -24,7 +27,7 @@ __all__ = ["StreamedTarSource", "TarredSource"]
 
 
 class TarredSource:
-    """A tarred dataset whose shards are local files (a seekable
+    """A tarred dataset whose shards are local files or object-storage URLs (a seekable
     :class:`~speechdata.sources.base.Source`): a record's clips are the bytes of its members,
     read by offset; a pre-bucketed dataset gives each row its bucket."""
 
@@ -36,8 +39,11 @@ class TarredSource:
         self.buckets = tarred.buckets
 
     def record(self, row: int) -> Record:
-        """Row ``row``'s tarred manifest entry."""
-        return self.index.record(row)
+        """Row ``row``'s tarred manifest entry; its remote members start loading now (a batch's
+        records are all read before the first clip is decoded)."""
+        rec = self.index.record(row)
+        self.tarred.prefetch(rec)
+        return rec
 
     def audio(self, rec: Record) -> list[bytes]:
         """The bytes of each member of ``rec``, read by offset."""
@@ -60,7 +66,7 @@ class StreamedTarSource:
         self.urls = [tarred.shard_paths[0][k] for k in sorted(tarred.shard_paths[0])]
 
     def record(self, row: int) -> Record:
-        """Row ``row``'s tarred manifest entry (the manifest itself is a local file)."""
+        """Row ``row``'s tarred manifest entry (read from the manifest, or its local copy)."""
         return self.index.record(row)
 
     def audio(self, rec: Record) -> list[bytes]:

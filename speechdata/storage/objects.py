@@ -1,0 +1,87 @@
+"""Whole remote objects: local copies of manifests, and objects opened for reading front to back.
+
+* :func:`local_copy` gives a remote manifest as a local file: downloaded once into
+  ``<cache folder>/remote_manifests/`` and named by a digest of its URL and its version (size and
+  ETag or equivalent), so the next start costs one metadata request, a changed object is
+  downloaded again, and the copy's older versions are removed. Indexing then reads the copy like
+  any local manifest (and caches its Index as usual); a record is read back from the copy by byte
+  offset, so examples never wait on the store for their text.
+* :func:`open_object` opens an object for sequential reading (streamed shards, member table scans).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from speechdata.cache import cache_folder, touch
+from speechdata.errors import DataError, SpeechDataError
+from speechdata.storage.fs import filesystem, object_version
+from speechdata.storage.options import RemoteOptions
+from speechdata.storage.retry import read_range
+
+__all__ = ["local_copy", "open_object"]
+
+#: Bytes per request when a whole object is downloaded.
+CHUNK = 32 << 20
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def local_copy(
+    url: str, cache_dir: str | os.PathLike[str] | None = None, options: RemoteOptions | None = None
+) -> Path:
+    """A local file with the content of the object at ``url`` (see the module docstring). A
+    missing object or one that cannot be read is a one-line :class:`SpeechDataError` naming it."""
+    options = options or RemoteOptions.from_env()
+    try:
+        version = object_version(url, options.timeout)
+    except FileNotFoundError:
+        raise SpeechDataError(f"{url}: manifest not found") from None
+    except Exception as e:  # any library's error, as one line naming the URL
+        raise SpeechDataError(
+            f"{url}: cannot read manifest ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+    try:
+        folder = cache_folder("remote_manifests", cache_dir)
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="speechdata-"))
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[-80:] or "manifest"
+    mine = _digest(url)
+    path = folder / f"{mine}.{_digest(version.key())}.{base}"
+    if path.is_file() and path.stat().st_size == version.size:
+        touch(path)
+        return path
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for start in range(0, version.size, CHUNK):
+                size = min(CHUNK, version.size - start)
+                try:
+                    f.write(read_range(url, start, size, options, where=url))
+                except DataError as e:
+                    raise SpeechDataError(f"{url}: cannot read manifest ({e.detail})") from None
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    for old in folder.glob(f"{mine}.*"):
+        if old != path and not old.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return path
+
+
+def open_object(url: str, options: RemoteOptions | None = None, block_size: int = 8 << 20) -> IO[Any]:
+    """The object at ``url`` opened for reading (binary, seekable, read ahead ``block_size``
+    bytes per request)."""
+    options = options or RemoteOptions.from_env()
+    fs, path = filesystem(url, options.timeout)
+    return fs.open(path, "rb", block_size=block_size, cache_type="readahead")

@@ -1,0 +1,130 @@
+"""One byte range of a remote object, read with retries: exponential backoff with seeded jitter.
+
+Retried: timeouts, HTTP 408/429/5xx (``SlowDown``, ``ServiceUnavailable``), connection errors and
+resets, and bodies shorter than the range asked for (a connection cut mid-body). Not retried: a
+missing object (404), refused access (401/403), any other 4xx, and a body longer than the range
+(a server that ignores ``Range``). After the last attempt the read fails with one line naming the
+URL, the member and the last error (``DataError("missing_audio")``: counted as a drop with
+``on_error: skip``).
+
+The wait before retry ``k`` (``k = 0, 1, ...``) is ``min(max_backoff, backoff * 2**k)`` times a
+factor in ``[0.5, 1)`` drawn from ``(seed, URL, offset, k)``: the same run waits the same, and
+readers of different ranges do not retry in lockstep.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from speechdata.errors import DataError
+from speechdata.storage.fs import filesystem
+from speechdata.storage.options import RemoteOptions
+
+__all__ = ["ShortRead", "backoff_delay", "read_range", "retryable"]
+
+
+class ShortRead(OSError):
+    """A body with fewer bytes than the range asked for (retried)."""
+
+
+class LongRead(ValueError):
+    """A body with more bytes than the range asked for: the server ignores ``Range`` (not retried)."""
+
+
+_NEVER = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, LongRead)
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status behind an exception of aiohttp, botocore or a wrapper of either."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for attr in ("status", "status_code", "code"):
+            v = getattr(e, attr, None)
+            if isinstance(v, int) and 100 <= v < 600:
+                return v
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            v = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(v, int):
+                return v
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a failed read is worth another attempt (see the module docstring)."""
+    if isinstance(exc, _NEVER):
+        return False
+    status = _status(exc)
+    if status is not None and 400 <= status < 500:
+        return status in (408, 429)
+    return True
+
+
+def backoff_delay(options: RemoteOptions, seed: int, url: str, offset: int, attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based) of the range at ``offset`` of ``url``."""
+    u = np.random.default_rng([int(seed), zlib.crc32(url.encode()), int(offset), int(attempt)]).random()
+    return min(options.max_backoff, options.backoff * 2.0**attempt) * (0.5 + 0.5 * float(u))
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    status = _status(exc)
+    shown = f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+    if status is not None and str(status) not in shown:
+        shown = f"HTTP {status}: {shown}"
+    return shown[:300]
+
+
+def read_range(
+    url: str,
+    offset: int,
+    size: int,
+    options: RemoteOptions,
+    *,
+    seed: int = 0,
+    where: str = "",
+    on_attempt: Callable[[int], None] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> bytes:
+    """Bytes ``[offset, offset + size)`` of the object at ``url``, retried per the module rules.
+
+    ``where`` names what is read in the error (``URL:member``; the URL alone by default);
+    ``on_attempt(k)`` is called before attempt ``k`` (to count requests).
+    """
+    fs, path = filesystem(url, options.timeout)
+    where = where or url
+    last: BaseException | None = None
+    attempts = options.retries + 1
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff_delay(options, seed, url, offset, attempt - 1))
+        if on_attempt is not None:
+            on_attempt(attempt)
+        try:
+            data = fs.cat_file(path, start=offset, end=offset + size)
+            if len(data) < size:
+                raise ShortRead(f"{len(data)} of {size} bytes")
+            if len(data) > size:
+                raise LongRead(f"{len(data)} bytes for a range of {size}: the server does not honour Range")
+            return bytes(data)
+        except FileNotFoundError:
+            raise DataError("missing_audio", where, "object not found") from None
+        except PermissionError as e:
+            raise DataError("missing_audio", where, f"access denied ({_describe(e)})") from None
+        except Exception as e:  # every library's errors are classified by retryable()
+            last = e
+            if not retryable(e):
+                break
+    assert last is not None
+    tries = f"after {attempts} attempts" if retryable(last) else "(not retried)"
+    raise DataError(
+        "missing_audio", where, f"bytes {offset}-{offset + size} not read {tries}: {_describe(last)}"
+    )
