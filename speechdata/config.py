@@ -4,10 +4,15 @@ YAML is read with a safe loader that rejects duplicated keys (naming both lines)
 OmegaConf for its semantics: ``???`` marks a required value, ``${a.b}`` interpolates, and dotted
 overrides such as ``model.train_ds.max_duration=20`` are merged on top. Dataset sections
 (``train_ds``, ``validation_ds``, ``test_ds``; under ``model.``, ``model.data.`` as in NeMo's own
-SpeechLLM configs, or at the top level) are checked key by key against :class:`DatasetConfig`: an
-unknown key gets a "did you mean", a wrong type names the key, a required key left ``???`` names
-its full path. NeMo's keys that do not change what is loaded (:data:`NEMO_IGNORED_KEYS`) are
-accepted with one warning per section; NeMo's ``label_key`` is ``answer_key``.
+SpeechLLM configs, ``data.`` as in NeMo 2.x speechlm2 configs, or at the top level) are checked
+key by key against :class:`DatasetConfig`: an unknown key gets a "did you mean", a wrong type
+names the key, a required key left ``???`` names its full path. NeMo's keys that do not change
+what is loaded (:data:`NEMO_IGNORED_KEYS`) are accepted with one warning per section, the
+augmentation and other lhotse keys speechdata does not implement
+(:data:`NEMO_UNSUPPORTED_KEYS`) are a one-line "not supported" error unless set to a value that
+changes nothing, NeMo's names of speechdata keys (:data:`NEMO_ALIASES`: ``label_key``,
+``audio_locator_tag``, ``bucket_batch_size``, ...) are accepted, and NeMo 2.x's ``input_cfg``
+becomes the manifests and weights it lists (:func:`expand_input_cfg`).
 
 One validator checks every config section, the dataset's and the trainer's alike:
 :func:`check_section` fills a dataclass from a mapping (unknown keys with a "did you mean" from
@@ -29,6 +34,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import os
 import re
 import types
 import typing
@@ -58,7 +64,8 @@ T = TypeVar("T")
 
 #: Keys of NeMo's SpeechLLM (and lhotse) dataset sections that do not change what is loaded, with
 #: what NeMo uses them for. A dataset section may contain them: they are dropped, and one warning
-#: per section names them. ``sample_alpha`` is accepted only as null (see :data:`NEMO_NULL_ONLY_KEYS`).
+#: per section names them. Keys of :data:`NEMO_UNSUPPORTED_KEYS` set to a value that changes
+#: nothing are dropped the same way.
 NEMO_IGNORED_KEYS: dict[str, str] = {
     "index_mapping_dir": "folder of NeMo's text index-mapping files",
     "memmap_workers": "workers that build NeMo's text memmap index",
@@ -70,12 +77,94 @@ NEMO_IGNORED_KEYS: dict[str, str] = {
     "output_dir": "folder of written predictions",
     "validation_drop_last": "how NeMo reduces the validation loss over partial batches",
     "use_lhotse": "selects NeMo's lhotse loader (speechdata is the loader)",
-    "sample_alpha": "SentencePiece subword sampling of answers",
+    "num_cuts_for_bins_estimate": "examples lhotse estimates bins from (speechdata uses every kept example)",
+    "concurrent_bucketing": "whether lhotse fills its bucket buffer in a background thread",
+    "cuda_expandable_segments": "a CUDA allocator setting NeMo's loader turns on",
+    "force_map_dataset": "forces lhotse's map-style dataset (speechdata picks by source)",
+    "force_iterable_dataset": "forces lhotse's iterable dataset (speechdata picks by source)",
+    "max_open_streams": "how many lhotse streams a mux keeps open",
+    "lang_field": "manifest key of a language tag (kept in the record's extra fields)",
+    "noise_snr": "SNR range of noise mixing (used only with noise_path)",
+    "noise_mix_prob": "probability of noise mixing (used only with noise_path)",
+    "rir_path": "impulse responses (used only with rir_enabled)",
+    "rir_prob": "probability of reverberation (used only with rir_enabled)",
+    "concatenate_gap_seconds": "gap between glued utterances (used only with concatenate_samples)",
+    "concatenate_duration_factor": "length of glued utterances (used only with concatenate_samples)",
+    "concatenate_merge_supervisions": "merging glued transcripts (used only with concatenate_samples)",
+    "db_norm": "loudness of glued utterances (used only with concatenate_samples)",
+    "truncate_offset_type": "where truncation cuts (used only with truncate_duration)",
+    "cut_into_windows_hop": "window hop (used only with cut_into_windows_duration)",
+    "keep_excessive_supervisions": "transcripts of truncated cuts (used only with truncation or windows)",
+    "pad_direction": "where short audio is padded (used only with pad_min_duration)",
+    "sampler_fusion": "how multi_config samplers are fused (used only with multi_config)",
+    "sampler_weights": "weights of multi_config samplers (used only with multi_config)",
 }
-#: Ignored keys that are accepted only as null: any other value would change loading.
-NEMO_NULL_ONLY_KEYS = ("sample_alpha",)
-#: NeMo's names of speechdata keys: ``{nemo_name: speechdata_name}``.
-NEMO_ALIASES: dict[str, str] = {"label_key": "answer_key"}
+#: NeMo (lhotse dataloader) keys that speechdata does not implement: ``{key: (what NeMo does with
+#: it, the values that change nothing)}``. A key set to one of those values is dropped with the
+#: ignored keys' warning; any other value is a one-line "not supported" error naming the key.
+NEMO_UNSUPPORTED_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "sample_alpha": ("SentencePiece subword sampling of answers", (None,)),
+    "noise_path": ("on-the-fly noise mixing", (None,)),
+    "perturb_speed": ("3-way speed perturbation", (False,)),
+    "concatenate_samples": ("gluing utterances together", (False,)),
+    "truncate_duration": ("cutting each example to a fixed duration", (None,)),
+    "cut_into_windows_duration": ("cutting examples into sliding windows", (None,)),
+    "rir_enabled": ("reverberation with impulse responses", (False,)),
+    "pad_min_duration": ("padding short audio to a minimum duration", (None,)),
+    "random_padding": ("random padding of end-of-utterance data", (None,)),
+    "channel_selector": ("picking one channel of multi-channel audio", (None,)),
+    "min_tps": ("a filter on tokens per second", (-1, None)),
+    "max_tps": ("a filter on tokens per second", (math.inf, None)),
+    "min_tpt": ("a filter on output tokens per input token", (-1, None)),
+    "max_tpt": ("a filter on output tokens per input token", (math.inf, None)),
+    "quadratic_factor": ("a quadratic token cost (speechdata has quadratic_duration)", (None,)),
+    "multi_config": ("one sampler per sub-config, fused", (False,)),
+    "datasets": ("several evaluation dataloaders in one section", (None,)),
+    "cuts_path": ("reading lhotse CutSet manifests", (None,)),
+    "shar_path": ("reading lhotse Shar datasets", (None,)),
+    "skip_missing_manifest_entries": ("tarred manifests naming a subset of the tars", (False,)),
+    "tarred_random_access": ("tarred manifests naming a subset of the tars", (False,)),
+    "metadata_only": ("iterating manifests without audio", (False,)),
+    "force_finite": ("ending lhotse's infinite iteration after one pass", (False,)),
+    "pretokenize": ("tokenizing after sampling (speechdata counts tokens before it)", (True,)),
+    "measure_total_length": ("min_tokens/max_tokens on the context only", (True,)),
+    "text_field": ("another manifest key for the transcript (speechdata: answer_key)", ("text",)),
+    "shard_seed": (
+        "shard order per worker: 'trng' is random per run, an int repeats the same order in every "
+        "worker; speechdata derives it from seed, epoch, rank and worker, as 'randomized' does",
+        ("randomized",),
+    ),
+}
+#: NeMo's names of speechdata keys: ``{nemo_name: speechdata_name}`` (NeMo 1.x ``label_key``, NeMo
+#: 2.x / lhotse names of the rest).
+NEMO_ALIASES: dict[str, str] = {
+    "label_key": "answer_key",
+    "audio_locator_tag": "audio_locator",
+    "bucket_batch_size": "bucketing_batch_size",
+    "shuffle_buffer_size": "shuffle_n",
+    "batch_size": "micro_batch_size",
+}
+#: Aliases whose null value means "not given" (lhotse's ``batch_size: null`` with dynamic batches).
+_NULL_IS_ABSENT = ("batch_size", "shuffle_buffer_size")
+#: ``input_cfg`` source types that read NeMo JSONL manifests (conversation lines included).
+INPUT_MANIFEST_TYPES = ("nemo", "nemo_tarred", "multimodal_conversation")
+#: ``input_cfg`` types of text-only data (not supported yet) and of lhotse's own formats.
+INPUT_TEXT_TYPES = ("txt", "txt_pair", "nemo_sft_jsonl")
+INPUT_LHOTSE_TYPES = ("lhotse", "lhotse_shar", "lhotse_as_conversation")
+INPUT_TYPES = (*INPUT_MANIFEST_TYPES, "group", *INPUT_TEXT_TYPES, *INPUT_LHOTSE_TYPES)
+#: The keys of one ``input_cfg`` item (besides NeMo's ignored and unsupported keys).
+INPUT_ITEM_KEYS = (
+    "type",
+    "weight",
+    "tags",
+    "manifest_filepath",
+    "tarred_audio_filepaths",
+    "audio_locator_tag",
+    "input_cfg",
+    "shuffle",
+)
+#: Tags of an ``input_cfg`` item that set a dataset key (the same value on every source).
+INPUT_TAG_KEYS: dict[str, str] = {"context": "default_context", "system_prompt": "system_prompt"}
 
 
 @dataclass
@@ -135,13 +224,22 @@ class DatasetConfig:
     # NeMo 2.x prompt keys (docs/conversations.md)
     prompt_format: str | None = None
     system_prompt: str | None = None
+    # NeMo 2.x (lhotse dataloader) keys (docs/configuration.md, "NeMo 2.x keys")
+    input_cfg: str | list[dict] | None = None
+    token_equivalent_duration: float | None = None
+    use_multimodal_sampling: bool = False
+    batch_tokens: int | None = None
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    use_bucketing: bool | None = None
+    bucketing_2d_strict_mode: bool = True
     # speechdata additions
     loss_turns: str = "all"
     seed: int = 0
     batch_duration: float | None = None
     quadratic_duration: float | None = None
     num_buckets: int | None = None
-    bucket_duration_bins: list[float] | None = None
+    bucket_duration_bins: list[float] | list[list[float]] | None = None
     concat_sampling_technique: str = "random"
     concat_sampling_temperature: float = 1.0
     default_context: str | None = None
@@ -155,15 +253,18 @@ class DatasetConfig:
     cache_dir: str | None = None
     #: Manifest paths as a list (from ``manifest_filepath``; not a config key).
     manifests: list[str] = field(default_factory=list, repr=False, metadata={"config_key": False})
+    #: The ``tags`` of each manifest's ``input_cfg`` source (group tags included; not a config key).
+    source_tags: list[dict] = field(default_factory=list, repr=False, metadata={"config_key": False})
 
     def __post_init__(self) -> None:
         if not self.manifests:
             self.manifests = split_paths(self.manifest_filepath)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the user-facing keys (``manifests`` excluded)."""
+        """Plain dict of the user-facing keys (``manifests`` and ``source_tags`` excluded)."""
         d = dataclasses.asdict(self)
         d.pop("manifests")
+        d.pop("source_tags")
         return d
 
     def check(self, path: str) -> None:
@@ -176,7 +277,7 @@ class DatasetConfig:
 EVAL_DEFAULTS: dict[str, Any] = {"shuffle": False, "drop_last": False}
 
 _DATASET_SECTIONS = ("train_ds", "validation_ds", "test_ds")
-_SECTION_PARENTS = ("model.", "model.data.", "")
+_SECTION_PARENTS = ("model.", "model.data.", "data.", "")
 
 
 # --------------------------------------------------------------------------------------- YAML
@@ -293,7 +394,8 @@ def _override_value(raw: str) -> Any:
 
 def section_paths(name: str) -> list[str]:
     """Where a dataset section ``name`` is looked for, in order: ``model.<name>``,
-    ``model.data.<name>`` (NeMo's own SpeechLLM configs), then ``<name>``."""
+    ``model.data.<name>`` (NeMo's own SpeechLLM configs), ``data.<name>`` (NeMo 2.x speechlm2
+    configs), then ``<name>``."""
     return [f"{parent}{name}" for parent in _SECTION_PARENTS]
 
 
@@ -355,34 +457,30 @@ def dataset_config(
 def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> DatasetConfig:
     """Build a :class:`DatasetConfig` from plain values, checking types and choices.
 
-    NeMo's keys: :data:`NEMO_IGNORED_KEYS` are dropped with one warning (logger ``speechdata``)
-    naming them and ``path``; :data:`NEMO_ALIASES` (``label_key``) set the speechdata key, and
-    both names with different values are an error. Any other unknown key is an error with a
-    "did you mean".
+    NeMo's keys: :data:`NEMO_IGNORED_KEYS` (and :data:`NEMO_UNSUPPORTED_KEYS` set to a value that
+    changes nothing) are dropped with one warning (logger ``speechdata``) naming them and
+    ``path``; any other value of an unsupported key is a one-line "not supported" error;
+    :data:`NEMO_ALIASES` (``label_key``, ``audio_locator_tag``, ...) set the speechdata key, and
+    both names with different values are an error; ``input_cfg`` becomes the manifests, shards
+    and sampling weights it lists (:func:`expand_input_cfg`). Any other unknown key is an error
+    with a "did you mean".
     """
-    values = _nemo_keys(values, path, section_keys(DatasetConfig))
-    return check_section(values, DatasetConfig, path, nested={"features": _features})
+    known = section_keys(DatasetConfig)
+    values = _nemo_keys(values, path, known)
+    check_keys(values, [*known, *NEMO_ALIASES], path)  # a "did you mean" may name NeMo's names too
+    values, tags = expand_input_cfg(values, path)
+    ds = check_section(values, DatasetConfig, path, nested={"features": _features})
+    ds.source_tags = tags
+    return ds
 
 
 def _nemo_keys(values: Mapping[str, Any], path: str, known: Sequence[str]) -> dict[str, Any]:
-    """``values`` without NeMo's ignored keys (one warning names them) and with NeMo's aliases
-    renamed."""
+    """``values`` without NeMo's ignored keys (one warning names them), NeMo's unsupported keys
+    checked, and NeMo's aliases renamed."""
     out: dict[str, Any] = {}
-    ignored: list[str] = []
-    for key, value in values.items():
-        key = str(key)
-        if key in known:
-            out[key] = value
-        elif key in NEMO_IGNORED_KEYS:
-            if key in NEMO_NULL_ONLY_KEYS and value is not None:
-                raise ConfigError(
-                    f"{path}.{key}: not supported ({NEMO_IGNORED_KEYS[key]}); set it to null or remove it"
-                )
-            ignored.append(key)
-        elif key not in NEMO_ALIASES:
-            out[key] = value  # unknown: reported with a "did you mean" by the caller
+    ignored = _drop_nemo_keys(values, path, known, out)
     for alias, target in NEMO_ALIASES.items():
-        if alias not in values:
+        if alias not in values or (alias in _NULL_IS_ABSENT and values[alias] is None):
             continue
         value = values[alias]
         if target in values and values[target] != value:
@@ -391,11 +489,227 @@ def _nemo_keys(values: Mapping[str, Any], path: str, known: Sequence[str]) -> di
                 f"{alias} is NeMo's name for {target}, give one of them"
             )
         out[target] = value
+    seed = out.get("seed")
+    if isinstance(seed, str):
+        raise ConfigError(
+            f"{path}.seed: {seed!r} is NeMo's seed drawn per run; speechdata needs an int seed, "
+            "which every random choice derives from so that a run resumes exactly"
+        )
     if ignored:
         log.warning(
             "%s: ignoring NeMo key(s) that do not change loading: %s", path, ", ".join(sorted(ignored))
         )
     return out
+
+
+def _drop_nemo_keys(
+    values: Mapping[str, Any], path: str, known: Sequence[str], out: dict[str, Any]
+) -> list[str]:
+    """Copy ``values`` into ``out`` without NeMo's ignored keys, unsupported keys that change
+    nothing and aliases; return the dropped keys. An unsupported key set to another value is a
+    one-line error; an unknown key is copied (the caller reports it with a "did you mean")."""
+    ignored: list[str] = []
+    for key, value in values.items():
+        key = str(key)
+        if key in known:
+            out[key] = value
+        elif key in NEMO_IGNORED_KEYS:
+            ignored.append(key)
+        elif key in NEMO_UNSUPPORTED_KEYS:
+            what, noop = NEMO_UNSUPPORTED_KEYS[key]
+            if not any(_same_value(value, v) for v in noop):
+                shown = " or ".join("null" if v is None else repr(v) for v in noop)
+                raise ConfigError(
+                    f"{path}.{key}: not supported ({what}); got {value!r}, remove it or set it to {shown}"
+                )
+            ignored.append(key)
+        elif key not in NEMO_ALIASES:
+            out[key] = value  # unknown: reported with a "did you mean" by the caller
+    return ignored
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """``a == b`` where a bool equals only a bool (``1`` is not ``true``) and null only null."""
+    if a is None or b is None:
+        return a is b
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+# ------------------------------------------------------------------------------- input_cfg
+
+
+def expand_input_cfg(values: Mapping[str, Any], path: str) -> tuple[dict[str, Any], list[dict]]:
+    """NeMo 2.x ``input_cfg`` as speechdata's keys; returns the new values and each manifest's tags.
+
+    ``input_cfg`` is a list of sources, or the path of a YAML file holding that list. Each source
+    has a ``type``: ``nemo`` (a JSONL manifest), ``nemo_tarred`` (a manifest and its
+    ``tarred_audio_filepaths``), ``multimodal_conversation`` (a manifest of conversation lines,
+    optionally tarred) or ``group`` (a nested ``input_cfg``); text-only types and lhotse's own
+    formats are a one-line "not supported" error. Each leaf source becomes one manifest of
+    ``manifest_filepath`` (and, when tarred, one shard spec of ``tarred_audio_filepaths``), in
+    order. Weights follow NeMo: in each list either every item has a ``weight`` or none has (equal
+    weights); a source's probability is its weight over its list's total, times its group's
+    probability; the leaves' probabilities become ``concat_sampling_probabilities``. Tarred and
+    plain sources cannot be mixed (NeMo refuses it too). ``audio_locator_tag`` and the tags
+    ``context`` / ``system_prompt`` set ``audio_locator``, ``default_context`` and
+    ``system_prompt`` and must be the same for every source; other tags are kept per manifest.
+    """
+    out = dict(values)
+    spec = out.get("input_cfg")
+    if spec is None:
+        return out, []
+    where = f"{path}.input_cfg"
+    for key in ("manifest_filepath", "tarred_audio_filepaths", "concat_sampling_probabilities"):
+        if out.get(key) is not None:
+            raise ConfigError(f"{path}: give input_cfg or {key}, not both (input_cfg lists the manifests)")
+    if isinstance(spec, str):
+        items = _load_input_list(spec, where)
+    elif isinstance(spec, (list, tuple)):
+        items = list(spec)
+    else:
+        raise ConfigError(f"{where}: expected a list of sources or the path of a YAML file holding one")
+    leaves: list[dict[str, Any]] = []
+    _walk_sources(items, where, 1.0, {}, leaves, out.get("shuffle", True))
+    tarred = {leaf["tarred"] for leaf in leaves}
+    if len(tarred) > 1:
+        raise ConfigError(
+            f"{where}: mixes tarred and plain sources; NeMo and speechdata read one kind per section"
+        )
+    out["manifest_filepath"] = [leaf["manifest"] for leaf in leaves]
+    if tarred == {True}:
+        out["is_tarred"] = True
+        out["tarred_audio_filepaths"] = [leaf["shards"] for leaf in leaves]
+    if len(leaves) > 1:
+        total = math.fsum(leaf["p"] for leaf in leaves)
+        out["concat_sampling_probabilities"] = [leaf["p"] / total for leaf in leaves]
+    for key, target in (("audio_locator_tag", "audio_locator"), *INPUT_TAG_KEYS.items()):
+        given = {repr(leaf["shared"].get(key)): leaf["shared"].get(key) for leaf in leaves}
+        if len(given) > 1:
+            raise ConfigError(
+                f"{where}: sources differ in {key} ({', '.join(sorted(given))}); "
+                f"per-source {key} is not supported yet, give every source the same one"
+            )
+        value = next(iter(given.values()))
+        if value is None:
+            continue
+        if out.get(target) is not None and out[target] != value:
+            raise ConfigError(f"{where}: {key} {value!r} differs from {path}.{target} {out[target]!r}")
+        out[target] = value
+    return out, [leaf["tags"] for leaf in leaves]
+
+
+def _load_input_list(spec: str, where: str) -> list[Any]:
+    """The list of sources in the YAML file ``spec`` (NeMo's ``input_cfg: /path/to/input_cfg.yaml``)."""
+    file = Path(os.path.expanduser(spec))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {spec} ({e.strerror or e})") from None
+    loader = _Loader(text)
+    loader.name = spec
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        raise ConfigError(f"{spec}:{mark.line + 1 if mark else 0}: YAML error: {e.problem}") from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+    if not isinstance(data, list):
+        raise ConfigError(f"{spec}: input_cfg file must hold a list of sources, got {type(data).__name__}")
+    return data
+
+
+def _walk_sources(
+    items: list[Any],
+    where: str,
+    p_group: float,
+    inherited: dict[str, Any],
+    leaves: list[dict[str, Any]],
+    shuffle: Any,
+) -> None:
+    """Append the leaf sources of ``items`` to ``leaves`` with their probability (see
+    :func:`expand_input_cfg`); ``inherited`` holds the group's tags and locator."""
+    if not items:
+        raise ConfigError(f"{where}: empty list of sources")
+    weights: list[float] = []
+    for k, item in enumerate(items):
+        at = f"{where}[{k}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{at}: expected a mapping with a type, got {type(item).__name__}")
+        weight = item.get("weight")
+        if weight is not None:
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not math.isfinite(weight)
+                or weight < 0
+            ):
+                raise ConfigError(f"{at}.weight: must be a finite number >= 0; got {weight!r}")
+            weights.append(float(weight))
+    if weights and len(weights) != len(items):
+        raise ConfigError(
+            f"{where}: {len(weights)} of {len(items)} sources have a weight; give every source one, or none"
+        )
+    if weights and math.fsum(weights) <= 0:
+        raise ConfigError(f"{where}: the weights sum to 0")
+    probs = [w / math.fsum(weights) for w in weights] if weights else [1.0 / len(items)] * len(items)
+    for k, (item, p) in enumerate(zip(items, probs, strict=True)):
+        at = f"{where}[{k}]"
+        kind = item.get("type")
+        if kind is None:
+            raise ConfigError(f"{at}: missing type (one of {', '.join(INPUT_TYPES)})")
+        check_choice(kind, INPUT_TYPES, f"{at}.type")
+        if kind in INPUT_TEXT_TYPES:
+            raise ConfigError(f"{at}.type: {kind!r} (text-only data) is not supported yet")
+        if kind in INPUT_LHOTSE_TYPES:
+            raise ConfigError(
+                f"{at}.type: {kind!r} (lhotse cuts) is not supported; convert the cuts to a NeMo "
+                "manifest, or use type nemo / nemo_tarred / multimodal_conversation"
+            )
+        rest: dict[str, Any] = {}
+        _drop_nemo_keys(item, at, INPUT_ITEM_KEYS, rest)
+        check_keys(rest, INPUT_ITEM_KEYS, at)
+        if "shuffle" in rest and rest["shuffle"] != shuffle:
+            raise ConfigError(
+                f"{at}.shuffle: per-source shuffle is not supported; set shuffle on the section"
+            )
+        tags = rest.get("tags") or {}
+        if not isinstance(tags, Mapping):
+            raise ConfigError(f"{at}.tags: expected a mapping, got {type(tags).__name__}")
+        merged = {**inherited.get("tags", {}), **{str(t): v for t, v in tags.items()}}
+        shared = {key: merged.get(key) for key in INPUT_TAG_KEYS}
+        locator = rest.get("audio_locator_tag", inherited.get("audio_locator_tag"))
+        scope = {"tags": merged, "audio_locator_tag": locator}
+        if kind == "group":
+            nested = rest.get("input_cfg")
+            if not isinstance(nested, (list, tuple)):
+                raise ConfigError(f"{at}.input_cfg: a group needs a list of sources")
+            _walk_sources(list(nested), f"{at}.input_cfg", p_group * p, scope, leaves, shuffle)
+            continue
+        if "input_cfg" in rest:
+            raise ConfigError(f"{at}.input_cfg: only a source of type group has one")
+        manifest = rest.get("manifest_filepath")
+        if not isinstance(manifest, str) or not manifest:
+            raise ConfigError(f"{at}.manifest_filepath: a {kind} source needs one manifest path (a string)")
+        shards = rest.get("tarred_audio_filepaths")
+        if kind == "nemo_tarred" and shards is None:
+            raise ConfigError(f"{at}.tarred_audio_filepaths: required for type nemo_tarred")
+        if kind == "nemo" and shards is not None:
+            raise ConfigError(
+                f"{at}.tarred_audio_filepaths: type nemo reads plain files; use type nemo_tarred"
+            )
+        if shards is not None and not isinstance(shards, str):
+            raise ConfigError(f"{at}.tarred_audio_filepaths: expected one shard spec (a string)")
+        leaves.append(
+            {
+                "manifest": manifest,
+                "shards": shards,
+                "tarred": shards is not None,
+                "p": p_group * p,
+                "tags": merged,
+                "shared": {**shared, "audio_locator_tag": locator},
+            }
+        )
 
 
 def split_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -450,13 +764,60 @@ def _check_dataset(ds: DatasetConfig, path: str) -> None:
         raise ConfigError(
             f"{path}: min_duration {ds.min_duration} is larger than max_duration {ds.max_duration}"
         )
-    if ds.bucket_duration_bins is not None and list(ds.bucket_duration_bins) != sorted(
-        ds.bucket_duration_bins
-    ):
-        raise ConfigError(f"{path}.bucket_duration_bins: must be increasing; got {ds.bucket_duration_bins}")
+    _check_bins(ds.bucket_duration_bins, f"{path}.bucket_duration_bins")
+    _check_tokens(ds, path)
     if ds.seed < 0:
         raise ConfigError(f"{path}.seed: must be >= 0; got {ds.seed}")
     check_concat_sampling(ds, len(ds.manifests) or None, path)
+
+
+def bins_are_2d(bins: Sequence[Any] | None) -> bool:
+    """Whether ``bucket_duration_bins`` are 2D ``[seconds or tokens, output tokens]`` pairs."""
+    return bool(bins) and isinstance(bins[0], (list, tuple))  # type: ignore[index]
+
+
+def _check_bins(bins: list[Any] | None, where: str) -> None:
+    """1D bins increase; 2D bins are pairs sorted ascending (by the first value, then the second)."""
+    if bins is None:
+        return
+    if not bins_are_2d(bins):
+        if list(bins) != sorted(bins):
+            raise ConfigError(f"{where}: must be increasing; got {bins}")
+        return
+    pairs = [tuple(b) for b in bins]
+    bad = next((b for b in pairs if len(b) != 2), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: 2D bins are [seconds or tokens, output tokens] pairs; got {list(bad)}")
+    if pairs != sorted(pairs) or len(set(pairs)) != len(pairs):
+        raise ConfigError(
+            f"{where}: 2D bins must be distinct and sorted ascending (by the first value, then the second)"
+        )
+
+
+def _check_tokens(ds: DatasetConfig, path: str) -> None:
+    """The token keys: positive values, ``min_tokens <= max_tokens``, what needs
+    ``token_equivalent_duration``, and ``use_bucketing: false`` without bins."""
+    for key in ("token_equivalent_duration", "batch_tokens", "max_tokens"):
+        v = getattr(ds, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{path}.{key}: must be positive or null; got {v}")
+    if ds.min_tokens is not None and ds.min_tokens < 0:
+        raise ConfigError(f"{path}.min_tokens: must be >= 0 or null; got {ds.min_tokens}")
+    if ds.min_tokens is not None and ds.max_tokens is not None and ds.min_tokens > ds.max_tokens:
+        raise ConfigError(f"{path}: min_tokens {ds.min_tokens} is larger than max_tokens {ds.max_tokens}")
+    if ds.use_multimodal_sampling and ds.token_equivalent_duration is None:
+        raise ConfigError(
+            f"{path}.use_multimodal_sampling: needs token_equivalent_duration (seconds of audio per token)"
+        )
+    if ds.use_bucketing is False:
+        for key in ("bucket_duration_bins", "num_buckets"):
+            if getattr(ds, key) is not None:
+                raise ConfigError(f"{path}: use_bucketing is false but {key} is set; remove one of them")
+    if ds.batch_tokens is not None and ds.bucketing_batch_size is not None:
+        raise ConfigError(
+            f"{path}: bucketing_batch_size and batch_tokens are both set: use batch_tokens (and/or "
+            "batch_duration) for dynamic batches or bucketing_batch_size for fixed per-bucket sizes"
+        )
 
 
 def check_concat_sampling(cfg: DatasetConfig, num_manifests: int | None, path: str = "") -> None:
