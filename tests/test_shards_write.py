@@ -26,7 +26,8 @@ from speechdata.cli import main as cli_main
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.shards import ShardOptions, TarredDataset, write_shards
-from speechdata.shards.plan import assign_groups, member_stem
+from speechdata.shards import plan as shard_plan
+from speechdata.shards.plan import RealPaths, assign_groups, member_stem
 from speechdata.testing import make_corpus, write_manifest
 
 
@@ -397,3 +398,55 @@ def test_opus_is_deterministic(corpus, tmp_path):
     rec = ds.index.record(0)
     info = audio_info(ds.read_audio_bytes(rec)[0])
     assert info.format == "OGG" and abs(info.duration - rec.duration[0]) < 0.05
+
+
+def test_real_paths_equal_os_realpath(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.wav").write_bytes(b"x")
+    (tmp_path / "link_dir").symlink_to(tmp_path / "d")
+    (tmp_path / "d" / "b.wav").symlink_to(tmp_path / "d" / "a.wav")
+    (tmp_path / "d" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    real = RealPaths()
+    for p in [
+        "d/a.wav",
+        "link_dir/a.wav",
+        "link_dir/b.wav",
+        "d/gone.wav",
+        "link_dir/../d/a.wav",
+        "d/missing.wav",
+        "link_dir/./b.wav",
+    ]:
+        for _ in range(2):  # the second call comes from the folder cache
+            assert real(str(tmp_path / p)) == os.path.realpath(tmp_path / p), p
+
+
+def test_rows_read_by_several_processes_as_by_one(corpus, tmp_path, monkeypatch):
+    """With --workers 2 the rows are read and checked in chunks by two processes: the same
+    entries, member names, drops (in the same order) and bytes as with one process."""
+    monkeypatch.setattr(shard_plan, "_MIN_CHUNK", 3)
+    lines = [
+        {**e, "audio_filepath": str(corpus.root / e["audio_filepath"])}
+        for e in corpus.entries
+        if isinstance(e["audio_filepath"], str)
+    ]
+    for k in (2, 9, 17):  # missing audio in different chunks
+        lines[k] = {**lines[k], "audio_filepath": f"/nonexistent/{k}.wav", "offset": 0.0, "duration": 1.0}
+    manifest = write_manifest(tmp_path / "m.jsonl", lines)
+    reports = []
+    for w in (1, 2):
+        reports.append(
+            write_shards([manifest], tmp_path / f"o{w}", _opts(workers=w, on_error="skip", max_duration=3.0))
+        )
+        with pytest.raises(Exception, match=r"m\.jsonl:3: audio file not found") as err:
+            write_shards([manifest], tmp_path / f"e{w}", _opts(workers=w))
+        assert str(err.value).count("\n") == 0
+    a, b = reports
+    assert a.drops.counts["missing_audio"] == 3 and a.drops.counts["too_long_audio"] > 0
+    assert (a.drops.counts, a.drops.places, a.drops.examples) == (
+        b.drops.counts,
+        b.drops.places,
+        b.drops.examples,
+    )
+    assert _tar_bytes(tmp_path / "o1") == _tar_bytes(tmp_path / "o2")
+    for name in ("tarred_audio_manifest.json", "metadata.yaml"):
+        assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()

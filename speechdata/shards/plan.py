@@ -20,7 +20,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,11 @@ from speechdata.audio import AudioInfo, audio_info
 from speechdata.audio import check_span as audio_check_span
 from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, DataError, DropCounter, handle
-from speechdata.manifest import AUDIO_KEYS, ManifestKeys, load_index, manifest_keys
+from speechdata.manifest import AUDIO_KEYS, Index, ManifestKeys, load_index, manifest_keys
 from speechdata.sampling.buckets import estimate_bins
 from speechdata.sampling.filters import duration_mask
 from speechdata.shards.codec import CODECS, EXTENSIONS
+from speechdata.shards.executors import LocalExecutor, check_executor
 
 #: Default shard size: about this many entries ...
 DEFAULT_SHARD_ENTRIES = 1000
@@ -65,6 +66,7 @@ class ShardOptions:
     workers: int = 1
     on_error: str = "raise"
     progress: bool = True
+    executor: str = "local"
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for contradictory or out-of-range settings."""
@@ -94,6 +96,7 @@ class ShardOptions:
             )
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"--on-error: must be raise or skip, got {self.on_error!r}")
+        check_executor(self.executor)
 
 
 @dataclass
@@ -209,60 +212,138 @@ def read_entries(
     _, too_short, too_long = duration_mask(
         index.min_clip, index.max_clip, opts.min_duration, opts.max_duration
     )
+    kept = np.flatnonzero(~(too_short | too_long))
+    size = max(_MIN_CHUNK, math.ceil(len(kept) / (4 * opts.workers)))
+    chunks = [kept[k : k + size] for k in range(0, len(kept), size)]
+    with LocalExecutor(opts.workers) as ex:
+        rows = iter([r for part in ex.map(_read_rows, chunks, shared=index) for r in part])
     entries: list[Entry] = []
     sources: list[Source] = []
     by_key: dict[tuple[str, float, float] | str, int] = {}
-    files: dict[str, tuple[os.stat_result, AudioInfo]] = {}
     taken: set[str] = set()
     for i in range(len(index)):
-        where = index.where(i)
         if too_short[i]:
             clip = float(index.min_clip[i])
             drops.add(
-                "too_short_audio", f"{where}: clip of {clip:.3f} s < --min-duration {opts.min_duration}"
+                "too_short_audio",
+                f"{index.where(i)}: clip of {clip:.3f} s < --min-duration {opts.min_duration}",
             )
             continue
         if too_long[i]:
             clip = float(index.max_clip[i])
-            drops.add("too_long_audio", f"{where}: clip of {clip:.3f} s > --max-duration {opts.max_duration}")
+            drops.add(
+                "too_long_audio",
+                f"{index.where(i)}: clip of {clip:.3f} s > --max-duration {opts.max_duration}",
+            )
             continue
+        row = next(rows)
+        if isinstance(row, DataError):
+            handle(row, opts.on_error, drops)
+            continue
+        ids = []
+        for clip in row.clips:
+            span = (clip.offset, clip.duration) if opts.slice_with_offset else None
+            key = (clip.real, clip.offset, clip.duration) if span else clip.real
+            if key not in by_key:
+                stem = member_stem(clip.given)
+                if span:
+                    stem = f"{stem}_{round(clip.offset * 1000)}_{round(clip.duration * 1000)}"
+                ext = _extension(clip.real, opts.codec, span is not None, clip.info)
+                by_key[key] = len(sources)
+                sources.append(
+                    Source(clip.real, f"{_unique(stem, taken)}.{ext}", clip.size, clip.mtime_ns, span)
+                )
+            ids.append(by_key[key])
+        raw = row.raw
+        entries.append(
+            Entry(
+                raw,
+                ids,
+                [c.offset for c in row.clips],
+                [c.duration for c in row.clips],
+                isinstance(raw.get(_audio_key(raw)), list),
+                row.where,
+            )
+        )
+    return entries, sources
+
+
+#: Rows read per task when the rows are read by several processes.
+_MIN_CHUNK = 256
+
+
+@dataclass
+class _Clip:
+    """One clip of a row: real path, path as given, span, and its file's size, mtime and header."""
+
+    real: str
+    given: str
+    offset: float
+    duration: float
+    size: int
+    mtime_ns: int
+    info: AudioInfo
+
+
+@dataclass
+class _Row:
+    """One manifest row read and checked: its raw JSON and clips."""
+
+    raw: dict[str, Any]
+    clips: list[_Clip]
+    where: str
+
+
+def _read_rows(index: Index, rows: np.ndarray, progress: Callable[[int], None]) -> list[_Row | DataError]:
+    """Read ``rows`` of ``index``, resolve each clip's real path and check its span against its
+    file's header (read once per file); a bad row is its :class:`DataError`. The per-row work of
+    :func:`read_entries`, done by several processes when ``--workers`` is more than one."""
+    files: dict[str, tuple[os.stat_result, AudioInfo]] = {}
+    real = RealPaths()
+    out: list[_Row | DataError] = []
+    for i in rows:
+        where = index.where(i)
         raw = orjson.loads(index.line(i))
         try:
             rec = index.record(i)
             given = next(raw[k] for k in AUDIO_KEYS if k in raw)
             given = given if isinstance(given, list) else [given]
-            clips = list(zip(rec.audio, given, rec.offset, rec.duration, strict=True))
+            clips = []
             # every clip is checked before any is named: a dropped entry takes no member name
-            for path, _, off, dur in clips:
-                check_span(_header(path, where, files)[1], off, dur, f"{where}: {path}")
-            ids = []
-            for path, rel, off, dur in clips:
-                real = os.path.realpath(path)
-                span = (off, dur) if opts.slice_with_offset else None
-                key = (real, off, dur) if span else real
-                if key not in by_key:
-                    st, info = _header(path, where, files)
-                    stem = member_stem(rel)
-                    if span:
-                        stem = f"{stem}_{round(off * 1000)}_{round(dur * 1000)}"
-                    name = _unique(stem, taken) + "." + _extension(real, opts.codec, span is not None, info)
-                    by_key[key] = len(sources)
-                    sources.append(Source(real, name, st.st_size, st.st_mtime_ns, span))
-                ids.append(by_key[key])
+            for path, rel, off, dur in zip(rec.audio, given, rec.offset, rec.duration, strict=True):
+                rpath = real(path)
+                st, info = _header(path, rpath, where, files)
+                check_span(info, off, dur, f"{where}: {path}")
+                clips.append(_Clip(rpath, rel, off, dur, st.st_size, st.st_mtime_ns, info))
+            out.append(_Row(raw, clips, where))
         except DataError as err:
-            handle(err, opts.on_error, drops)
-            continue
-        entries.append(
-            Entry(raw, ids, rec.offset, rec.duration, isinstance(raw.get(_audio_key(raw)), list), where)
-        )
-    return entries, sources
+            out.append(err)
+    return out
+
+
+class RealPaths:
+    """``os.path.realpath`` for many files in few folders: each folder is resolved once, and a
+    file costs one ``lstat`` (to see whether it is itself a link) instead of one per component.
+    ``RealPaths()(p) == os.path.realpath(p)`` for every ``p``."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        """The canonical path of ``path`` (links resolved, absolute)."""
+        folder, base = os.path.split(os.path.abspath(path))
+        rdir = self._dirs.get(folder)
+        if rdir is None:
+            rdir = self._dirs[folder] = os.path.realpath(folder)
+        joined = os.path.join(rdir, base)
+        return os.path.realpath(joined) if os.path.islink(joined) else joined
 
 
 def _header(
-    path: str, where: str, files: dict[str, tuple[os.stat_result, AudioInfo]]
+    path: str, real: str, where: str, files: dict[str, tuple[os.stat_result, AudioInfo]]
 ) -> tuple[os.stat_result, AudioInfo]:
-    """The file's stat and audio header, read once per file (``files`` caches them by real path)."""
-    real = os.path.realpath(path)
+    """The stat and audio header of file ``path`` (``real``: its real path), read once per file
+    (``files`` caches them by real path)."""
     found = files.get(real)
     if found is None:
         try:

@@ -36,14 +36,10 @@ Example::
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import queue
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +52,7 @@ from tqdm import tqdm
 from speechdata.errors import ConfigError, DropCounter
 from speechdata.manifest import AUDIO_KEYS, ManifestKeys
 from speechdata.shards.codec import encode_audio
+from speechdata.shards.executors import open_executor
 from speechdata.shards.plan import (
     FORMAT_VERSION,
     Entry,
@@ -208,60 +205,9 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
     return stats
 
 
-_QUEUE: Any = None
-
-
-def _init_worker(q: Any) -> None:
-    global _QUEUE
-    _QUEUE = q
-
-
-def _write_in_worker(job: ShardJob) -> dict[str, Any]:
-    pending = [0, time.monotonic()]
-
-    def report(n: int) -> None:
-        pending[0] += n
-        if time.monotonic() - pending[1] > 0.2:
-            _QUEUE.put(pending[0])
-            pending[0], pending[1] = 0, time.monotonic()
-
-    stats = write_shard(job, report)
-    if pending[0]:
-        _QUEUE.put(pending[0])
-    return stats
-
-
-def _run_jobs(jobs: list[ShardJob], workers: int, bar: tqdm) -> list[dict[str, Any]]:
-    if workers <= 1 or len(jobs) <= 1:
-        return [write_shard(job, bar.update) for job in jobs]
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    q = ctx.Queue()
-    results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
-    ) as ex:
-        futures = {ex.submit(_write_in_worker, job): k for k, job in enumerate(jobs)}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                _drain(q, bar)
-                for f in finished:
-                    results[futures[f]] = f.result()
-        except BaseException:
-            ex.shutdown(wait=True, cancel_futures=True)
-            raise
-    _drain(q, bar)
-    return [results[k] for k in range(len(jobs))]
-
-
-def _drain(q: Any, bar: tqdm) -> None:
-    while True:
-        try:
-            bar.update(q.get_nowait())
-        except queue.Empty:
-            return
+def _write_task(shared: None, job: ShardJob, progress: Callable[[int], None]) -> dict[str, Any]:
+    """:func:`write_shard` as an executor task (:mod:`speechdata.shards.executors`)."""
+    return write_shard(job, progress)
 
 
 def _clean_stale(folder: Path, num_shards: int) -> None:
@@ -378,10 +324,15 @@ def write_shards(
         (folder / MARKER_DIR).mkdir(exist_ok=True)
         _clean_stale(folder, len(jobs))
     all_jobs = [job for _, jobs in plans for job in jobs]
-    with tqdm(
-        total=len(entries), unit="entry", desc="shard", disable=not opts.progress, file=sys.stderr
-    ) as bar:
-        all_stats = _run_jobs(all_jobs, opts.workers, bar)
+    with (
+        tqdm(
+            total=len(entries), unit="entry", desc="shard", disable=not opts.progress, file=sys.stderr
+        ) as bar,
+        open_executor(opts.executor, opts.workers) as ex,
+    ):
+        all_stats = ex.map(
+            _write_task, all_jobs, weights=[len(j.entries) for j in all_jobs], progress=bar.update
+        )
     report = ShardReport(out, [folder for folder, _ in plans], drops=drops)
     pos = 0
     for b, (folder, jobs) in enumerate(plans):
