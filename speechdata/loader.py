@@ -49,7 +49,7 @@ from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
 from speechdata.sampling.position import Position, Resized, resolve_rank_world
 from speechdata.sources import Source, StreamSource, open_source
-from speechdata.text.prompt import PromptBuilder
+from speechdata.text.dialog import make_prompt_builder
 from speechdata.text.tokenizer import TextTokenizer, load_tokenizer
 from speechdata.torchprivate import drop_workers, synchronous_worker_checks, worker_death, worker_pids
 
@@ -88,7 +88,7 @@ class SpeechDataLoader:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.builder = PromptBuilder(cfg, tokenizer)
+        self.builder = make_prompt_builder(cfg, tokenizer)
         if source is None:
             source = open_source(cfg, manifest_keys(cfg, self.builder.needs_context), cache=cache)
         self.source = source

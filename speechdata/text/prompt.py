@@ -102,6 +102,23 @@ class Prompt:
         return [0] + [1] * (n - 1) if n else []
 
 
+def check_locators(count: int, num_audios: int, locator: str | None, where: str) -> bool:
+    """The audio-locator rule: a context holds one locator per audio, except that a single audio
+    with no locator goes first. Returns whether that exception applies (one audio, no locator);
+    raises :class:`DataError` (``bad_line``) for any other mismatch."""
+    if count == num_audios:
+        return False
+    if count == 0 and num_audios == 1:
+        return True
+    if locator is None:
+        message = f"the example has {num_audios} audios but no audio_locator is configured"
+    else:
+        message = (
+            f"context has {count} audio locator(s) {locator!r} but the example has {num_audios} audio(s)"
+        )
+    raise DataError("bad_line", where, message)
+
+
 def _unescape(template: str) -> str:
     """Turn ``\\n``, ``\\t``, ``\\r``, ``\\\\`` typed as two characters into the characters.
 
@@ -296,7 +313,13 @@ class PromptBuilder:
         return parts[-1]
 
     def build_record(self, rec: Record) -> Prompt:
-        """:meth:`build` for one example read from a source (every builder has this method)."""
+        """:meth:`build` for one example read from a source (every builder has this method).
+        A conversation needs ``prompt_format`` (:class:`~speechdata.text.dialog.ConversationBuilder`)."""
+        if rec.messages is not None:
+            raise ConfigError(
+                f"{rec.where}: a conversation line needs prompt_format (one of llama2, llama3, qwen, "
+                "gemma, plain, chat_template); prompt_template formats context/answer lines only"
+            )
         return self.build(rec.context, rec.answer, len(rec.audio), rec.where)
 
     def build(self, context: str | None, answer: str, num_audios: int, where: str = "") -> Prompt:
@@ -310,15 +333,7 @@ class PromptBuilder:
         pre, ctx, mid, moved = self._split(context, where)
         texts, atoms, marks = self._layout(pre, ctx, mid, moved, answer)
         count = len(atoms) - len(self._sep)
-        if count != num_audios and (count or num_audios > 1):
-            if self._locator is None:
-                message = f"the example has {num_audios} audios but no audio_locator is configured"
-            else:
-                message = (
-                    f"context has {count} audio locator(s) {self._locator!r} but the example has "
-                    f"{num_audios} audio(s)"
-                )
-            raise DataError("bad_line", where, message)
+        check_locators(count, num_audios, self._locator, where)
 
         tok = self.tokenizer
         part = marks[_ANSWER_PART]
