@@ -410,7 +410,8 @@ def _conversation_manifest(tmp_path: Path) -> tuple[Path, list[dict]]:
         elif k % 3 == 1:  # NeMo multimodal conversation, two user turns
             turns = [{"from": "User", "type": "text", "value": "transcribe"}]
             turns += [
-                {"from": "User", "type": "audio", "value": p, "duration": d} for p, d in zip(paths, durs, strict=True)
+                {"from": "User", "type": "audio", "value": p, "duration": d}
+                for p, d in zip(paths, durs, strict=True)
             ]
             turns += [
                 {"from": "Assistant", "type": "text", "value": e["answer"]},
@@ -488,3 +489,47 @@ def test_conversation_without_prompt_format_is_one_clear_error(tmp_path: Path, t
     rec = build_dataloader(cfg, Path(tokenizers["hf"].source).parent).index.record(1)
     with pytest.raises(ConfigError, match=r"conv.jsonl:2: a conversation line needs prompt_format"):
         PromptBuilder(cfg, tokenizers["hf"]).build_record(rec)
+
+
+@pytest.mark.parametrize("fmt", ["qwen", "llama3", "gemma"])
+def test_tokenizer_trained_for_a_format_writes_it_as_the_named_format(tmp_path: Path, fmt: str) -> None:
+    """``tokenizer train --kind hf --prompt-format F``: the chat template it writes gives the
+    named format's text and ids; its EOS is the format's end of turn."""
+    from speechdata.cli import main
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"audio_filepath": "a.wav", "duration": 1, "text": t}) + "\n" for t in SENTENCES)
+    )
+    main(
+        [
+            "tokenizer",
+            "train",
+            str(manifest),
+            "--kind",
+            "hf",
+            "--prompt-format",
+            fmt,
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tmp_path / "tok"),
+        ]
+    )
+    from speechdata.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tmp_path / "tok")
+    end = {"qwen": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>"}[fmt]
+    assert tok.eos_id == tok.piece_to_id(end)
+    messages = [
+        ("system", ("be brief",)),
+        ("user", (0, " transcribe")),
+        ("assistant", ("hello world",)),
+        ("user", ("again",)),
+        ("assistant", ("yes",)),
+    ]
+    named = builder(tok, prompt_format=fmt).build_record(record(messages, 1))
+    chat = builder(tok, prompt_format="chat_template", audio_locator=LOC).build_record(record(messages, 1))
+    assert named.input_ids == chat.input_ids and named.audio_positions == chat.audio_positions
+    assert named.answer_start == chat.answer_start
+    assert tok.decode(chat.answer_ids).startswith("yes")

@@ -14,6 +14,7 @@ Example::
 
     $ speechdata tokenizer train train.jsonl --vocab-size 1024 --audio-locator '|audio|' --out tok/
     $ speechdata tokenizer train train.jsonl --kind hf --audio-locator '|audio|' --out tok_hf/
+    $ speechdata tokenizer train conversations.jsonl --kind hf --prompt-format qwen --out tok_qwen/
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--audio-locator", help="the audio locator string, kept as one token (e.g. '|audio|')")
     p.add_argument("--end-string", help="the end_string, kept as one token")
+    p.add_argument(
+        "--prompt-format",
+        choices=("llama3", "qwen", "gemma"),
+        help="--kind hf: add this format's special tokens, make its end-of-turn token the EOS and "
+        "write its chat template (docs/conversations.md)",
+    )
     sp = p.add_argument_group("sentencepiece only")
     sp.add_argument("--model-type", choices=MODEL_TYPES, help="SentencePiece model type (default unigram)")
     sp.add_argument("--no-byte-fallback", action="store_true", help="no byte pieces (smaller vocabularies)")
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         model_type=args.model_type or "unigram",
         seed=args.seed or 0,
         byte_fallback=not args.no_byte_fallback,
+        prompt_format=args.prompt_format,
     )
     files = "tokenizer.json and tokenizer_config.json" if args.kind == "hf" else "tokenizer.model"
     print(f"wrote {args.out}/{files}: {tok.vocab_size} tokens from {len(index)} lines")

@@ -50,6 +50,10 @@ class PromptFormat:
     system_and_user: Template | None = None
     preamble: str = ""
     specials: tuple[str, ...] = ()
+    #: the token that ends an assistant turn (a tokenizer trained for this format has it as EOS)
+    end_of_turn: str | None = None
+    #: a Jinja chat template that writes complete conversations as this format does
+    chat_template: str | None = None
 
     def uses(self, item: int) -> bool:
         """Whether any template of this format holds ``item`` (:data:`BOS` or :data:`EOS`)."""
@@ -59,6 +63,25 @@ class PromptFormat:
 
 def _header(role: str) -> str:
     return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+
+_CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_LLAMA3 = (
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+    "'<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+_GEMMA = (
+    "{% set ns = namespace(system='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system = m['content'] + '\\n\\n' %}{% else %}"
+    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + ns.system + m['content'] + '<end_of_turn>\\n' }}"
+    "{% set ns.system = '' %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
 
 
 FORMATS: dict[str, PromptFormat] = {
@@ -75,6 +98,8 @@ FORMATS: dict[str, PromptFormat] = {
         system=(_header("system"), MESSAGE, "<|eot_id|>"),
         preamble="<|begin_of_text|>",
         specials=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        end_of_turn="<|eot_id|>",
+        chat_template=_LLAMA3,
     ),
     "qwen": PromptFormat(
         "qwen",
@@ -82,12 +107,16 @@ FORMATS: dict[str, PromptFormat] = {
         assistant=("<|im_start|>assistant\n", MESSAGE, "<|im_end|>\n"),
         system=("<|im_start|>system\n", MESSAGE, "<|im_end|>\n"),
         specials=("<|im_start|>", "<|im_end|>"),
+        end_of_turn="<|im_end|>",
+        chat_template=_CHATML,
     ),
     "gemma": PromptFormat(
         "gemma",
         user=("<start_of_turn>user\n", MESSAGE, "<end_of_turn>\n<start_of_turn>model\n"),
         assistant=(MESSAGE, "<end_of_turn>\n"),
         specials=("<start_of_turn>", "<end_of_turn>"),
+        end_of_turn="<end_of_turn>",
+        chat_template=_GEMMA,
     ),
     "plain": PromptFormat("plain", user=(MESSAGE,), assistant=(MESSAGE,)),
 }

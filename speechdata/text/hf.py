@@ -396,6 +396,7 @@ def train_hf_tokenizer(
     user_symbols: Sequence[str] = (),
     *,
     min_frequency: int = 2,
+    prompt_format: str | None = None,
 ) -> HFTokenizer:
     """Train a byte-level BPE tokenizer on ``texts`` and write ``out_dir/tokenizer.json`` and
     ``out_dir/tokenizer_config.json``.
@@ -407,8 +408,24 @@ def train_hf_tokenizer(
     encodes (no unknown token) and decodes back exactly. ``vocab_size`` is an upper bound: a small
     corpus yields fewer merges. Training is deterministic (BPE merges ties by a fixed order).
 
+    ``prompt_format`` (``llama3``, ``qwen``, ``gemma``: :mod:`speechdata.text.formats`) adds the
+    format's special tokens after the user symbols, makes its end-of-turn token the EOS (so
+    generation stops where an assistant turn ends, as the instruct models of those families
+    do) and writes a chat template that writes conversations as the format does.
+
     Raises :class:`ConfigError` for a bad ``vocab_size`` or symbol, or a corpus with no text.
     """
+    config: dict[str, Any] = {key: token for key, token in HF_SPECIAL_TOKENS}
+    if prompt_format is not None:
+        from speechdata.text.formats import FORMATS
+
+        fmt = FORMATS.get(prompt_format)
+        if fmt is None or fmt.chat_template is None:
+            usable = ", ".join(name for name, f in FORMATS.items() if f.chat_template)
+            raise ConfigError(f"tokenizer prompt format must be one of {usable}; got {prompt_format!r}")
+        user_symbols = [*user_symbols, *fmt.specials]
+        config["eos_token"] = fmt.end_of_turn
+        config["chat_template"] = fmt.chat_template
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     specials, sentences = training_inputs(
         texts,
@@ -432,7 +449,6 @@ def train_hf_tokenizer(
     tok.train_from_iterator(sentences, trainer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {key: token for key, token in HF_SPECIAL_TOKENS}
     config.update(
         {
             "tokenizer_class": "PreTrainedTokenizerFast",

@@ -54,16 +54,21 @@ def train_kind(
     model_type: str = "unigram",
     seed: int = 0,
     byte_fallback: bool = True,
+    prompt_format: str | None = None,
 ) -> AnyTokenizer:
     """Train a tokenizer of ``kind`` (:data:`TOKENIZER_KINDS`) with ``user_symbols`` (the audio
     locator, ``end_string``) as single tokens: :func:`~speechdata.text.tokenizer.train_tokenizer`
     (``model_type``, ``seed``, ``byte_fallback`` apply to it) or
     :func:`~speechdata.text.hf.train_hf_tokenizer` (byte-level BPE: no model type, no randomness,
-    bytes always)."""
+    bytes always; ``prompt_format`` adds a format's tokens and chat template)."""
     if kind == "hf":
         from speechdata.text.hf import train_hf_tokenizer
 
-        return train_hf_tokenizer(texts, out_dir, vocab_size, user_symbols)
+        return train_hf_tokenizer(texts, out_dir, vocab_size, user_symbols, prompt_format=prompt_format)
+    if prompt_format is not None:
+        from speechdata.errors import ConfigError
+
+        raise ConfigError("--prompt-format: only for --kind hf")
     if kind == "sentencepiece":
         from speechdata.text.tokenizer import train_tokenizer
 
