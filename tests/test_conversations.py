@@ -533,3 +533,63 @@ def test_tokenizer_trained_for_a_format_writes_it_as_the_named_format(tmp_path: 
     assert named.input_ids == chat.input_ids and named.audio_positions == chat.audio_positions
     assert named.answer_start == chat.answer_start
     assert tok.decode(chat.answer_ids).startswith("yes")
+
+
+def test_trainer_learns_from_conversations_with_an_hf_tokenizer(tmp_path: Path) -> None:
+    """``speechdata train`` (SALM) on a manifest of NeMo conversations, ShareGPT lines and ASR
+    lines, with a byte-level BPE tokenizer trained for ``qwen``: it trains with a finite loss and
+    validation generates and scores (the learning check on speech is benchmarks/learning_check.py)."""
+    import warnings
+
+    from speechdata.cli import main
+    from speechdata.config import load_config
+    from speechdata.testing import TINY_MODEL
+    from speechdata.train.run import train
+
+    path, _ = _conversation_manifest(tmp_path)
+    tok_dir = tmp_path / "tok"
+    main(
+        [
+            "tokenizer",
+            "train",
+            str(path),
+            "--kind",
+            "hf",
+            "--prompt-format",
+            "qwen",
+            "--audio-locator",
+            "|audio|",
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tok_dir),
+        ]
+    )
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    args = [
+        f"model.train_ds.manifest_filepath={path}",
+        f"model.validation_ds.manifest_filepath={path}",
+        "model.train_ds.prompt_template=null",
+        "model.train_ds.prompt_format=qwen",
+        "model.validation_ds.prompt_format=qwen",
+        "model.train_ds.max_duration=null",
+        f"model.tokenizer.model={tok_dir}",
+        f"exp_manager.exp_dir={tmp_path / 'exp'}",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=12",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "model.train_ds.num_workers=0",
+        "model.micro_batch_size=4",
+        "model.global_batch_size=4",
+        "model.validation_ds.tokens_to_generate=4",
+        "optim.sched.max_steps=50",
+        *TINY_MODEL,
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(load_config(configs / "salm_tiny.yaml", args))
+    assert result.global_step == 12
+    assert torch.isfinite(torch.tensor(result.metrics["reduced_train_loss"]))
+    assert result.metrics["val_cer"] >= 0.0
