@@ -48,6 +48,7 @@ from speechdata.manifest import Index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
 from speechdata.sampling.position import Position, Resized, resolve_rank_world
+from speechdata.sampling.tokens import Measures, count_tokens, filter_tokens, needs_tokens
 from speechdata.sources import Source, StreamSource, open_source
 from speechdata.text.dialog import make_prompt_builder
 from speechdata.text.tokenizer import TextTokenizer, load_tokenizer
@@ -96,6 +97,7 @@ class SpeechDataLoader:
         self.names = _names([d.path for d in self.index.datasets])
         self.filter_drops = DropCounter()
         self.keep = filter_mask(self.index, cfg, self.filter_drops)
+        self.measures = self._measure_tokens(cache)  # token counts, when batching needs them
         empty = _nothing_kept(self.names, self.index, self.keep, self.filter_drops)
         if empty is not None:
             raise EmptyDatasetError(empty)
@@ -112,6 +114,7 @@ class SpeechDataLoader:
                 rank=self._rank,
                 world_size=self._world_size,
                 buckets=source.buckets,
+                measures=self.measures,
             )
             self.feed = PlannedFeed(self.dataset, self.sampler, cfg, self._pin)
         else:
@@ -129,6 +132,34 @@ class SpeechDataLoader:
         self._consumed = 0
         self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
         self._live: Any = None  # the DataLoader iterator of the pass in progress
+
+    def _measure_tokens(self, cache: bool) -> Measures | None:
+        """Each example's token counts (cached; :mod:`speechdata.sampling.tokens`) and the token
+        filters, when the config batches, buckets or filters by tokens; else ``None``."""
+        cfg = self.cfg
+        if not needs_tokens(cfg):
+            return None
+        if not self.source.seekable:
+            raise ConfigError(
+                "batch_tokens, min_tokens/max_tokens, use_multimodal_sampling and 2D bucket_duration_bins "
+                "need token counts per example, which a streamed dataset does not have before it is read; "
+                "read the shards by offset (local files, streaming: false)"
+            )
+        counts = count_tokens(
+            self.source,
+            self.builder,
+            self.keep,
+            cfg,
+            self.filter_drops,
+            cache=cache,
+            tokenizer=self.tokenizer,
+        )
+        close = getattr(self.index, "close", None)
+        if callable(close):
+            close()  # the counting pass opened the manifests in this process
+        measures = Measures.of(self.index.duration, counts, cfg)
+        filter_tokens(self.index, self.keep, measures, cfg, self.filter_drops)
+        return measures
 
     @property
     def streaming(self) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SOFT_SORT", "BatchTable", "batch_capacity", "form_batches"]
+__all__ = ["SOFT_SORT", "BatchTable", "batch_capacity", "batch_cost", "form_batches"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,33 @@ def batch_capacity(key: np.ndarray, batch_duration: float, limit: int) -> np.nda
         n = np.floor(batch_duration / key)
     n = np.where(n * key > batch_duration, n - 1, n)  # guard the rounding of the division
     return np.clip(n, 1, max(1, limit)).astype(np.int64)
+
+
+def batch_cost(
+    effective: np.ndarray,
+    tokens: np.ndarray | None,
+    batch_duration: float | None,
+    batch_tokens: int | None,
+) -> tuple[np.ndarray, float]:
+    """The cost key of each entry and the budget that dynamic batches fit (``n × largest key <=
+    budget``), from the budgets in seconds and in tokens.
+
+    ``batch_duration`` alone: the effective duration and ``batch_duration``; ``batch_tokens``
+    alone: the tokens and ``batch_tokens``; both: ``max(effective, tokens × batch_duration /
+    batch_tokens)`` and ``batch_duration``, so that a batch within the budget is within both (the
+    key of an entry is at least its share of either budget).
+    """
+    eff = np.asarray(effective, dtype=np.float64)
+    if batch_tokens is None:
+        if batch_duration is None:
+            raise ValueError("batch_cost needs batch_duration or batch_tokens")
+        return eff, float(batch_duration)
+    if tokens is None:
+        raise ValueError("batch_tokens needs each entry's tokens")
+    tok = np.asarray(tokens, dtype=np.float64)
+    if batch_duration is None:
+        return tok, float(batch_tokens)
+    return np.maximum(eff, tok * (float(batch_duration) / float(batch_tokens))), float(batch_duration)
 
 
 def _greedy_starts(cap: np.ndarray, begin: int, end: int) -> list[np.ndarray]:

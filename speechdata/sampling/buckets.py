@@ -12,9 +12,19 @@ Bins come from, in order of precedence:
 2. ``bucket_duration_bins``;
 3. ``num_buckets`` bins estimated from the kept durations with equal *total* duration per bucket
    (:func:`estimate_bins`, the estimator ``speechdata shard --buckets`` and ``inspect`` use too);
-4. 30 estimated bins when ``batch_duration`` (dynamic batches) is set or ``bucketing_batch_size``
-   is given (its length when it is a list);
-5. otherwise no bucketing: one bucket.
+4. 30 estimated bins when ``batch_duration`` or ``batch_tokens`` (dynamic batches) is set,
+   ``use_bucketing`` is true, or ``bucketing_batch_size`` is given (its length when it is a list);
+5. otherwise (or with ``use_bucketing: false``) no bucketing: one bucket.
+
+With ``use_multimodal_sampling`` the 1D measure is an example's tokens (text plus audio tokens,
+:class:`~speechdata.sampling.tokens.Measures`), not its seconds.
+
+**2D bins** (``bucket_duration_bins`` as ``[first, second]`` pairs, NeMo 2.x) are one bucket per
+pair, each an inclusive upper bound on (seconds, or input tokens with ``use_multimodal_sampling``;
+output tokens), sorted ascending. An example goes to the first pair it fits; in strict mode
+(``bucketing_2d_strict_mode``, NeMo's default) only the pairs sharing the smallest first bound at
+or above its first value are tried. An example that fits no pair has no bucket: the loader drops
+it (:func:`speechdata.sampling.tokens.filter_tokens`). See :func:`assign_buckets_2d`.
 
 Batch sizes for fixed-size batching come from ``bucketing_batch_size``: an int ``b`` gives the
 bucket numbered ``i`` counting from the longest (``1`` = longest) the size ``i * b`` (NeMo's
@@ -32,17 +42,22 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from speechdata.config import DatasetConfig
+from speechdata.config import DatasetConfig, bins_are_2d
 from speechdata.errors import ConfigError
 from speechdata.sampling.filters import IndexColumns
+
+if TYPE_CHECKING:
+    from speechdata.sampling.tokens import Measures
 
 __all__ = [
     "DEFAULT_NUM_BUCKETS",
     "Buckets",
     "assign_buckets",
+    "assign_buckets_2d",
     "bucket_batch_sizes",
     "configured_num_buckets",
     "effective_duration",
@@ -60,7 +75,7 @@ class Buckets:
 
     ``assignment`` has one entry per Index row (rows that are filtered out get a bucket too; the
     planner ignores them). ``bins`` are the duration boundaries (``None`` for a pre-bucketed
-    dataset or when there is a single bucket). ``sizes`` are the per-bucket batch sizes for
+    dataset or when there is a single bucket), or the ``(K, 2)`` upper bounds of 2D buckets. ``sizes`` are the per-bucket batch sizes for
     fixed-size batching (``None`` in dynamic ``batch_duration`` mode).
     """
 
@@ -136,13 +151,52 @@ def assign_buckets(durations: np.ndarray, bins: np.ndarray | None) -> np.ndarray
     return np.searchsorted(edges, d, side="right").astype(np.uint16)
 
 
+def assign_buckets_2d(
+    first: np.ndarray, second: np.ndarray, bins: np.ndarray, strict: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """2D bucket of each example (int64, ``-1``: fits no bucket) and why one fits none.
+
+    ``bins`` is a ``(K, 2)`` array of inclusive upper bounds sorted ascending (see the module
+    docstring). Strict: the pairs sharing the smallest first bound ``>= first`` are tried, in
+    order, for ``second <= bound``; lenient: every pair in order, for both bounds. The second
+    array is ``True`` where an example fits no bucket because its first value exceeds every first
+    bound (``False`` elsewhere: its second value was the problem, or it fits).
+    """
+    a = np.asarray(first, dtype=np.float64)
+    b = np.asarray(second, dtype=np.float64)
+    edges = np.asarray(bins, dtype=np.float64).reshape(-1, 2)
+    out = np.full(a.shape, -1, dtype=np.int64)
+    too_long_first = a > edges[:, 0].max() if edges.size else np.ones(a.shape, dtype=bool)
+    if not edges.size:
+        return out, too_long_first
+    if strict:
+        groups, starts = np.unique(edges[:, 0], return_index=True)
+        ends = np.append(starts[1:], edges.shape[0])
+        g = np.searchsorted(groups, a, side="left")
+        for k in range(groups.size):
+            mine = np.flatnonzero(g == k)
+            if not mine.size:
+                continue
+            lo, hi = int(starts[k]), int(ends[k])
+            j = np.searchsorted(edges[lo:hi, 1], b[mine], side="left")
+            ok = j < hi - lo
+            out[mine[ok]] = lo + j[ok]
+        return out, too_long_first
+    for k in range(edges.shape[0]):  # lenient: the first pair that fits, in order
+        free = out < 0
+        fits = free & (a <= edges[k, 0]) & (b <= edges[k, 1])
+        out[fits] = k
+    return out, too_long_first
+
+
 def bucket_batch_sizes(cfg: DatasetConfig, num_buckets: int) -> np.ndarray | None:
     """Per-bucket batch sizes for fixed-size batching (bucket 0 = shortest), or ``None`` for
-    dynamic ``batch_duration`` batching. See the module docstring for the rules."""
-    if cfg.batch_duration is not None:
+    dynamic ``batch_duration`` / ``batch_tokens`` batching. See the module docstring for the rules."""
+    if cfg.batch_duration is not None or cfg.batch_tokens is not None:
         if cfg.bucketing_batch_size is not None:
+            budget = "batch_duration" if cfg.batch_duration is not None else "batch_tokens"
             raise ConfigError(
-                "bucketing_batch_size and batch_duration are both set: use batch_duration for dynamic "
+                f"bucketing_batch_size and {budget} are both set: use {budget} for dynamic "
                 "batches or bucketing_batch_size for fixed per-bucket sizes, not both"
             )
         return None
@@ -167,11 +221,14 @@ def bucket_batch_sizes(cfg: DatasetConfig, num_buckets: int) -> np.ndarray | Non
 def configured_num_buckets(cfg: DatasetConfig) -> int | None:
     """How many buckets to estimate from data (rules 3-5 of the module docstring), or ``None``
     when the config asks for no bucketing."""
+    if cfg.use_bucketing is False:
+        return None
     if cfg.num_buckets is not None:
         return int(cfg.num_buckets)
     if isinstance(cfg.bucketing_batch_size, list):
         return len(cfg.bucketing_batch_size)
-    if cfg.batch_duration is not None or cfg.bucketing_batch_size is not None:
+    dynamic = cfg.batch_duration is not None or cfg.batch_tokens is not None
+    if dynamic or cfg.bucketing_batch_size is not None or cfg.use_bucketing:
         return DEFAULT_NUM_BUCKETS
     return None
 
@@ -181,15 +238,32 @@ def make_buckets(
     keep_mask: np.ndarray | None,
     cfg: DatasetConfig,
     bucket_column: np.ndarray | None = None,
+    measures: Measures | None = None,
 ) -> Buckets:
     """Decide the buckets for ``index`` under ``cfg`` (see the module docstring for precedence).
 
     ``bucket_column`` (one int per row, 0-based, in the order of ``tarred_audio_filepaths``)
     marks a pre-bucketed dataset and overrides duration bins. Estimated bins use only the rows of
-    ``keep_mask``.
+    ``keep_mask``. ``measures`` (token counts) are needed by 2D bins and by
+    ``use_multimodal_sampling``; rows that fit no 2D bucket get bucket 0 (the loader's filter
+    has dropped them).
     """
     duration = np.asarray(index.duration)
     n = duration.shape[0]
+    two_d = bins_are_2d(cfg.bucket_duration_bins)
+    if (two_d or cfg.use_multimodal_sampling) and measures is None and bucket_column is None:
+        what = "2D bucket_duration_bins" if two_d else "use_multimodal_sampling"
+        raise ConfigError(f"{what}: needs each example's token counts (a seekable source read by the loader)")
+    if two_d and bucket_column is None:
+        assert measures is not None and cfg.bucket_duration_bins is not None
+        edges = np.asarray(cfg.bucket_duration_bins, dtype=np.float64)
+        if edges.shape[0] >= np.iinfo(np.uint16).max:
+            raise ConfigError(f"bucket_duration_bins: too many bins ({edges.shape[0]})")
+        k = int(edges.shape[0])
+        assigned, _ = assign_buckets_2d(*measures.axes(), edges, cfg.bucketing_2d_strict_mode)
+        return Buckets(np.maximum(assigned, 0).astype(np.uint16), k, edges, bucket_batch_sizes(cfg, k))
+    if measures is not None and cfg.use_multimodal_sampling:
+        duration = measures.length  # the 1D measure is tokens
     if bucket_column is not None:
         col = np.asarray(bucket_column)
         if col.shape != (n,):

@@ -71,10 +71,11 @@ import numpy as np
 
 from speechdata.config import DatasetConfig, check_concat_sampling
 from speechdata.errors import ConfigError
-from speechdata.sampling.batching import BatchTable, batch_capacity, form_batches
+from speechdata.sampling.batching import BatchTable, batch_capacity, batch_cost, form_batches
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
 from speechdata.sampling.position import Position, Resized, resolve_rank_world
+from speechdata.sampling.tokens import Measures
 
 __all__ = [
     "MIN_FILL",
@@ -344,6 +345,7 @@ def plan_epoch(
     world_size: int = 1,
     buckets: Buckets | np.ndarray | None = None,
     resized: Resized = (),
+    measures: Measures | None = None,
 ) -> Plan:
     """Plan this rank's batches of example ids for ``epoch`` (see the module docstring).
 
@@ -354,6 +356,8 @@ def plan_epoch(
     reached)`` pairs, :attr:`Position.resized <speechdata.sampling.position.Position.resized>`):
     the plan then holds the steps from the last one reached on, the rest of the epoch dealt to
     ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal).
+    ``measures`` are the token counts per row (:class:`~speechdata.sampling.tokens.Measures`),
+    needed by ``batch_tokens``, 2D bins and ``use_multimodal_sampling``.
     """
     resolve_rank_world(rank, world_size)  # checks the pair
     keep = np.asarray(keep_mask, dtype=bool)
@@ -361,7 +365,11 @@ def plan_epoch(
     if keep.shape != duration.shape:
         raise ValueError(f"keep_mask has shape {keep.shape}, index has {duration.shape[0]} rows")
     if not isinstance(buckets, Buckets):
-        buckets = make_buckets(index, keep, cfg, bucket_column=buckets)
+        buckets = make_buckets(index, keep, cfg, bucket_column=buckets, measures=measures)
+    if cfg.batch_tokens is not None and measures is None:
+        raise ConfigError(
+            "batch_tokens: needs each example's token counts (a seekable source read by the loader)"
+        )
     rng = epoch_rng(cfg.seed, epoch)
     entries = epoch_entries(index, keep, cfg, rng)
     if cfg.shuffle and entries.size > 1:
@@ -369,11 +377,14 @@ def plan_epoch(
     bucket = buckets.assignment[entries]
     eff = effective_duration(duration[entries], cfg.quadratic_duration)
     soft = rng if cfg.shuffle else None
+    budget: float | None = None
     if buckets.sizes is None:
-        assert cfg.batch_duration is not None
-        table = form_batches(bucket, buckets.num_buckets, eff, batch_duration=cfg.batch_duration, rng=soft)
+        tokens = None if measures is None else measures.tokens[entries]
+        key, budget = batch_cost(eff, tokens, cfg.batch_duration, cfg.batch_tokens)
+        table = form_batches(bucket, buckets.num_buckets, key, batch_duration=budget, rng=soft)
     else:
-        table = form_batches(bucket, buckets.num_buckets, eff, sizes=buckets.sizes, rng=soft)
+        key = measures.length[entries] if measures is not None and measures.multimodal else eff
+        table = form_batches(bucket, buckets.num_buckets, key, sizes=buckets.sizes, rng=soft)
     # with fixed sizes, drop_last leaves out each bucket's incomplete batch
     cut = cfg.drop_last and buckets.sizes is not None
     selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
@@ -398,7 +409,7 @@ def plan_epoch(
         world_size=world_size,
         dropped_ids=dropped_ids,
         formed=len(table),
-        fill=_mean_fill(table, eff, buckets.sizes, cfg.batch_duration),
+        fill=_mean_fill(table, key, buckets.sizes, budget),
         start=resized[-1][1] if resized else 0,
         resized=tuple(resized),
     )
@@ -462,13 +473,15 @@ class BatchSampler:
         rank: int | None = None,
         world_size: int | None = None,
         buckets: Buckets | np.ndarray | None = None,
+        measures: Measures | None = None,
     ) -> None:
         self.rank, self.world_size = resolve_rank_world(rank, world_size)
         self.index = index
         self.keep_mask = np.asarray(keep_mask, dtype=bool)
         self.cfg = cfg
+        self.measures = measures
         if not isinstance(buckets, Buckets):
-            buckets = make_buckets(index, self.keep_mask, cfg, bucket_column=buckets)
+            buckets = make_buckets(index, self.keep_mask, cfg, bucket_column=buckets, measures=measures)
         self.buckets = buckets
         self._epoch = 0
         self._batch = 0
@@ -495,6 +508,7 @@ class BatchSampler:
                 world_size=self.world_size,
                 buckets=self.buckets,
                 resized=key[1],
+                measures=self.measures,
             )
             if len(self._plans) >= 2:
                 self._plans.pop(next(iter(self._plans)))
