@@ -6,6 +6,13 @@ and a text-length histogram (in tokens with a tokenizer, else characters), and s
 bucket bins (equal total duration per bucket, the bins the sampler would estimate).
 :func:`check_readable` is the rule that a dataset with no readable example is an error.
 
+With a tokenizer, each example's tokens are counted by the prompt builder as the loader counts
+them (:func:`token_measures`, :mod:`speechdata.sampling.tokens`); the report then suggests 2D
+``bucket_duration_bins`` (:func:`~speechdata.sampling.buckets.estimate_bins_2d`: seconds, or
+input tokens with a ``token_equivalent_duration``, by output tokens) and gives the padding, on
+the audio axis and the token axis, of one epoch planned under ``batch_tokens`` with the suggested
+1D bins and with the 2D bins (:meth:`~speechdata.sampling.plan.Plan.padding`).
+
 Example::
 
     >>> index = load_index("train.jsonl", on_error="skip")
@@ -15,15 +22,19 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from speechdata.config import DatasetConfig, make_dataset_config
 from speechdata.errors import DropCounter, EmptyDatasetError, SpeechDataError
 from speechdata.manifest import Index
-from speechdata.sampling.buckets import estimate_bins
+from speechdata.sampling.buckets import estimate_bins, estimate_bins_2d
+from speechdata.sampling.plan import plan_epoch
+from speechdata.sampling.tokens import Measures, count_tokens
 from speechdata.shards.read import MANIFEST, tarred_dataset_folders
 
 
@@ -49,6 +60,13 @@ class Stats:
     text_unit: str
     text_hist: dict[str, list[float]]
     suggested_bins: list[float]
+    #: with token counts: 2D bins (``[seconds or input tokens, output tokens]`` pairs), what their
+    #: first value measures, and the padding of one planned epoch per axis for 1D and 2D bins
+    #: (``{"1d": {"audio": 0.12, "tokens": 0.05}, "2d": {...}}``) at ``batch_tokens``
+    suggested_bins_2d: list[list[float]] = field(default_factory=list)
+    bins_2d_first: str = ""
+    batch_tokens: int | None = None
+    padding: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _hist(values: np.ndarray, bins: int) -> dict[str, list[float]]:
@@ -88,10 +106,26 @@ def resolve_manifests(paths: list[str]) -> tuple[list[str], bool]:
 
 
 def compute_stats(
-    index: Index, *, num_buckets: int = 8, bins: int = 20, token_lengths: np.ndarray | None = None
+    index: Index,
+    *,
+    num_buckets: int = 8,
+    bins: int = 20,
+    token_lengths: np.ndarray | None = None,
+    measures: Measures | None = None,
+    keep: np.ndarray | None = None,
+    num_subbuckets: int = 4,
+    batch_tokens: int = 4096,
+    token_equivalent_duration: float | None = None,
 ) -> Stats:
-    """Figures of an Index (``token_lengths`` replaces character counts when given)."""
+    """Figures of an Index (``token_lengths`` replaces character counts when given). With
+    ``measures`` (:func:`token_measures`) the text histogram is in tokens and the 2D bins and
+    the padding per axis at ``batch_tokens`` (audio tokens from ``token_equivalent_duration``,
+    as ``measures`` were made) are reported too (see the module docstring), over the examples of
+    ``keep`` (default: all)."""
     d = index.duration.astype(np.float64)
+    kept = np.ones(len(index), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if measures is not None:
+        token_lengths = measures.text[kept].astype(np.float64)
     text = token_lengths if token_lengths is not None else index.text_len.astype(np.float64)
     drops = DropCounter()
     drops.merge(index.drops)
@@ -113,7 +147,63 @@ def compute_stats(
         text_unit="tokens" if token_lengths is not None else "characters",
         text_hist=_hist(np.asarray(text, dtype=np.float64), bins),
         suggested_bins=[round(float(b), 3) for b in np.unique(suggested)],
+        **(
+            _token_figures(
+                index, measures, kept, num_buckets, num_subbuckets, batch_tokens, token_equivalent_duration
+            )
+            if measures is not None
+            else {}
+        ),
     )
+
+
+def _token_figures(
+    index: Index,
+    measures: Measures,
+    keep: np.ndarray,
+    num_buckets: int,
+    num_subbuckets: int,
+    batch_tokens: int,
+    token_equivalent_duration: float | None,
+) -> dict[str, object]:
+    """The suggested 2D bins and the padding per axis of 1D and 2D bins (Stats fields)."""
+    first, second = measures.axes()
+    bins_2d = estimate_bins_2d(first[keep], second[keep], num_buckets, num_subbuckets)
+    bins_1d = np.unique(estimate_bins(measures.length[keep], num_buckets))
+    padding: dict[str, dict[str, float]] = {}
+    for name, bins in (("1d", bins_1d.tolist()), ("2d", bins_2d.tolist())):
+        cfg = _planning_config(measures, batch_tokens, bins, token_equivalent_duration)
+        plan = plan_epoch(index, keep, cfg, epoch=0, measures=measures)
+        padding[name] = {
+            "audio": round(plan.padding(measures.duration), 4),
+            "tokens": round(plan.padding(measures.tokens), 4),
+        }
+    return {
+        # upper bounds: rounded up, so that every example still fits its pair
+        "suggested_bins_2d": [[_ceil3(a), _ceil3(b)] for a, b in bins_2d.tolist()],
+        "bins_2d_first": "input tokens" if measures.multimodal else "seconds",
+        "batch_tokens": batch_tokens,
+        "padding": padding,
+    }
+
+
+def _ceil3(x: float) -> float:
+    """``x`` rounded up to 3 decimals (an inclusive upper bound stays one)."""
+    return float(np.ceil(round(x * 1000, 6)) / 1000)
+
+
+def _planning_config(measures: Measures, batch_tokens: int, bins: list, ted: float | None) -> DatasetConfig:
+    """The dataset config of the planned epoch ``inspect`` measures padding on."""
+    values: dict[str, object] = {
+        "batch_tokens": batch_tokens,
+        "bucket_duration_bins": bins or None,
+        "token_equivalent_duration": ted,
+        "use_multimodal_sampling": measures.multimodal,
+        "min_duration": None,
+        "max_duration": None,
+        "drop_last": False,
+    }
+    return make_dataset_config(values, "inspect")
 
 
 def _bar_lines(hist: dict[str, list[float]], unit: str, width: int = 40) -> list[str]:
@@ -161,6 +251,16 @@ def render(stats: Stats) -> str:
         f"suggested bucket_duration_bins ({len(stats.suggested_bins) + 1} buckets of equal total duration):",
         f"  {stats.suggested_bins}",
     ]
+    if stats.suggested_bins_2d:
+        lines += [
+            f"suggested 2D bucket_duration_bins ([{stats.bins_2d_first}, output tokens]; "
+            f"{len(stats.suggested_bins_2d)} buckets):",
+            f"  {stats.suggested_bins_2d}",
+            f"padding of one epoch planned at batch_tokens {stats.batch_tokens} (audio seconds / tokens):",
+        ]
+        for name, label in (("1d", "1D bins"), ("2d", "2D bins")):
+            pad = stats.padding[name]
+            lines.append(f"  {label}: audio {pad['audio']:.1%}, tokens {pad['tokens']:.1%}")
     return "\n".join(lines)
 
 
@@ -185,15 +285,23 @@ def plot(stats: Stats, index: Index, path: str | Path) -> None:
     plt.close(fig)
 
 
-def token_lengths(index: Index, tokenizer_path: str | Path) -> np.ndarray:
-    """Tokens of each example's context and answer with the SentencePiece model at ``tokenizer_path``."""
-    from tqdm import tqdm
-
+def token_measures(
+    index: Index,
+    tokenizer_path: str | Path,
+    cfg: DatasetConfig,
+    drops: DropCounter,
+) -> tuple[Measures, np.ndarray]:
+    """Each example's token counts, from the prompt builder of ``cfg`` with the tokenizer at
+    ``tokenizer_path`` (:func:`~speechdata.sampling.tokens.count_tokens`, cached as the loader
+    caches them), and the mask of the examples whose prompt was built; the others are counted in
+    ``drops``."""
+    from speechdata.sources import ManifestSource
+    from speechdata.text.dialog import make_prompt_builder
     from speechdata.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path)
-    out = np.zeros(len(index), dtype=np.float64)
-    for i in tqdm(range(len(index)), desc="tokenizing", unit="ex", disable=len(index) < 10_000):
-        rec = index.record(i)
-        out[i] = len(tok.encode(rec.answer)) + (len(tok.encode(rec.context)) if rec.context else 0)
-    return out
+    builder = make_prompt_builder(cfg, tok)
+    keep = np.ones(len(index), dtype=bool)
+    skip = dataclasses.replace(cfg, on_error="skip")
+    counts = count_tokens(ManifestSource(index), builder, keep, skip, drops, tokenizer=tok)
+    return Measures.of(index.duration, counts, cfg), keep

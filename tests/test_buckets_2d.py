@@ -17,7 +17,7 @@ from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DropCounter
 from speechdata.sampling import plan_epoch
 from speechdata.sampling.batching import batch_cost
-from speechdata.sampling.buckets import assign_buckets_2d, make_buckets
+from speechdata.sampling.buckets import assign_buckets_2d, estimate_bins_2d, make_buckets
 from speechdata.sampling.tokens import Measures, TokenCounts, filter_tokens, needs_tokens
 from speechdata.testing import make_corpus
 from speechdata.text.dialog import make_prompt_builder
@@ -67,6 +67,23 @@ def test_2d_assignment_strict_and_lenient_as_nemo() -> None:
     assert strict.tolist() == [-1, 0, 1, 2, -1, -1, 0]
     assert lenient.tolist() == [2, 0, 1, 2, -1, -1, 0]
     assert long_first.tolist() == [False, False, False, False, False, True, False]
+
+
+def test_estimated_2d_bins_fit_every_example_in_strict_mode() -> None:
+    rng = np.random.default_rng(3)
+    first = np.round(rng.gamma(6.0, 2.0, 3000), 2)
+    second = rng.integers(1, 200, 3000).astype(np.float64)
+    bins = estimate_bins_2d(first, second, 6, 4)
+    assert bins.shape == (24, 2) and [tuple(b) for b in bins] == sorted({tuple(b) for b in bins})
+    assigned, _ = assign_buckets_2d(first, second, bins, strict=True)
+    assert (assigned >= 0).all()
+    # equal totals: of seconds per first bound, and of output tokens per pair within one
+    outer = np.searchsorted(np.unique(bins[:, 0]), bins[assigned, 0])
+    totals = np.bincount(outer, weights=first)
+    assert totals.max() < 1.2 * totals.min()
+    inner = np.bincount(assigned, weights=second).reshape(6, 4)
+    assert (inner.max(axis=1) < 1.5 * inner.min(axis=1)).all()
+    assert estimate_bins_2d(np.zeros(0), np.zeros(0), 4, 2).shape == (0, 2)
 
 
 def test_batch_cost_keeps_both_budgets() -> None:

@@ -96,3 +96,76 @@ def test_answer_and_context_keys(tmp_path: Path, capsys: pytest.CaptureFixture[s
         main(["inspect", str(m), *keys, "--default-context", "hello", "--bins", "1", "--json", str(js)]) == 0
     )
     assert json.loads(js.read_text())["text_hist"]["edges"] == [5.0, 9.0]  # 2+3 and 5+4
+
+
+def test_tokenizer_gives_2d_bins_that_fit_and_padding_on_both_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --tokenizer, the suggested 2D bins hold every example (strict mode) and the padding of
+    a planned epoch is reported per axis for 1D and 2D bins; the token counts are the prompt
+    builder's (the loader's) counts."""
+    import numpy as np
+
+    from speechdata.config import make_dataset_config
+    from speechdata.manifest import load_index
+    from speechdata.sampling.buckets import assign_buckets_2d
+    from speechdata.sampling.plan import plan_epoch
+    from speechdata.sampling.tokens import Measures, TokenCounts
+    from speechdata.text.dialog import make_prompt_builder
+    from speechdata.text.tokenizer import load_tokenizer
+
+    corpus = make_corpus(tmp_path / "c", n=60, seed=5, max_duration=8.0)
+    corpus.train_tokenizer(vocab_size=90, out_dir=tmp_path / "tok")
+    tok_path = tmp_path / "tok" / "tokenizer.model"
+    out = tmp_path / "s.json"
+    config = tmp_path / "c.yaml"
+    config.write_text('train_ds:\n  audio_locator: "|audio|"\n  manifest_filepath: ignored.jsonl\n')
+    args = [
+        "inspect",
+        str(corpus.manifest),
+        "--tokenizer",
+        str(tok_path),
+        "--num-buckets",
+        "3",
+        "--config",
+        str(config),
+    ]
+    code, text, err = run(
+        [*args, "--num-subbuckets", "2", "--batch-tokens", "400", "--json", str(out)], capsys
+    )
+    assert code == 0 and err == ""
+    assert "suggested 2D bucket_duration_bins ([seconds, output tokens]; " in text
+    assert "padding of one epoch planned at batch_tokens 400 (audio seconds / tokens):" in text
+    stats = json.loads(out.read_text())
+    assert stats["text_unit"] == "tokens" and stats["bins_2d_first"] == "seconds"
+    bins = np.asarray(stats["suggested_bins_2d"])
+    assert 3 <= len(bins) <= 6 and [tuple(b) for b in bins] == sorted(tuple(b) for b in bins)
+
+    index = load_index(str(corpus.manifest))
+    cfg = make_dataset_config({"audio_locator": "|audio|"})
+    builder = make_prompt_builder(cfg, load_tokenizer(tok_path))
+    prompts = [builder.build_record(index.record(i)) for i in range(len(index))]
+    text_tokens = np.array([len(p.input_ids) for p in prompts])
+    output = np.array([len(p.input_ids) - p.answer_start for p in prompts])
+    assert stats["text_hist"]["counts"] == np.histogram(text_tokens, bins=20)[0].tolist()
+    assigned, _ = assign_buckets_2d(index.duration, output, bins, strict=True)
+    assert (assigned >= 0).all()
+
+    m = Measures.of(index.duration, TokenCounts(text_tokens, output), cfg)
+    plan_cfg = make_dataset_config(
+        {"batch_tokens": 400, "bucket_duration_bins": bins.tolist(), "drop_last": False}
+    )
+    plan = plan_epoch(index, np.ones(len(index), bool), plan_cfg, epoch=0, measures=m)
+    useful = slots = 0.0
+    for batch in plan:  # the padding definition, batch by batch
+        useful += float(text_tokens[batch].sum())
+        slots += batch.size * float(text_tokens[batch].max())
+    assert stats["padding"]["2d"]["tokens"] == pytest.approx(1 - useful / slots, abs=1e-4)
+    assert set(stats["padding"]) == {"1d", "2d"} and all(
+        0 <= v < 1 for p in stats["padding"].values() for v in p.values()
+    )
+
+    code, _, err = run(["inspect", str(corpus.manifest), "--token-equivalent-duration", "0.08"], capsys)
+    assert (
+        code == 1 and err == "speechdata: error: --config and --token-equivalent-duration need --tokenizer\n"
+    )

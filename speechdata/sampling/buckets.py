@@ -62,6 +62,7 @@ __all__ = [
     "configured_num_buckets",
     "effective_duration",
     "estimate_bins",
+    "estimate_bins_2d",
     "make_buckets",
 ]
 
@@ -138,6 +139,35 @@ def estimate_bins(durations: np.ndarray, num_buckets: int) -> np.ndarray:
     down = np.maximum(first - 1, 0)
     cut = np.where(below[up] - targets <= targets - below[down], up, down)
     return values[cut + 1]
+
+
+def estimate_bins_2d(
+    first: np.ndarray, second: np.ndarray, num_buckets: int, num_subbuckets: int
+) -> np.ndarray:
+    """2D bins (``(K, 2)`` inclusive upper bounds, sorted ascending) that fit every example.
+
+    The first values are split by :func:`estimate_bins` into ``num_buckets`` of equal total; the
+    examples of each are split by their second values (output tokens) into ``num_subbuckets`` of
+    equal total the same way. Each part's pair is (the largest first value of its bucket, the
+    largest second value of its part), so every example fits the pair of its own part, in strict
+    mode too (parts that got no example give no pair). This is the estimator ``speechdata
+    inspect`` suggests 2D ``bucket_duration_bins`` with.
+    """
+    a = np.asarray(first, dtype=np.float64)
+    b = np.asarray(second, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    outer = assign_buckets(a, estimate_bins(a, num_buckets)).astype(np.int64)
+    pairs: list[tuple[float, float]] = []
+    for g in np.unique(outer).tolist():
+        mine = outer == g
+        top = float(a[mine].max())
+        inner = b[mine]
+        sub = assign_buckets(inner, estimate_bins(inner, num_subbuckets)).astype(np.int64)
+        maxima = np.full(int(sub.max()) + 1, -np.inf)
+        np.maximum.at(maxima, sub, inner)
+        pairs += [(top, float(m)) for m in maxima if np.isfinite(m)]
+    return np.asarray(pairs, dtype=np.float64)
 
 
 def assign_buckets(durations: np.ndarray, bins: np.ndarray | None) -> np.ndarray:

@@ -245,6 +245,18 @@ class Plan:
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self.batch(k) for k in range(self.start, len(self)))
 
+    def padding(self, values: np.ndarray) -> float:
+        """Padding fraction of this plan's batches along one axis: ``1 - sum(v) / sum(n × max v)``
+        over the batches, ``values`` (one per Index row: seconds, tokens, ...) padded to the
+        largest of each batch (0.0 without batches)."""
+        if self.ids.size == 0:
+            return 0.0
+        v = np.asarray(values, dtype=np.float64)[self.ids]
+        starts = self.offsets[:-1]
+        longest = np.maximum.reduceat(v, starts)
+        slots = float((np.diff(self.offsets) * longest).sum())
+        return 1.0 - float(v.sum()) / slots if slots > 0 else 0.0
+
     @property
     def batches(self) -> list[np.ndarray]:
         """All batches (from ``start`` on) as a list of int64 arrays."""
