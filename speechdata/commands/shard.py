@@ -13,6 +13,7 @@ Example::
     $ speechdata shard train.jsonl --num-shards 8 --codec flac --shuffle --seed 1 --workers 2
     speechdata shard: 12000 entries, 20.12 h in 8 shards (0 reused), 1.21 GB -> train_tarred; none dropped
     $ speechdata shard qa.jsonl --answer-key output --context-key input --out qa_tarred/
+    $ speechdata shard train.jsonl --out /shared/train_tarred --executor ray://head:10001
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="processes writing shards in parallel (default 1)"
     )
     parser.add_argument(
+        "--executor",
+        default="local",
+        metavar="local|ray|ray://ADDRESS",
+        help="where the shards are written: local processes (--workers), or one Ray task per shard "
+        "on this process's Ray instance (ray; RAY_ADDRESS=auto joins a running cluster) or on "
+        "ray://ADDRESS; the output is byte-identical (default local)",
+    )
+    parser.add_argument(
         "--on-error",
         choices=("raise", "skip"),
         default="raise",
@@ -102,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         on_error=args.on_error,
         progress=not args.no_progress,
+        executor=args.executor,
     )
     report = write_shards(args.manifests, args.out, opts, keys=manifest_keys_from(args))
     print(report.summary())

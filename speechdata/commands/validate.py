@@ -6,6 +6,7 @@ Example::
     $ speechdata validate shards/
     shards/audio_3.tar:audio_000123.flac: cannot decode audio: ...
     speechdata validate: 1200 entries, 1 problem (decode=1), 0 orphan members
+    $ speechdata validate /shared/train_tarred --executor ray
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ HELP = "check every entry of a tarred dataset against its tars"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``speechdata validate``."""
     parser.add_argument("dir", metavar="DIR", help="tarred dataset folder (or a folder of bucket*/ datasets)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes checking shards in parallel (default 1)"
+    )
+    parser.add_argument(
+        "--executor",
+        default="local",
+        metavar="local|ray|ray://ADDRESS",
+        help="where the shards are checked: local processes (--workers), or one Ray task per shard "
+        "(ray, or ray://ADDRESS); the report is the same (default local)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -25,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``speechdata validate``: print every problem, then the summary; 1 if anything is wrong."""
     from speechdata.shards.validate import validate
 
-    report = validate(args.dir, progress=not args.no_progress)
+    report = validate(args.dir, progress=not args.no_progress, workers=args.workers, executor=args.executor)
     for _kind, message in report.problems:
         print(message)
     print(report.summary())

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from speechdata.audio import audio_info, load_audio
 from speechdata.errors import ConfigError, DataError
+from speechdata.shards.executors import Executor, LocalExecutor, check_executor, open_executor
 from speechdata.shards.plan import check_span
 from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_sub, tarred_dataset_folders
 from speechdata.shards.tarfmt import Member, scan_members
@@ -119,43 +121,119 @@ def _check_clip(
         report.problems.append(("decode", f"{e}"))
 
 
-def validate_folder(folder: Path, report: ValidationReport, bar: tqdm) -> None:
-    """Check one NeMo tarred dataset folder, adding to ``report``."""
-    tars = {
-        int(m.group(1)): folder / p.name for p in folder.glob("audio_*.tar") if (m := _SHARD.match(p.name))
-    }
-    tables: dict[int, dict[str, Member]] = {}
-    for sid, path in sorted(tars.items()):
-        try:
-            tables[sid] = scan_members(path)
-        except DataError as e:
-            report.problems.append(("decode", str(e)))
-            tables[sid] = {}
-    used: set[tuple[int, str]] = set()
-    sliced = _sliced(folder)
-    fds: dict[int, int] = {}
-    manifest = folder / MANIFEST
+@dataclass
+class _Shard:
+    """What one shard's task found: the scan problem of its tar, its entries' problems as
+    ``(line number, kind, message)``, and its members no entry of the task used (tar order)."""
+
+    scan: tuple[str, str] | None
+    problems: list[tuple[int, str, str]]
+    unused: list[str]
+
+
+@dataclass
+class _Folder:
+    """One dataset folder, as every shard task sees it."""
+
+    manifest: str
+    tars: dict[int, Path]
+    sliced: bool
+
+
+def _scan(tars: dict[int, Path], sid: int) -> tuple[dict[str, Member], tuple[str, str] | None]:
     try:
-        with open(manifest, "rb") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{manifest}:{line_no}"
-                bar.update(1)
-                report.entries += 1
-                try:
-                    entry = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    report.problems.append(("bad_line", f"{where}: not valid JSON ({e.msg})"))
-                    continue
-                _check_entry(entry, where, tars, tables, fds, used, sliced, report)
+        return scan_members(tars[sid]), None
+    except DataError as e:
+        return {}, ("decode", str(e))
+
+
+def _check_lines(
+    folder: _Folder,
+    lines: list[tuple[int, dict[str, Any]]],
+    tables: dict[int, dict[str, Member]],
+    progress: Callable[[int], None],
+) -> tuple[list[tuple[int, str, str]], set[tuple[int, str]]]:
+    """Check entries ``(line number, entry)`` against ``tables``; their problems and the members
+    they use."""
+    report = ValidationReport()
+    problems: list[tuple[int, str, str]] = []
+    used: set[tuple[int, str]] = set()
+    fds: dict[int, int] = {}
+    try:
+        for line_no, entry in lines:
+            seen = len(report.problems)
+            where = f"{folder.manifest}:{line_no}"
+            _check_entry(entry, where, folder.tars, tables, fds, used, folder.sliced, report)
+            problems.extend((line_no, kind, msg) for kind, msg in report.problems[seen:])
+            progress(1)
     finally:
         for fd in fds.values():
             os.close(fd)
-    for sid, table in sorted(tables.items()):
-        for name in table:
-            if (sid, name) not in used:
-                report.problems.append(("orphan", f"{tars[sid]}:{name}: member used by no entry"))
+    return problems, used
+
+
+def _check_shard(
+    folder: _Folder, item: tuple[int, list[tuple[int, dict[str, Any]]]], progress: Callable[[int], None]
+) -> _Shard:
+    """The task of one shard (:mod:`speechdata.shards.executors`): scan its tar's headers and
+    check the entries whose ``shard_id`` names it."""
+    sid, lines = item
+    table, scan = _scan(folder.tars, sid) if sid in folder.tars else ({}, None)
+    problems, used = _check_lines(folder, lines, {sid: table} if sid in folder.tars else {}, progress)
+    return _Shard(scan, problems, [name for name in table if (sid, name) not in used])
+
+
+def validate_folder(
+    folder: Path,
+    report: ValidationReport,
+    progress: Callable[[int], None] = lambda n: None,
+    executor: Executor | None = None,
+) -> None:
+    """Check one NeMo tarred dataset folder, adding to ``report``: one task per shard (the
+    entries whose ``shard_id`` names it) on ``executor`` (default: this process); entries without
+    a ``shard_id`` are looked up in every shard afterwards. Problems come in the same order
+    whatever ran the tasks: tars that do not scan, then entries by line, then orphan members."""
+    tars = {
+        int(m.group(1)): folder / p.name for p in folder.glob("audio_*.tar") if (m := _SHARD.match(p.name))
+    }
+    manifest = folder / MANIFEST
+    info = _Folder(str(manifest), tars, _sliced(folder))
+    groups: dict[int, list[tuple[int, dict[str, Any]]]] = {sid: [] for sid in tars}
+    loose: list[tuple[int, dict[str, Any]]] = []
+    problems: list[tuple[int, str, str]] = []
+    with open(manifest, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            report.entries += 1
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                problems.append((line_no, "bad_line", f"{manifest}:{line_no}: not valid JSON ({e.msg})"))
+                progress(1)
+                continue
+            sid = entry.get("shard_id") if isinstance(entry, dict) else None
+            if isinstance(sid, int) and not isinstance(sid, bool):
+                groups.setdefault(sid, []).append((line_no, entry))
+            else:
+                loose.append((line_no, entry))
+    items = sorted(groups.items())
+    ex = executor if executor is not None else LocalExecutor(1)
+    shards = ex.map(_check_shard, items, shared=info, weights=[len(g) for _, g in items], progress=progress)
+    unused = {sid: s.unused for (sid, _), s in zip(items, shards, strict=True)}
+    for s in shards:
+        problems.extend(s.problems)
+    if loose:
+        tables = {}
+        for sid in sorted(tars):
+            tables[sid] = _scan(tars, sid)[0]
+        found, used = _check_lines(info, loose, tables, progress)
+        problems.extend(found)
+        unused = {sid: [n for n in names if (sid, n) not in used] for sid, names in unused.items()}
+    report.problems.extend(s.scan for s in shards if s.scan is not None)
+    report.problems.extend((kind, msg) for _, kind, msg in sorted(problems, key=lambda p: p[0]))
+    for sid, names in sorted(unused.items()):
+        report.problems.extend(("orphan", f"{tars[sid]}:{name}: member used by no entry") for name in names)
 
 
 def _check_entry(
@@ -217,15 +295,26 @@ def _check_entry(
         )
 
 
-def validate(root: str | Path, *, progress: bool = True) -> ValidationReport:
-    """Validate the tarred dataset(s) under ``root`` (see the module docstring)."""
+def validate(
+    root: str | Path, *, progress: bool = True, workers: int = 1, executor: str = "local"
+) -> ValidationReport:
+    """Validate the tarred dataset(s) under ``root`` (see the module docstring): one task per
+    shard, in ``workers`` local processes or as Ray tasks (``executor``: ``local``, ``ray`` or
+    ``ray://ADDRESS``, :func:`~speechdata.shards.executors.open_executor`); the report is the
+    same whatever ran the tasks."""
+    check_executor(executor)
+    if workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
     folders = dataset_folders(root)
     total = 0
     for folder in folders:
         with open(folder / MANIFEST, "rb") as f:
             total += sum(1 for line in f if line.strip())
     report = ValidationReport()
-    with tqdm(total=total, unit="entry", desc="validate", disable=not progress, file=sys.stderr) as bar:
+    with (
+        tqdm(total=total, unit="entry", desc="validate", disable=not progress, file=sys.stderr) as bar,
+        open_executor(executor, workers) as ex,
+    ):
         for folder in folders:
-            validate_folder(folder, report, bar)
+            validate_folder(folder, report, bar.update, ex)
     return report
