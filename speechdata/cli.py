@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "speechdata.commands.inspect",
     "bench": "speechdata.commands.bench",
     "train": "speechdata.commands.train",
+    "tune": "speechdata.commands.tune",
     "tokenizer train": "speechdata.commands.tokenizer_train",
     "demo": "speechdata.commands.demo",
 }
