@@ -95,3 +95,24 @@ def test_wrong_duration_is_caught(clean, tmp_path):
 
 def test_not_a_dataset(tmp_path):
     assert cli_main(["validate", str(tmp_path)]) == 1
+
+
+def test_problems_in_line_order_whatever_runs_the_shards(clean, tmp_path):
+    """One task per shard (here 2 processes): the report equals the one-process report, problems
+    by line across shards, an entry without shard_id looked up in every shard, orphans last."""
+    folder = _copy(clean, tmp_path)
+    path = folder / "tarred_audio_manifest.json"
+    lines = path.read_bytes().splitlines()
+    loose = orjson.loads(lines[2])
+    loose.pop("shard_id")
+    moved = orjson.loads(lines[4])
+    moved["shard_id"] = 7  # no such shard
+    lines[2], lines[4], lines[6] = orjson.dumps(loose), orjson.dumps(moved), b"{not json"
+    path.write_bytes(b"\n".join(lines[:-1]) + b"\n")  # the last entry's members become orphans
+    one = validate(folder, progress=False)
+    two = validate(folder, progress=False, workers=2)
+    assert (two.entries, two.problems) == (one.entries, one.problems)
+    kinds = [kind for kind, _ in one.problems]
+    k = kinds.index("bad_line")  # line 5's missing members (one per audio), line 7, then orphans
+    assert k >= 1 and set(kinds[:k]) == {"missing"} and set(kinds[k + 1 :]) == {"orphan"}
+    assert ":5: shard audio_7.tar not found" in one.problems[0][1]
