@@ -4,8 +4,10 @@ Everything here works on Index columns (durations, dataset ids), never on audio
 (docs/architecture.md, "Planning and resume"):
 
 * :func:`filter_mask` — ``min/max_duration`` and ``min_seq_length`` filters with counted drops;
-* :func:`make_buckets` — duration bins (explicit, estimated, or a pre-bucketed dataset's) and
-  per-bucket batch sizes;
+* :func:`make_buckets` — duration bins (explicit, estimated, or a pre-bucketed dataset's; NeMo
+  2.x 2D bins over seconds or tokens and output tokens) and per-bucket batch sizes;
+* :func:`count_tokens`, :class:`Measures` — token counts per example from the prompt builder
+  (cached) and what token-aware batching measures (``batch_tokens``, 2D bins, token filters);
 * :func:`plan_epoch` — one rank's batches of example ids for one epoch, pure and vectorised;
 * :func:`form_batches` — the batch rule (fixed or dynamic sizes per bucket) both of them use;
 * :class:`BatchSampler` — a resumable DataLoader ``batch_sampler`` built on :func:`plan_epoch`;
@@ -26,9 +28,11 @@ from speechdata.sampling.buckets import (
     DEFAULT_NUM_BUCKETS,
     Buckets,
     assign_buckets,
+    assign_buckets_2d,
     bucket_batch_sizes,
     effective_duration,
     estimate_bins,
+    estimate_bins_2d,
     make_buckets,
 )
 from speechdata.sampling.filters import IndexColumns, filter_mask, num_datasets
@@ -42,6 +46,7 @@ from speechdata.sampling.plan import (
 )
 from speechdata.sampling.position import Position
 from speechdata.sampling.stream import bucketed_stream, shuffle_buffer
+from speechdata.sampling.tokens import Measures, TokenCounts, count_tokens, filter_tokens, needs_tokens
 
 __all__ = [
     "DEFAULT_NUM_BUCKETS",
@@ -49,19 +54,26 @@ __all__ = [
     "BatchTable",
     "Buckets",
     "IndexColumns",
+    "Measures",
     "Plan",
     "Position",
+    "TokenCounts",
     "assign_buckets",
+    "assign_buckets_2d",
     "bucket_batch_sizes",
     "bucketed_stream",
+    "count_tokens",
     "effective_duration",
     "epoch_entries",
     "epoch_rng",
     "estimate_bins",
+    "estimate_bins_2d",
     "filter_mask",
+    "filter_tokens",
     "form_batches",
     "make_buckets",
     "mixing_weights",
+    "needs_tokens",
     "num_datasets",
     "plan_epoch",
     "shuffle_buffer",

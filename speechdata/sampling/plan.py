@@ -462,7 +462,9 @@ class BatchSampler:
     batches it *consumed* takes its position from :meth:`position` instead.
 
     ``rank`` / ``world_size`` default to torch.distributed's when a process group is
-    initialised, else 0 / 1. The plan of an epoch depends only on (cfg, seed, epoch, rank,
+    initialised, else 0 / 1. ``measures`` (token counts per row,
+    :class:`~speechdata.sampling.tokens.Measures`) are needed by ``batch_tokens``, 2D bins and
+    ``use_multimodal_sampling``. The plan of an epoch depends only on (cfg, seed, epoch, rank,
     world size), so ranks agree without communicating and DataLoader workers, which receive
     batches from the main process, never duplicate work. A position saved on another world size
     resumes elastically: the rest of its epoch is dealt again to this sampler's ranks
