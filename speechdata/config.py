@@ -261,10 +261,13 @@ class DatasetConfig:
             self.manifests = split_paths(self.manifest_filepath)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the user-facing keys (``manifests`` and ``source_tags`` excluded)."""
+        """Plain dict of the user-facing keys (``manifests`` and ``source_tags`` excluded) from
+        which :func:`make_dataset_config` builds the same config: ``input_cfg`` is null there, as
+        the keys it was expanded into (:func:`expand_input_cfg`) hold what it says."""
         d = dataclasses.asdict(self)
         d.pop("manifests")
         d.pop("source_tags")
+        d["input_cfg"] = None
         return d
 
     def check(self, path: str) -> None:

@@ -115,6 +115,8 @@ def test_salm_data_section_loads_unchanged(tmp_path: Path, caplog: pytest.LogCap
         {"task": "ast", "context": "Repeat after me, typing in lowercase."},
         {"task": "ast", "context": "Repeat after me, typing in lowercase.", "lang": "de"},
     ]
+    again = make_dataset_config(ds.to_dict(), "again")  # the expanded keys build the same config
+    assert again.to_dict() == ds.to_dict() and again.manifests == ds.manifests
     (message,) = [r.getMessage() for r in caplog.records if "ignoring NeMo key" in r.getMessage()]
     assert message == (
         "data.train_ds: ignoring NeMo key(s) that do not change loading: "
