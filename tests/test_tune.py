@@ -1,0 +1,253 @@
+"""speechdata tune: the search against fake memory models, the CPU estimate on the real tiny model,
+and the command end to end (dry run, a CPU-estimated run whose YAML the loader reads back)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from speechdata.cli import main
+from speechdata.config import dataset_config, load_config, load_yaml, make_dataset_config
+from speechdata.errors import ConfigError
+from speechdata.loader import build_dataloader
+from speechdata.testing import TINY_MODEL, make_corpus
+from speechdata.text.tokenizer import train_tokenizer
+from speechdata.tune import (
+    BucketShape,
+    StepRunner,
+    bucket_bins,
+    bucket_shapes,
+    estimate_measure,
+    guarded,
+    largest_fitting,
+    parse_bytes,
+    prepare,
+    search_buckets,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tune")
+    c = make_corpus(root, n=24, seed=5, min_duration=0.3, max_duration=1.9, shared_source_fraction=0.0)
+    texts = [e["answer"] for e in c.entries] + [e["context"] for e in c.entries]
+    train_tokenizer(texts, root / "tok", vocab_size=320, user_symbols=["|audio|"])
+    return {"manifest": str(root / "manifest.jsonl"), "tokenizer": str(root / "tok" / "tokenizer.model")}
+
+
+def small(corpus: dict[str, str], *extra: str) -> list[str]:
+    """Overrides that make the bundled config's step tiny (float32: bf16 autocast is slow on CPUs)."""
+    return [
+        f"model.tokenizer.model={corpus['tokenizer']}",
+        "trainer.precision=32",
+        "model.train_ds.max_seq_length=32",
+        "model.train_ds.max_duration=2",
+        *TINY_MODEL,
+        *extra,
+    ]
+
+
+# ------------------------------------------------------------------------------------ the search
+
+
+@pytest.mark.parametrize("static,per,power", [(100, 7, 1), (5_000, 3, 2), (0, 1000, 1), (50, 1, 1.5)])
+@pytest.mark.parametrize("budget", [99, 150, 1_000, 12_345, 10**6])
+@pytest.mark.parametrize("margin", [0, 40])
+def test_largest_fitting_is_the_brute_force_answer(
+    static: int, per: int, power: float, budget: int, margin: int
+) -> None:
+    def peak(b: int) -> int:
+        return static + int(per * b**power)
+
+    cap = 700
+    expect = max((b for b in range(1, cap + 1) if peak(b) + margin <= budget), default=0)
+    got, trials = largest_fitting(peak, budget, margin, max_batch=cap)
+    assert got == expect
+    assert len(trials) <= 2 * math.ceil(math.log2(cap)) + 2
+    assert all(t.fits == (t.peak + margin <= budget) for t in trials)
+    assert trials[0].batch_size == 1
+
+
+def test_out_of_memory_is_does_not_fit_and_cleans_up() -> None:
+    cleaned: list[int] = []
+    shape = BucketShape(0, 0.0, 1.0, 8, 16000)
+
+    def step(s: BucketShape, b: int) -> int:
+        if b > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        return 10 * b
+
+    measure = guarded(step, lambda: cleaned.append(1))
+    got, trials = largest_fitting(lambda b: measure(shape, b), budget=10**9)
+    assert got == 5
+    assert [t.peak for t in trials if not t.fits] and all(t.peak is None for t in trials if not t.fits)
+    assert len(cleaned) == len(trials)
+
+
+def test_search_buckets_per_shape_with_a_fake_memory_model() -> None:
+    shapes = [
+        BucketShape(i, lo, hi, 64, 16000) for i, (lo, hi) in enumerate([(0, 2), (2, 4), (4, 8), (8, 8)])
+    ]
+    calls: list[tuple[float, int]] = []
+
+    def measure(s: BucketShape, b: int) -> int | None:
+        calls.append((s.seconds, b))
+        need = 1000 + b * (s.samples // 100 + 3 * s.tokens)
+        return None if need > 50_000 else need  # out of memory above 50 kB
+
+    lines: list[str] = []
+    results = search_buckets(
+        shapes, measure, budget=40_000, margin=500, max_batch=4096, progress=lines.append
+    )
+    for r in results:
+        per = r.shape.samples // 100 + 3 * r.shape.tokens
+        assert r.batch_size == (40_000 - 500 - 1000) // per
+        assert r.chosen is not None and r.chosen.peak + 500 <= 40_000
+    assert [r.shape.bucket for r in results] == [0, 1, 2, 3]
+    assert results[2].batch_size == results[3].batch_size  # the same shape, measured once
+    assert sum(1 for sec, _ in calls if sec == 8) == len(results[2].trials)
+    assert calls[0][0] == 8  # longest first
+    assert len(lines) == len(calls) and "out of memory" in " ".join(lines)
+
+
+def test_bucket_shapes_follow_the_loaders_bins() -> None:
+    ds = make_dataset_config({"max_duration": 8, "min_duration": 0.1, "max_seq_length": 100})
+    shapes = bucket_shapes(ds, [2, 4, 9])
+    assert [(s.low, s.seconds, s.tokens) for s in shapes] == [
+        (0.1, 2, 100),
+        (2, 4, 100),
+        (4, 8, 100),
+        (8, 8, 100),
+    ]
+    assert [s.samples for s in shapes][:2] == [32000, 64000]
+    assert [(s.low, s.seconds) for s in bucket_shapes(ds, [])] == [(0.1, 8)]
+    with pytest.raises(ConfigError, match=r"train_ds.max_duration: null"):
+        bucket_shapes(make_dataset_config({"max_duration": None}), [])
+    assert bucket_bins(make_dataset_config({"bucket_duration_bins": [1, 3]}), "x") == [1.0, 3.0]
+    assert bucket_bins(make_dataset_config({}), "x") == []  # no bucketing: one bucket
+    with pytest.raises(
+        ConfigError, match=r"x: 30 buckets are estimated from the data, but manifest_filepath"
+    ):
+        bucket_bins(make_dataset_config({"batch_duration": 100}), "x", lambda: np.zeros(29))
+    assert parse_bytes("80GiB") == 80 * 1024**3 and parse_bytes("1.5 MB") == 1_500_000
+    with pytest.raises(ConfigError, match="memory size 'lots'"):
+        parse_bytes("lots")
+
+
+# ------------------------------------------------------------------------- the real CPU estimate
+
+
+def test_cpu_estimate_counts_weights_gradients_optimizer_and_saved_activations(
+    corpus: dict[str, str],
+) -> None:
+    plan = prepare(
+        load_config(CONFIGS / "salm_tiny.yaml", small(corpus, "model.train_ds.bucket_duration_bins=[1]"))
+    )
+    runner = StepRunner(plan.cfg, plan.setup, "cpu", plan.precision)
+    measure = estimate_measure(runner)
+    long, short = plan.shapes[1], plan.shapes[0]
+    measure(short, 1)  # the optimiser state exists from here on
+    params = runner.parameter_bytes()
+    # AdamW: two moments per trainable weight, plus one scalar step per parameter tensor
+    assert params * 2 <= runner.optimizer_bytes() <= params * 2 + 8 * len(list(runner.model.parameters()))
+    m1, m2, m4 = (measure(long, b) for b in (1, 2, 4))
+    assert m1 is not None and m2 is not None and m4 is not None
+    assert m1 > 4 * params  # weights, gradients, two moments, and activations on top
+    per_example = m2 - m1
+    assert per_example > 0
+    assert abs((m4 - m2) - 2 * per_example) <= 0.1 * per_example  # activations scale with the batch
+    assert measure(short, 4) < m4  # shorter audio, less memory
+
+
+# ---------------------------------------------------------------------------------- the command
+
+
+def test_dry_run_shows_shapes_and_writes_nothing(
+    corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned.yaml"
+    args = [
+        "tune",
+        str(CONFIGS / "bestow_tiny.yaml"),
+        *small(corpus, "model.train_ds.bucket_duration_bins=[0.5,1]"),
+    ]
+    assert main([*args, "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("DRY RUN (--dry-run): nothing is measured and nothing is written")
+    assert "BESTOW" in text and f"not writing {out} (dry run)" in text
+    rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[:4] for r in rows] == [
+        ["0", "0.1-0.5", "8000", "32"],
+        ["1", "0.5-1", "16000", "32"],
+        ["2", "1-2", "32000", "32"],
+    ]
+    assert not out.exists()
+
+
+def test_cpu_estimate_run_writes_sizes_the_loader_uses(
+    corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned.yaml"
+    overrides = small(corpus, "model.train_ds.bucket_duration_bins=[1.0]")
+    cfg_path = str(CONFIGS / "salm_tiny.yaml")
+    assert (
+        main(
+            ["tune", cfg_path, *overrides, "--estimate-cpu", "48MiB", "--fraction", "0.5", "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    assert (
+        "CPU ESTIMATE against 48.0 MiB" in printed.out and "budget 0.5 x 48.0 MiB = 24.0 MiB" in printed.out
+    )
+    assert "bucket 1 (2 s, 32 tokens): batch 1: peak" in printed.err
+    tuned = load_yaml(out)
+    sizes = list(tuned.model.train_ds.bucketing_batch_size)
+    assert list(tuned.model.train_ds.bucket_duration_bins) == [1.0]
+    assert len(sizes) == 2 and sizes[0] > sizes[1] >= 1  # the shorter bucket takes more examples
+
+    merged = OmegaConf.merge(load_config(cfg_path, overrides), tuned)
+    merged.model.train_ds.manifest_filepath = corpus["manifest"]
+    merged.model.train_ds.drop_last = False
+    ds = dataset_config(merged, "train_ds")
+    assert ds.bucketing_batch_size == sizes and ds.bucket_duration_bins == [1.0]
+    line = next(x for x in printed.out.splitlines() if x.startswith("as overrides: "))
+    again = dataset_config(
+        load_config(
+            cfg_path,
+            [*overrides, *line.split()[2:], f"model.train_ds.manifest_filepath={corpus['manifest']}"],
+        ),
+        "train_ds",
+    )
+    assert again.bucketing_batch_size == sizes
+
+    from speechdata.text.tokenizer import load_tokenizer
+
+    loader = build_dataloader(ds, load_tokenizer(corpus["tokenizer"]))
+    assert loader.sampler is not None
+    assert list(loader.sampler.buckets.sizes) == sizes
+    plan = loader.sampler.plan(0)
+    counts = loader.sampler.buckets.counts(loader.keep)
+    lengths = np.diff(plan.offsets)
+    for b in (0, 1):
+        assert lengths[plan.bucket == b].max() == min(sizes[b], counts[b])  # full batches of the tuned size
+        assert (lengths[plan.bucket == b] <= sizes[b]).all()
+
+
+def test_a_budget_below_batch_one_is_a_one_line_error(
+    corpus: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["tune", str(CONFIGS / "salm_tiny.yaml"), *small(corpus), "--estimate-cpu", "64KiB"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "speechdata: error: model.train_ds: bucket 0 (2 s, 32 tokens) does not fit at batch 1 within 57.6 KiB"
+    )
