@@ -11,7 +11,7 @@ nothing is measured and nothing is written. ``--estimate-cpu MEMORY`` searches o
 MEMORY with an estimate of the step's memory (weights, gradients, optimiser state, the batch and
 the tensors saved for backward): for planning, not a GPU measurement.
 
-Examples::
+Example::
 
     $ speechdata tune configs/salm_tiny.yaml model.tokenizer.model=tok/tokenizer.model \\
         model.train_ds.bucket_duration_bins=[2,4,6] --out tuned.yaml
@@ -21,6 +21,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "largest batch per bucket that fits in GPU memory (measured), written as bucketing_batch_size"
 
@@ -168,11 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Printer:
-    """Lines for stdout, unless quiet (``--print-overrides`` prints only the overrides)."""
+    """Lines for stdout, or for stderr when quiet (``--print-overrides`` keeps stdout for the overrides)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
 
     def __call__(self, text: str) -> None:
-        if not self.quiet:
-            print(text, flush=True)
+        print(text, file=sys.stderr if self.quiet else sys.stdout, flush=True)
