@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         metavar="local|ray|ray://ADDRESS",
         help="where the shards are written: local processes (--workers), or one Ray task per shard "
-        "on this process's Ray instance (ray; RAY_ADDRESS=auto joins a running cluster) or on "
+        "on the cluster ray.init() finds (ray: RAY_ADDRESS, or the one ray start started here) or on "
         "ray://ADDRESS; the output is byte-identical (default local)",
     )
     parser.add_argument(

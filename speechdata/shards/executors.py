@@ -147,9 +147,10 @@ def _ray_call(fn: Task, shared: Any, item: Any) -> Any:
 
 class RayExecutor:
     """One Ray task per item, on the Ray instance already initialised in this process, else on
-    ``address`` (``ray://HOST:PORT``, ``auto``), else on a new local instance (``ray.init()``,
-    which also honours ``RAY_ADDRESS``). A Ray instance the executor started is shut down by
-    :meth:`close`."""
+    ``address`` (``ray://HOST:PORT``), else where ``ray.init()`` finds one (``RAY_ADDRESS``, or
+    the cluster ``ray start`` started on this machine), else on a new local instance. The
+    connection the executor opened is closed by :meth:`close` (a local instance it started is
+    shut down)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: float = 1) -> None:
         ray = import_ray()
@@ -238,7 +239,8 @@ def check_executor(spec: str) -> None:
 
 def open_executor(spec: str = "local", workers: int = 1) -> LocalExecutor | RayExecutor:
     """The executor named by ``--executor``: ``local`` (``workers`` processes), ``ray`` (the Ray
-    instance of this process, ``RAY_ADDRESS``, or a new local one) or ``ray://ADDRESS``."""
+    instance of this process, else the cluster ``ray.init()`` finds, else a new local one) or
+    ``ray://ADDRESS``."""
     check_executor(spec)
     if spec == "local":
         return LocalExecutor(workers)
