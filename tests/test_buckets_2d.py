@@ -145,6 +145,12 @@ def test_multimodal_measures_and_1d_token_bins() -> None:
     index = _index(np.array([1.0, 2.2, 10.0]))
     m = Measures.of(index.duration, TokenCounts(np.array([10, 4, 3]), np.array([6, 1, 1])), cfg)
     assert m.audio.tolist() == [2, 5, 20] and m.tokens.tolist() == [12, 9, 23]
+    exact = Measures.of(
+        np.array([0.08, 0.24, 0.25], np.float32),
+        TokenCounts(np.zeros(3), np.zeros(3)),
+        _cfg(token_equivalent_duration=0.08),
+    )
+    assert exact.audio.tolist() == [1, 3, 4]  # float32 seconds count as the manifest's values
     assert m.axes()[0].tolist() == [6.0, 8.0, 22.0] and m.axes()[1].tolist() == [6.0, 1.0, 1.0]
     assert make_buckets(index, None, cfg, measures=m).assignment.tolist() == [0, 0, 1]
     with pytest.raises(ConfigError, match="use_multimodal_sampling: needs each example's token counts"):

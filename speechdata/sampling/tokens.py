@@ -145,7 +145,9 @@ class Measures:
         """The measures of rows of ``duration`` (seconds) and ``counts`` under ``cfg``."""
         d = np.asarray(duration, dtype=np.float64)
         ted = cfg.token_equivalent_duration
-        audio = np.ceil(d / ted - 1e-9).astype(np.int64) if ted else np.zeros(d.shape, dtype=np.int64)
+        # ceil(seconds / ted), forgiving the float32 rounding of the Index's seconds (0.08 s
+        # stored as 0.0800000012 is 1 token, as NeMo counts the manifest's 0.08)
+        audio = np.ceil(d / ted * (1 - 1e-6)).astype(np.int64) if ted else np.zeros(d.shape, dtype=np.int64)
         return cls(
             d,
             np.asarray(counts.text, dtype=np.int64),
