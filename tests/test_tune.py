@@ -251,3 +251,15 @@ def test_a_budget_below_batch_one_is_a_one_line_error(
     assert err[-1].startswith(
         "speechdata: error: model.train_ds: bucket 0 (2 s, 32 tokens) does not fit at batch 1 within 57.6 KiB"
     )
+
+
+def test_the_docs_example_is_the_results_file() -> None:
+    repo = CONFIGS.parent
+    results = (repo / "benchmarks/results/tune_cpu_estimate_salm_tiny.txt").read_text().splitlines()
+    docs = (repo / "docs/tuning.md").read_text()
+    rows = [
+        line for line in results if line.strip()[:1].isdigit() or line.strip().startswith("bucketing_batch")
+    ]
+    assert len(rows) == 5
+    for row in rows:
+        assert row in docs, f"docs/tuning.md lacks the results line {row!r}"
