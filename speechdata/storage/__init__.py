@@ -1,13 +1,13 @@
 """Reading from object storage (``s3://``, ``gs://``, ``az://``, ``http(s)://``, ``ais://``)
 through fsspec: see ``docs/object-storage.md``.
 
-* :mod:`~speechdata.storage.fs` — which paths are URLs, the filesystem of a URL (one per process),
-  object versions;
+* :mod:`~speechdata.storage.fs` — which paths are URLs, the filesystem of a URL (one per process);
 * :mod:`~speechdata.storage.retry` — one byte range read with retries (seeded backoff);
 * :mod:`~speechdata.storage.ranges` — :class:`RangeReader`: ranges read ahead, bounded in flight
   and in bytes, neighbours coalesced;
 * :mod:`~speechdata.storage.localcache` — the optional read-through local cache, size-bounded;
-* :mod:`~speechdata.storage.objects` — local copies of remote manifests, objects opened whole;
+* :mod:`~speechdata.storage.objects` — local copies of remote manifests, objects opened whole, object
+  versions;
 * :mod:`~speechdata.storage.options` — the knobs (``SPEECHDATA_REMOTE_*``).
 
 Example::
@@ -21,9 +21,9 @@ Example::
 
 from __future__ import annotations
 
-from speechdata.storage.fs import ObjectVersion, filesystem, is_remote, object_version
+from speechdata.storage.fs import filesystem, is_remote, reset_filesystems
 from speechdata.storage.localcache import ReadCache
-from speechdata.storage.objects import local_copy, open_object
+from speechdata.storage.objects import ObjectVersion, local_copy, object_version, open_object
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.ranges import RangeReader, Span
 from speechdata.storage.retry import backoff_delay, read_range, retryable
@@ -41,5 +41,6 @@ __all__ = [
     "object_version",
     "open_object",
     "read_range",
+    "reset_filesystems",
     "retryable",
 ]

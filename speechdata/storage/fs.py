@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from speechdata.errors import ConfigError
 
-__all__ = ["ObjectVersion", "filesystem", "is_remote", "object_version"]
+__all__ = ["filesystem", "is_remote", "reset_filesystems"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Extras to install per scheme, for the message when fsspec has no implementation.
@@ -43,11 +42,10 @@ def _defaults(protocol: str, timeout: float) -> dict[str, Any]:
     """speechdata's additions to a filesystem's options: timeouts, and no retries of its own."""
     if protocol in ("s3", "s3a"):
         return {
-            "retries": 1,
             "config_kwargs": {
                 "connect_timeout": timeout,
                 "read_timeout": timeout,
-                "retries": {"max_attempts": 1, "mode": "standard"},
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
             },
         }
     if protocol in ("http", "https"):
@@ -59,7 +57,8 @@ def _defaults(protocol: str, timeout: float) -> dict[str, Any]:
 
 def filesystem(url: str, timeout: float = 30.0) -> tuple[Any, str]:
     """``(fsspec filesystem, path within it)`` of ``url``: one filesystem per scheme and process
-    (a forked DataLoader worker makes its own). Options set in fsspec's configuration for the
+    (a forked DataLoader worker makes its own; the parent's are left alone, never closed from the
+    child, whose event loop is another). Options set in fsspec's configuration for the
     scheme win over speechdata's defaults."""
     import fsspec
     from fsspec.config import conf
@@ -68,8 +67,6 @@ def filesystem(url: str, timeout: float = 30.0) -> tuple[Any, str]:
     key = (os.getpid(), protocol)
     fs = _PER_PROCESS.get(key)
     if fs is None:
-        for k in [k for k in _PER_PROCESS if k[0] != os.getpid()]:
-            del _PER_PROCESS[k]  # inherited from the parent process: never used here
         options = {**_defaults(protocol, timeout), **conf.get(protocol, {})}
         try:
             fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
@@ -77,43 +74,13 @@ def filesystem(url: str, timeout: float = 30.0) -> tuple[Any, str]:
             extra = _EXTRAS.get(protocol)
             hint = f" (pip install {extra})" if extra else ""
             raise ConfigError(f"{url}: no filesystem for {protocol}://{hint}: {e}") from None
+        if protocol in ("s3", "s3a") and "retries" not in conf.get(protocol, {}):
+            fs.retries = 1  # s3fs's own retry loop (a class attribute): one attempt, ours retry
         _PER_PROCESS[key] = fs
     return fs, fs._strip_protocol(url) if protocol not in ("http", "https") else url
 
 
-@dataclass(frozen=True)
-class ObjectVersion:
-    """What identifies one version of a remote object: its size and a tag (ETag, generation,
-    version id or modification time, whichever the store gives)."""
-
-    size: int
-    tag: str
-
-    def key(self) -> str:
-        """A short string naming this version (for cache entry names)."""
-        return f"{self.size}.{self.tag}"
-
-
-def object_version(url: str, timeout: float = 30.0) -> ObjectVersion:
-    """The size and version tag of the object at ``url`` (one metadata request); a missing object
-    raises ``FileNotFoundError``."""
-    fs, path = filesystem(url, timeout)
-    info = fs.info(path)
-    tag = ""
-    for k in (
-        "ETag",
-        "etag",
-        "generation",
-        "VersionId",
-        "version_id",
-        "LastModified",
-        "mtime",
-        "last_modified",
-    ):
-        if info.get(k) not in (None, ""):
-            tag = str(info[k])
-            break
-    size = info.get("size")
-    if size is None:
-        raise OSError(f"{url}: the store gives no size for this object")
-    return ObjectVersion(int(size), re.sub(r"[^A-Za-z0-9_-]", "", tag)[:64])
+def reset_filesystems() -> None:
+    """Forget this process's filesystems: the next use makes new ones, reading their
+    configuration again (after credentials, an endpoint or fsspec's configuration changed)."""
+    _PER_PROCESS.clear()

@@ -64,9 +64,11 @@ class ReadCache:
             with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(tmp)
             return
-        self._written += len(data)
-        if self._written >= self.max_bytes // 8:
-            self._total: int | None = None  # bytes in the folder as this process last knew them
+        if self._total is None:
+            self._total = self.size()
+        else:
+            self._total += len(data)
+        if self._total > self.max_bytes:
             self.prune()
 
     def size(self) -> int:

@@ -7,6 +7,8 @@
   any local manifest (and caches its Index as usual); a record is read back from the copy by byte
   offset, so examples never wait on the store for their text.
 * :func:`open_object` opens an object for sequential reading (streamed shards, member table scans).
+* :func:`object_version` names the version of an object (size and ETag or equivalent), retried
+  like a range read.
 """
 
 from __future__ import annotations
@@ -16,19 +18,50 @@ import hashlib
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from speechdata.cache import cache_folder, touch
 from speechdata.errors import DataError, SpeechDataError
-from speechdata.storage.fs import filesystem, object_version
+from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
-from speechdata.storage.retry import read_range
+from speechdata.storage.retry import call_with_retries, read_range
 
-__all__ = ["local_copy", "open_object"]
+__all__ = ["ObjectVersion", "local_copy", "object_version", "open_object"]
 
 #: Bytes per request when a whole object is downloaded.
 CHUNK = 32 << 20
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """What identifies one version of a remote object: its size and a tag (ETag, generation,
+    version id or modification time, whichever the store gives)."""
+
+    size: int
+    tag: str
+
+    def key(self) -> str:
+        """A short string naming this version (for cache entry names)."""
+        return f"{self.size}.{self.tag}"
+
+
+_TAGS = ("ETag", "etag", "generation", "VersionId", "version_id", "LastModified", "Last-Modified", "mtime")
+
+
+def object_version(url: str, options: RemoteOptions | None = None, *, seed: int = 0) -> ObjectVersion:
+    """The size and version tag of the object at ``url``: one metadata request, retried like a
+    range read; a missing object raises ``FileNotFoundError``, a failure after the last retry
+    the last error."""
+    options = options or RemoteOptions.from_env()
+    fs, path = filesystem(url, options.timeout)
+    info = call_with_retries(lambda: fs.info(path), options, seed=seed, url=url, offset=0)
+    tag = next((str(info[k]) for k in _TAGS if info.get(k) not in (None, "")), "")
+    size = info.get("size")
+    if size is None:
+        raise OSError(f"{url}: the store gives no size for this object")
+    return ObjectVersion(int(size), re.sub(r"[^A-Za-z0-9_-]", "", tag)[:64])
 
 
 def _digest(text: str) -> str:
@@ -42,7 +75,7 @@ def local_copy(
     missing object or one that cannot be read is a one-line :class:`SpeechDataError` naming it."""
     options = options or RemoteOptions.from_env()
     try:
-        version = object_version(url, options.timeout)
+        version = object_version(url, options)
     except FileNotFoundError:
         raise SpeechDataError(f"{url}: manifest not found") from None
     except Exception as e:  # any library's error, as one line naming the URL

@@ -19,6 +19,7 @@ Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what readin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict, deque
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechdata.errors import DataError
-from speechdata.storage.fs import object_version
 from speechdata.storage.localcache import ReadCache
+from speechdata.storage.objects import object_version
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import read_range
 
@@ -328,7 +329,9 @@ class RangeReader:
         version = self._versions.get(span.url)
         if version is None:
             try:
-                version = self._versions[span.url] = object_version(span.url, self.options.timeout).key()
+                version = self._versions[span.url] = object_version(
+                    span.url, self.options, seed=self.seed
+                ).key()
             except Exception:  # no version, no cache: the range is read from the store
                 return None
         return f"{span.url}\0{version}\0{span.offset}\0{span.size}"
@@ -351,4 +354,5 @@ class RangeReader:
             return
         if self._cache is None:
             self._cache = ReadCache(self.options.cache_bytes, self.cache_dir)
-        self._cache.put(key, data)
+        with contextlib.suppress(Exception):  # a cache that cannot be written: a miss next time
+            self._cache.put(key, data)

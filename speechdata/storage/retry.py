@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from speechdata.errors import DataError
 from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
 
-__all__ = ["ShortRead", "backoff_delay", "read_range", "retryable"]
+__all__ = ["ShortRead", "backoff_delay", "call_with_retries", "read_range", "retryable"]
+
+T = TypeVar("T")
 
 
 class ShortRead(OSError):
@@ -58,10 +60,35 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+#: Parts of the type names of transport errors (a body cut short, a dropped or reset connection,
+#: a timeout) in aiohttp, botocore and the other fsspec back ends: always retried, whatever code
+#: they carry (aiohttp's ``ContentLengthError`` says 400 for a short body).
+_TRANSPORT = (
+    "Payload",
+    "ContentLength",
+    "IncompleteRead",
+    "Streaming",
+    "Disconnected",
+    "Connection",
+    "Timeout",
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not x for x in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
 def retryable(exc: BaseException) -> bool:
     """Whether a failed read is worth another attempt (see the module docstring)."""
     if isinstance(exc, _NEVER):
         return False
+    if any(part in type(e).__name__ for e in _chain(exc) for part in _TRANSPORT):
+        return True
     status = _status(exc)
     if status is not None and 400 <= status < 500:
         return status in (408, 429)
@@ -83,6 +110,33 @@ def _describe(exc: BaseException) -> str:
     return shown[:300]
 
 
+def call_with_retries(
+    call: Callable[[], T],
+    options: RemoteOptions,
+    *,
+    seed: int,
+    url: str,
+    offset: int = 0,
+    on_attempt: Callable[[int], None] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> T:
+    """``call()``, attempted again after :func:`backoff_delay` while it fails with a
+    :func:`retryable` error, at most ``options.retries`` times; the last error is raised as it is
+    (with the number of attempts in ``attempts`` on the exception when it can carry it)."""
+    attempts = options.retries + 1
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff_delay(options, seed, url, offset, attempt - 1))
+        if on_attempt is not None:
+            on_attempt(attempt)
+        try:
+            return call()
+        except Exception as e:
+            if attempt + 1 == attempts or not retryable(e):
+                raise
+    raise AssertionError("unreachable")
+
+
 def read_range(
     url: str,
     offset: int,
@@ -101,30 +155,25 @@ def read_range(
     """
     fs, path = filesystem(url, options.timeout)
     where = where or url
-    last: BaseException | None = None
-    attempts = options.retries + 1
-    for attempt in range(attempts):
-        if attempt:
-            sleep(backoff_delay(options, seed, url, offset, attempt - 1))
-        if on_attempt is not None:
-            on_attempt(attempt)
-        try:
-            data = fs.cat_file(path, start=offset, end=offset + size)
-            if len(data) < size:
-                raise ShortRead(f"{len(data)} of {size} bytes")
-            if len(data) > size:
-                raise LongRead(f"{len(data)} bytes for a range of {size}: the server does not honour Range")
-            return bytes(data)
-        except FileNotFoundError:
-            raise DataError("missing_audio", where, "object not found") from None
-        except PermissionError as e:
-            raise DataError("missing_audio", where, f"access denied ({_describe(e)})") from None
-        except Exception as e:  # every library's errors are classified by retryable()
-            last = e
-            if not retryable(e):
-                break
-    assert last is not None
-    tries = f"after {attempts} attempts" if retryable(last) else "(not retried)"
-    raise DataError(
-        "missing_audio", where, f"bytes {offset}-{offset + size} not read {tries}: {_describe(last)}"
-    )
+
+    def once() -> bytes:
+        data = fs.cat_file(path, start=offset, end=offset + size)
+        if len(data) < size:
+            raise ShortRead(f"{len(data)} of {size} bytes")
+        if len(data) > size:
+            raise LongRead(f"{len(data)} bytes for a range of {size}: the server does not honour Range")
+        return bytes(data)
+
+    try:
+        return call_with_retries(
+            once, options, seed=seed, url=url, offset=offset, on_attempt=on_attempt, sleep=sleep
+        )
+    except FileNotFoundError:
+        raise DataError("missing_audio", where, "object not found") from None
+    except PermissionError as e:
+        raise DataError("missing_audio", where, f"access denied ({_describe(e)})") from None
+    except Exception as e:
+        tries = f"after {options.retries + 1} attempts" if retryable(e) else "(not retried)"
+        raise DataError(
+            "missing_audio", where, f"bytes {offset}-{offset + size} not read {tries}: {_describe(e)}"
+        ) from None
