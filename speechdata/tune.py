@@ -228,6 +228,8 @@ class StepRunner:
         from speechdata.train.run import build_module
 
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # memory calls need the index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.setup = setup
         self.precision = precision
         module = build_module(

@@ -263,3 +263,34 @@ def test_the_docs_example_is_the_results_file() -> None:
     assert len(rows) == 5
     for row in rows:
         assert row in docs, f"docs/tuning.md lacks the results line {row!r}"
+
+
+def test_cuda_measure_reads_the_peak_and_cleans_up_after_out_of_memory(
+    corpus: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA probe's logic with torch.cuda's memory calls stood in for (no GPU here)."""
+    from speechdata.tune import cuda_measure
+
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", small(corpus)))
+    runner = StepRunner(plan.cfg, plan.setup, "cpu", plan.precision)
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 1000 + runner.gradient_bytes())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    real_step = runner.step
+
+    def step(batch: dict) -> None:
+        if batch["tokens"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+        real_step(batch)
+
+    monkeypatch.setattr(runner, "step", step)
+    measure = cuda_measure(runner)
+    peak = measure(plan.shapes[0], 2)
+    assert peak == 1000 + runner.parameter_bytes(
+        trainable_only=True
+    )  # read before the gradients were dropped
+    assert all(p.grad is None for p in runner.model.parameters())
+    assert measure(plan.shapes[0], 3) is None
+    assert calls == ["reset", "empty", "reset", "empty"]

@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     estimate = args.estimate_cpu is not None
     dry = not estimate and (args.dry_run or not torch.cuda.is_available())
     device = "cpu" if dry or estimate else args.device
+    if device != "cpu" and torch.device(device).type != "cuda":
+        raise ConfigError(
+            f"--device: {args.device!r} is not a CUDA device (--estimate-cpu searches on the CPU)"
+        )
     runner = StepRunner(plan.cfg, plan.setup, device, plan.precision)
     model = runner.model
     margins = margin_bytes(runner, plan.cfg, ddp=not args.no_ddp_margin)
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         measure = cuda_measure(runner)
     budget = int(args.fraction * total)
     if not estimate:  # the allocator refuses beyond the budget: such a step is an out-of-memory probe
-        torch.cuda.set_per_process_memory_fraction(max(budget - margin, 1) / total, runner.device)
+        torch.cuda.set_per_process_memory_fraction(min(max(budget - margin, 1) / total, 1.0), runner.device)
     say(f"{plan.path}: {described}")
     say(f"{where}: budget {args.fraction:g} x {human_bytes(total)} = {human_bytes(budget)}")
     shortest = min(plan.shapes, key=lambda s: (s.seconds, s.tokens))
