@@ -294,3 +294,16 @@ def test_cuda_measure_reads_the_peak_and_cleans_up_after_out_of_memory(
     assert all(p.grad is None for p in runner.model.parameters())
     assert measure(plan.shapes[0], 3) is None
     assert calls == ["reset", "empty", "reset", "empty"]
+
+
+def test_bins_the_loader_estimates_are_the_ones_tuned(corpus: dict[str, str]) -> None:
+    extra = (f"model.train_ds.manifest_filepath={corpus['manifest']}", "model.train_ds.num_buckets=3")
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", small(corpus, *extra)))
+    from speechdata.text.tokenizer import load_tokenizer
+
+    loader = build_dataloader(plan.setup.train_ds, load_tokenizer(corpus["tokenizer"]))
+    assert loader.sampler is not None
+    assert plan.bins == list(loader.sampler.buckets.bins) and len(plan.bins) == 2
+    assert [s.seconds for s in plan.shapes] == [*plan.bins, 2.0]
+    with pytest.raises(ConfigError, match=r"model.train_ds: 3 buckets are estimated from the data"):
+        prepare(load_config(CONFIGS / "salm_tiny.yaml", small(corpus, "model.train_ds.num_buckets=3")))
