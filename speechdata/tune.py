@@ -36,11 +36,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -580,14 +578,6 @@ def tuned_yaml(path: str, values: Mapping[str, Any], header: Sequence[str] = ())
         node = {part: node}
     comments = "".join(f"# {line}\n" for line in header)
     return comments + yaml.safe_dump(node, sort_keys=False, default_flow_style=None)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------ the plan

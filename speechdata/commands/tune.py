@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speechdata.config import load_config
     from speechdata.errors import ConfigError
+    from speechdata.shards.tarfmt import atomic_write_bytes
     from speechdata.tune import (
         StepRunner,
         cuda_measure,
@@ -87,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
         tuned_overrides,
         tuned_values,
         tuned_yaml,
-        write_atomic,
     )
 
     if not 0.0 < args.fraction <= 1.0:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     say(text.rstrip("\n"))
     say("as overrides: " + " ".join(overrides))
     if args.out:
-        write_atomic(args.out, text)
+        atomic_write_bytes(args.out, text.encode("utf-8"))
         say(f"wrote {args.out}")
     return 0
 
