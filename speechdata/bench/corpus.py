@@ -127,7 +127,7 @@ class _TarMembers:
 
     def __init__(self, cfg: DatasetConfig, index: Index) -> None:
         self.tarred = TarredDataset(cfg, index=index)
-        if not self.tarred.seekable:
+        if not self.tarred.seekable or self.tarred.remote:
             raise ConfigError(
                 "--compare reads a tarred dataset's members by byte offset: its shards must be local "
                 "files (not pipe: commands or URLs)"
