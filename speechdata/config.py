@@ -120,7 +120,6 @@ NEMO_UNSUPPORTED_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "quadratic_factor": ("a quadratic token cost (speechdata has quadratic_duration)", (None,)),
     "multi_config": ("one sampler per sub-config, fused", (False,)),
     "datasets": ("several evaluation dataloaders in one section", (None,)),
-    "cuts_path": ("reading lhotse CutSet manifests", (None,)),
     "shar_path": ("reading lhotse Shar datasets", (None,)),
     "skip_missing_manifest_entries": ("tarred manifests naming a subset of the tars", (False,)),
     "tarred_random_access": ("tarred manifests naming a subset of the tars", (False,)),
@@ -148,10 +147,15 @@ NEMO_ALIASES: dict[str, str] = {
 _NULL_IS_ABSENT = ("batch_size", "shuffle_buffer_size")
 #: ``input_cfg`` source types that read NeMo JSONL manifests (conversation lines included).
 INPUT_MANIFEST_TYPES = ("nemo", "nemo_tarred", "multimodal_conversation")
-#: ``input_cfg`` types of text-only data (not supported yet) and of lhotse's own formats.
+#: ``input_cfg`` types that read a lhotse CutSet manifest (``cuts_path``; converted to a NeMo
+#: manifest when the source is opened, :mod:`speechdata.sources.cuts`).
+INPUT_CUTS_TYPES = ("lhotse", "lhotse_as_conversation")
+#: The prefix that marks a ``manifest_filepath`` entry as a lhotse CutSet manifest.
+CUTS_PREFIX = "lhotse:"
+#: ``input_cfg`` types of text-only data (not supported yet) and of lhotse's Shar format.
 INPUT_TEXT_TYPES = ("txt", "txt_pair", "nemo_sft_jsonl")
-INPUT_LHOTSE_TYPES = ("lhotse", "lhotse_shar", "lhotse_as_conversation")
-INPUT_TYPES = (*INPUT_MANIFEST_TYPES, "group", *INPUT_TEXT_TYPES, *INPUT_LHOTSE_TYPES)
+INPUT_LHOTSE_TYPES = ("lhotse_shar",)
+INPUT_TYPES = (*INPUT_MANIFEST_TYPES, *INPUT_CUTS_TYPES, "group", *INPUT_TEXT_TYPES, *INPUT_LHOTSE_TYPES)
 #: The keys of one ``input_cfg`` item (besides NeMo's ignored and unsupported keys).
 INPUT_ITEM_KEYS = (
     "type",
@@ -161,6 +165,7 @@ INPUT_ITEM_KEYS = (
     "tarred_audio_filepaths",
     "audio_locator_tag",
     "input_cfg",
+    "cuts_path",
     "shuffle",
 )
 #: Tags of an ``input_cfg`` item that set a dataset key (the same value on every source).
@@ -469,12 +474,28 @@ def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> Dat
     with a "did you mean".
     """
     known = section_keys(DatasetConfig)
+    values = _section_cuts(values, path)
     values = _nemo_keys(values, path, known)
     check_keys(values, [*known, *NEMO_ALIASES], path)  # a "did you mean" may name NeMo's names too
     values, tags = expand_input_cfg(values, path)
     ds = check_section(values, DatasetConfig, path, nested={"features": _features})
     ds.source_tags = tags
     return ds
+
+
+def _section_cuts(values: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """NeMo's section-level ``cuts_path`` (one lhotse CutSet manifest) as a one-source
+    ``input_cfg``; ``cuts_path: null`` is dropped."""
+    if "cuts_path" not in values:
+        return values
+    out = {k: v for k, v in values.items() if k != "cuts_path"}
+    cuts = values["cuts_path"]
+    if cuts is None:
+        return out
+    if out.get("input_cfg") is not None:
+        raise ConfigError(f"{path}: give input_cfg or cuts_path, not both")
+    out["input_cfg"] = [{"type": "lhotse", "cuts_path": cuts}]
+    return out
 
 
 def _nemo_keys(values: Mapping[str, Any], path: str, known: Sequence[str]) -> dict[str, Any]:
@@ -547,8 +568,10 @@ def expand_input_cfg(values: Mapping[str, Any], path: str) -> tuple[dict[str, An
     ``input_cfg`` is a list of sources, or the path of a YAML file holding that list. Each source
     has a ``type``: ``nemo`` (a JSONL manifest), ``nemo_tarred`` (a manifest and its
     ``tarred_audio_filepaths``), ``multimodal_conversation`` (a manifest of conversation lines,
-    optionally tarred) or ``group`` (a nested ``input_cfg``); text-only types and lhotse's own
-    formats are a one-line "not supported" error. Each leaf source becomes one manifest of
+    optionally tarred), ``lhotse`` / ``lhotse_as_conversation`` (a CutSet manifest,
+    ``cuts_path``: its ``manifest_filepath`` entry is ``lhotse:<cuts_path>``, converted when the
+    source is opened) or ``group`` (a nested ``input_cfg``); text-only types and lhotse Shar are
+    a one-line "not supported" error. Each leaf source becomes one manifest of
     ``manifest_filepath`` (and, when tarred, one shard spec of ``tarred_audio_filepaths``), in
     order. Weights follow NeMo: in each list either every item has a ``weight`` or none has (equal
     weights); a source's probability is its weight over its list's total, times its group's
@@ -666,8 +689,8 @@ def _walk_sources(
             raise ConfigError(f"{at}.type: {kind!r} (text-only data) is not supported yet")
         if kind in INPUT_LHOTSE_TYPES:
             raise ConfigError(
-                f"{at}.type: {kind!r} (lhotse cuts) is not supported; convert the cuts to a NeMo "
-                "manifest, or use type nemo / nemo_tarred / multimodal_conversation"
+                f"{at}.type: {kind!r} (lhotse Shar) is not supported; give the cuts as type lhotse "
+                "(cuts_path) or a NeMo manifest"
             )
         rest: dict[str, Any] = {}
         _drop_nemo_keys(item, at, INPUT_ITEM_KEYS, rest)
@@ -691,6 +714,20 @@ def _walk_sources(
             continue
         if "input_cfg" in rest:
             raise ConfigError(f"{at}.input_cfg: only a source of type group has one")
+        if kind in INPUT_CUTS_TYPES:
+            cuts = rest.get("cuts_path")
+            if not isinstance(cuts, str) or not cuts:
+                raise ConfigError(
+                    f"{at}.cuts_path: a {kind} source needs one CutSet manifest path (a string)"
+                )
+            for key in ("manifest_filepath", "tarred_audio_filepaths"):
+                if key in rest:
+                    raise ConfigError(f"{at}.{key}: a {kind} source reads cuts_path only")
+            rest["manifest_filepath"] = CUTS_PREFIX + cuts
+        elif "cuts_path" in rest:
+            raise ConfigError(
+                f"{at}.cuts_path: only sources of type {' / '.join(INPUT_CUTS_TYPES)} read cuts"
+            )
         manifest = rest.get("manifest_filepath")
         if not isinstance(manifest, str) or not manifest:
             raise ConfigError(f"{at}.manifest_filepath: a {kind} source needs one manifest path (a string)")

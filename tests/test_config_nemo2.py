@@ -186,9 +186,14 @@ def test_input_cfg_from_yaml_file_and_tarred_sources(tmp_path: Path) -> None:
             r"^ds\.input_cfg\[0\]\.type: 'txt' \(text-only data\) is not supported yet$",
         ),
         (
-            [{"type": "lhotse_as_conversation", "cuts_path": "cuts.jsonl.gz"}],
+            [{"type": "lhotse_as_conversation", "manifest_filepath": "cuts.jsonl.gz"}],
             {},
-            r"^ds\.input_cfg\[0\]\.type: 'lhotse_as_conversation' \(lhotse cuts\) is not supported",
+            r"^ds\.input_cfg\[0\]\.cuts_path: a lhotse_as_conversation source needs one CutSet manifest path",
+        ),
+        (
+            [{"type": "nemo", "manifest_filepath": "a", "cuts_path": "c.jsonl"}],
+            {},
+            r"^ds\.input_cfg\[0\]\.cuts_path: only sources of type lhotse / lhotse_as_conversation read cuts$",
         ),
         (
             [{"type": "nemmo", "manifest_filepath": "a"}],

@@ -27,6 +27,7 @@ from speechdata.errors import ConfigError
 from speechdata.manifest import ManifestKeys, load_index
 from speechdata.shards.read import TarredDataset
 from speechdata.sources.base import Source, Streamed, StreamSlot, StreamSource, index_from_clips
+from speechdata.sources.cuts import resolve_cuts
 from speechdata.sources.files import ManifestSource
 from speechdata.sources.tarred import StreamedTarSource, TarredSource
 
@@ -47,11 +48,14 @@ def open_source(cfg: DatasetConfig, keys: ManifestKeys, *, cache: bool = True) -
     """The source a dataset config describes, its Index loaded (``keys`` resolve the manifest
     lines; ``cache=False`` neither reads nor writes index cache entries).
 
-    Plain manifests unless ``is_tarred``; a tarred dataset is streamed with ``streaming: true``,
-    or with ``streaming: auto`` when a shard is not a local file, else read by offset.
+    Plain manifests unless ``is_tarred`` (a ``lhotse:<path>`` manifest is a lhotse CutSet, read
+    through its converted NeMo manifest: :func:`~speechdata.sources.cuts.resolve_cuts`); a
+    tarred dataset is streamed with ``streaming: true``, or with ``streaming: auto`` when a shard
+    is not a local file, else read by offset.
     """
     if not cfg.manifests:
         raise ConfigError("manifest_filepath: no manifest given")
+    cfg = resolve_cuts(cfg)  # lhotse CutSet manifests (lhotse:<path>) as NeMo manifests
     index = load_index(cfg.manifests, keys, on_error=cfg.on_error, cache=cache, cache_dir=cfg.cache_dir)
     if not cfg.is_tarred:
         if cfg.streaming is True:
