@@ -19,14 +19,16 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from speechdata.audio import AudioSource
-from speechdata.audiobuf import AudioBuffer
+from speechdata.audiobuf import AudioBuffer, ReusedBuffers
 from speechdata.batch import Batch, make_batch
 from speechdata.config import FeatureConfig
 from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter, SpeechDataError
@@ -104,7 +106,31 @@ class Packed:
             self.slot_flag[0] = 0
             self.slot_flag = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What crosses to the main process: each tensor travels as a shared-memory file descriptor
+        # (one socket round trip with the worker per tensor), so the integer fields go as one
+        # int64 buffer, and a pooled slot's flag, which lives in the audio's own storage, as its
+        # position there: two descriptors per batch.
+        state = {k: v for k, v in self.__dict__.items() if k not in _INT_FIELDS and k != "_received"}
+        parts = [getattr(self, name) for name in _INT_FIELDS]
+        state["_ints"] = torch.cat([p.reshape(-1).to(torch.int64) for p in parts])
+        state["_int_lengths"] = [int(p.numel()) for p in parts]
+        flag = self.slot_flag
+        if flag is not None and flag.untyped_storage().data_ptr() == self.audio.untyped_storage().data_ptr():
+            state["slot_flag"] = None
+            state["_flag_at"] = flag.storage_offset()
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        ints = state.pop("_ints", None)
+        if ints is not None:
+            state.update(zip(_INT_FIELDS, torch.split(ints, state.pop("_int_lengths")), strict=True))
+            state["targets"] = state["targets"].to(torch.uint8)
+        at = state.pop("_flag_at", None)
+        if at is not None:
+            storage = state["audio"].untyped_storage()
+            state["slot_flag"] = torch.empty(0, dtype=torch.int32).set_(storage, at, (1,))
         # only the receiving side (the main process) may release when it drops the batch
         self.__dict__.update(state)
         self.__dict__["_received"] = True
@@ -114,6 +140,10 @@ class Packed:
             # at interpreter shutdown the flag's storage may be gone already
             with contextlib.suppress(Exception):
                 self.release()
+
+
+#: The integer fields of :class:`Packed`, in the order they are handed over as one buffer.
+_INT_FIELDS = Packed._TENSORS[1:]
 
 
 def pack(
@@ -163,13 +193,7 @@ def _pack(
         try:
             prompt = builder.build_record(rec)
             clips = [
-                audio.decode(
-                    src,
-                    offset=o,
-                    duration=d,
-                    sample_rate=sample_rate,
-                    where=f"{rec.where}: {rec.describe_audio(k)}",
-                )
+                _decode(audio, rec, k, src, o, d, sample_rate)
                 for k, (src, o, d) in enumerate(zip(sources(rec), rec.offset, rec.duration, strict=True))
             ]
         except DataError as err:
@@ -200,21 +224,46 @@ def _pack(
                 "answer": rec.answer,
             }
         )
+    # one int64 buffer for the seven integer fields (one allocation, one hand-over), views of it
+    ints = _int_views([clip_lengths, n_audio, positions, ids, lengths, starts, sample_ids])
     return Packed(
         audio=audio.tensor(),
-        audio_lengths=torch.tensor(clip_lengths, dtype=torch.int64),
-        num_audios=torch.tensor(n_audio, dtype=torch.int64),
-        audio_positions=torch.tensor(positions, dtype=torch.int64),
-        ids=torch.tensor(ids, dtype=torch.int64),
-        ids_lengths=torch.tensor(lengths, dtype=torch.int64),
-        answer_start=torch.tensor(starts, dtype=torch.int64),
-        sample_ids=torch.tensor(sample_ids, dtype=torch.int64),
-        targets=torch.tensor(targets, dtype=torch.uint8),
+        audio_lengths=ints[0],
+        num_audios=ints[1],
+        audio_positions=ints[2],
+        ids=ints[3],
+        ids_lengths=ints[4],
+        answer_start=ints[5],
+        sample_ids=ints[6],
+        targets=torch.from_numpy(np.array(targets, dtype=np.uint8)),
         metadata=metadata,
         drops=drops,
         truncated=truncated,
         slot_flag=audio.flag,
     )
+
+
+def _decode(
+    audio: AudioBuffer,
+    rec: Record,
+    k: int,
+    src: AudioSource,
+    offset: float,
+    duration: float,
+    sample_rate: int,
+) -> int:
+    """Decode clip ``k`` of ``rec`` into ``audio``; its error names the clip as messages name it
+    (built only then: a few microseconds per clip otherwise)."""
+    try:
+        return audio.decode(src, offset=offset, duration=duration, sample_rate=sample_rate, where=rec.where)
+    except DataError as err:
+        raise DataError(err.reason, f"{rec.where}: {rec.describe_audio(k)}", err.detail) from None
+
+
+def _int_views(parts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """``parts`` as int64 tensors that are consecutive views of one buffer."""
+    flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(parts), np.int64))
+    return list(torch.split(flat, [len(p) for p in parts]))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -233,14 +282,16 @@ def _rows(
     return torch.where(valid, flat[idx], torch.as_tensor(pad, dtype=flat.dtype, device=flat.device))
 
 
-def _pad_on_cpu(flat: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """``[A, max(lengths)]``: clip ``k`` of ``flat`` in row ``k``, zeros after it.
+def _pad_on_cpu(flat: torch.Tensor, lengths: list[int], buffers: ReusedBuffers | None) -> torch.Tensor:
+    """``[A, max(lengths)]``: clip ``k`` of ``flat`` in row ``k``, zeros after it (in one of
+    ``buffers`` when one is free).
 
     Every element is written once, by numpy on the calling thread: torch's parallel fill and
     copy would use every intra-op thread, and in the main process those compete with the
     DataLoader workers for the same cores (on 2 cores with 1 worker, 4-8x slower).
     """
-    out = torch.empty((len(lengths), max(lengths, default=0)), dtype=torch.float32)
+    shape = (len(lengths), max(lengths, default=0))
+    out = buffers.empty(shape) if buffers is not None else torch.empty(shape, dtype=torch.float32)
     rows, src = out.numpy(), flat.numpy()
     pos = 0
     for k, n in enumerate(lengths):
@@ -262,13 +313,15 @@ def finalize(
     pad_to_multiple: int = 8,
     features: FeatureConfig | None = None,
     sample_rate: int = 16000,
+    buffers: ReusedBuffers | None = None,
 ) -> Batch:
     """Pad a :class:`Packed` batch on ``device`` into a :class:`~speechdata.batch.Batch` (docs/batch.md).
 
     ``pad_id`` fills ``tokens``, ``labels``, ``contexts`` and ``answers`` beyond each example's
     length; the token width is rounded up to ``pad_to_multiple``; ``loss_mask[b, j]`` is the target
     flag of label ``j`` (token ``j + 1``, from ``packed.targets``); ``features`` adds log-mel
-    ``audio_features`` computed at ``sample_rate``.
+    ``audio_features`` computed at ``sample_rate``. On the CPU, ``buffers`` (kept by the caller
+    from batch to batch) lends the padded audio its memory when an earlier batch's is free.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     nb = dev.type == "cuda"
@@ -276,7 +329,7 @@ def finalize(
 
     alen = t["audio_lengths"]
     if dev.type == "cpu":
-        audio_signal = _pad_on_cpu(t["audio"], packed.audio_lengths.tolist())
+        audio_signal = _pad_on_cpu(t["audio"], packed.audio_lengths.tolist(), buffers)
     else:
         # one copy per clip (split + pad_sequence): a gather index over [A, T] would cost
         # 8 bytes of index per sample and several full-size temporaries

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from speechdata.audiobuf import ReusedBuffers
 from speechdata.collate import Packed, finalize
 from speechdata.config import DatasetConfig, dataset_config, load_config
 from speechdata.errors import ConfigError, DropCounter, EmptyDatasetError, WorkerDiedError
@@ -132,6 +133,7 @@ class SpeechDataLoader:
         self._consumed = 0
         self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
         self._live: Any = None  # the DataLoader iterator of the pass in progress
+        self._buffers = ReusedBuffers()  # padded audio memory, reused once the caller drops a batch
 
     def _measure_tokens(self, cache: bool) -> Measures | None:
         """Each example's token counts (cached; :mod:`speechdata.sampling.tokens`) and the token
@@ -220,6 +222,7 @@ class SpeechDataLoader:
                 del packed
                 yielded += 1
                 yield batch
+                del batch  # held only by the caller now: its memory is reused once the caller drops it
         except GeneratorExit:
             # the caller closed the iteration: mid-epoch (a break, a trainer's max_steps) or after
             # the last batch without asking for more (a trainer that knows the length); either
@@ -289,6 +292,7 @@ class SpeechDataLoader:
             pad_to_multiple=cfg.pad_to_multiple,
             features=cfg.features,
             sample_rate=cfg.sample_rate,
+            buffers=self._buffers,
         )
 
     def position(self) -> Position:

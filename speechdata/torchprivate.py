@@ -1,10 +1,12 @@
 """The only module that touches torch's private DataLoader internals.
 
-The loader needs four things torch has no public API for: to stop torch's SIGCHLD handler from
+The loader needs five things torch has no public API for: to stop torch's SIGCHLD handler from
 raising in unrelated code when a worker dies (worker pid registration in
 ``torch.utils.data._utils.signal_handling``), to shut down the surviving workers of a broken
 iterator (``DataLoader._iterator``, ``_shutdown_workers``), to recognise the error torch raises
-for a dead worker, and the pids of the live workers (``_workers``, for memory measurements). Every use goes through a function here, and each one degrades to
+for a dead worker, the pids of the live workers (``_workers``, for memory measurements), and
+whether anything besides the loader still references a storage (``torch._C._storage_Use_Count``,
+to reuse a padded batch's memory once the caller has dropped the batch). Every use goes through a function here, and each one degrades to
 torch's default behaviour when the private name is gone.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["drop_workers", "synchronous_worker_checks", "worker_death", "worker_pids"]
+__all__ = ["drop_workers", "storage_use_count", "synchronous_worker_checks", "worker_death", "worker_pids"]
 
 
 def synchronous_worker_checks(it: Any) -> None:
@@ -66,3 +68,15 @@ def worker_death(err: BaseException, num_workers: int) -> str | None:
 def worker_pids(it: Any) -> list[int]:
     """The pids of the live worker processes of DataLoader iterator ``it`` (none without workers)."""
     return [w.pid for w in getattr(it, "_workers", []) if w.pid is not None and w.is_alive()]
+
+
+def storage_use_count(storage: torch.UntypedStorage) -> int | None:
+    """How many references hold ``storage``'s memory (tensors viewing it, storage objects; a
+    Python storage object counts once), or ``None`` when this torch cannot say."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None
+    try:
+        return int(count(storage._cdata))
+    except (AttributeError, RuntimeError, TypeError):
+        return None

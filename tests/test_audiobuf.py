@@ -78,3 +78,73 @@ def test_pooled_buffer_is_released_by_whoever_ends_up_with_the_batch(clips: list
     assert again.flag is buf.flag  # the same slot, reused
     again.release()
     assert int(buf.flag[0]) == 0
+
+
+def _received(packed: Packed) -> Packed:
+    """``packed`` as the main process receives it from a worker."""
+    return pickle.loads(ForkingPickler.dumps(packed))
+
+
+def test_a_batch_crosses_with_two_descriptors_and_arrives_equal(
+    clips: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing.reduction
+
+    sent: list[int] = []
+    dup = multiprocessing.reduction.DupFd
+
+    def counting(fd: int) -> object:
+        sent.append(fd)
+        return dup(fd)
+
+    monkeypatch.setattr(multiprocessing.reduction, "DupFd", counting)
+    pool = SlotPool(size=1)
+    buf = AudioBuffer(16000, pool=pool)
+    buf.decode(clips[0], offset=0.0, duration=1.0, sample_rate=16000, where="t")
+    ints = [torch.tensor(v, dtype=torch.int64) for v in ([16000], [1], [0], [5, 6, 7], [3], [1], [9])]
+    packed = Packed(
+        buf.tensor(), *ints, targets=torch.tensor([0, 1, 1], dtype=torch.uint8), slot_flag=buf.flag
+    )
+    got = _received(packed)
+    assert len(sent) == 2  # the audio's storage (the flag inside it) and one buffer of every integer field
+    for name in Packed._TENSORS:
+        want, have = getattr(packed, name), getattr(got, name)
+        assert have.dtype == want.dtype, name
+        torch.testing.assert_close(have, want, rtol=0, atol=0, msg=name)
+    assert got.slot_flag is not None and int(got.slot_flag[0]) == 1
+    got.release()  # the main process's release reaches the worker's slot
+    assert int(buf.flag[0]) == 0 and pool.acquire(10) is not None
+
+
+def test_empty_and_unpooled_batches_cross_unchanged() -> None:
+    got = _received(Packed.empty())
+    assert len(got) == 0 and got.targets.dtype == torch.uint8 and got.slot_flag is None
+    buf = AudioBuffer(4, pool=None)
+    z = torch.zeros(1, dtype=torch.int64)
+    got = _received(Packed(buf.tensor(), z, z, z, z, z, z, z, torch.ones(1, dtype=torch.uint8)))
+    assert got.slot_flag is None and got.targets.tolist() == [1]
+
+
+def test_reused_buffers_lend_memory_only_once_nothing_else_holds_it() -> None:
+    from speechdata.audiobuf import ReusedBuffers
+
+    bufs = ReusedBuffers(size=2)
+    a = bufs.empty((2, 50))
+    ptr = a.data_ptr()
+    view = a[1]
+    del a
+    b = bufs.empty((2, 50))  # a's memory is still seen through `view`
+    assert b.data_ptr() != ptr and len(bufs.storages) == 2
+    c = bufs.empty((1, 10))  # both in use and the pool is full: a one-off tensor
+    assert c.data_ptr() not in {ptr, b.data_ptr()} and len(bufs.storages) == 2
+    del view
+    d = bufs.empty((4, 20))  # 80 floats fit in a's 100
+    assert d.data_ptr() == ptr and d.shape == (4, 20) and d.is_contiguous()
+    del b
+    e = bufs.empty((3, 100))  # too large for the free one: it is replaced by a larger one
+    assert e.numel() == 300 and len(bufs.storages) == 2
+    d.share_memory_()  # another process may read it now: never lent again
+    del d
+    f = bufs.empty((1, 10))
+    assert len(bufs.storages) == 2 and all(not s.is_shared() for s in bufs.storages)
+    assert f.data_ptr() != ptr
