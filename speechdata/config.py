@@ -256,6 +256,10 @@ class DatasetConfig:
     bucket_buffer_size: int = 10000
     features: FeatureConfig | None = None
     cache_dir: str | None = None
+    # sequence packing (docs/packing.md)
+    packing: bool = False
+    packed_sequence_size: int | None = None
+    packed_audio_duration: float | None = None
     #: Manifest paths as a list (from ``manifest_filepath``; not a config key).
     manifests: list[str] = field(default_factory=list, repr=False, metadata={"config_key": False})
     #: The ``tags`` of each manifest's ``input_cfg`` source (group tags included; not a config key).
@@ -806,6 +810,7 @@ def _check_dataset(ds: DatasetConfig, path: str) -> None:
         )
     _check_bins(ds.bucket_duration_bins, f"{path}.bucket_duration_bins")
     _check_tokens(ds, path)
+    _check_packing(ds, path)
     if ds.seed < 0:
         raise ConfigError(f"{path}.seed: must be >= 0; got {ds.seed}")
     check_concat_sampling(ds, len(ds.manifests) or None, path)
@@ -857,6 +862,49 @@ def _check_tokens(ds: DatasetConfig, path: str) -> None:
         raise ConfigError(
             f"{path}: bucketing_batch_size and batch_tokens are both set: use batch_tokens (and/or "
             "batch_duration) for dynamic batches or bucketing_batch_size for fixed per-bucket sizes"
+        )
+
+
+#: Keys that cut batches in other ways than packing (refused with ``packing: true``).
+_NOT_WITH_PACKING = (
+    "batch_duration",
+    "batch_tokens",
+    "bucketing_batch_size",
+    "bucket_duration_bins",
+    "num_buckets",
+)
+
+
+def _check_packing(ds: DatasetConfig, path: str) -> None:
+    """``packing`` (docs/packing.md): needs ``packed_sequence_size``; positive budgets; no other
+    way of cutting batches; not on a stream (rows are planned from every example's tokens)."""
+    for key in ("packed_sequence_size", "packed_audio_duration"):
+        v = getattr(ds, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{path}.{key}: must be positive or null; got {v}")
+    if not ds.packing:
+        for key in ("packed_sequence_size", "packed_audio_duration"):
+            if getattr(ds, key) is not None:
+                raise ConfigError(
+                    f"{path}.{key}: is set but packing is false; set packing: true or remove it"
+                )
+        return
+    if ds.packed_sequence_size is None:
+        raise ConfigError(f"{path}.packing: needs packed_sequence_size (tokens per packed row)")
+    for key in _NOT_WITH_PACKING:
+        if getattr(ds, key) is not None:
+            raise ConfigError(
+                f"{path}: packing and {key} are both set: a packed batch is micro_batch_size rows of "
+                f"packed_sequence_size tokens; remove {key}"
+            )
+    if ds.use_bucketing:
+        raise ConfigError(
+            f"{path}: packing and use_bucketing: true are both set; packed rows need no buckets"
+        )
+    if ds.streaming is True:
+        raise ConfigError(
+            f"{path}: packing needs every example's token counts before the epoch; a streamed dataset "
+            "(streaming: true) has none: read the shards by offset (streaming: false)"
         )
 
 

@@ -97,6 +97,9 @@ _NOT_PROMPT_KEYS = frozenset(
         "max_tokens",
         "use_bucketing",
         "bucketing_2d_strict_mode",
+        "packing",
+        "packed_sequence_size",
+        "packed_audio_duration",
     }
 )
 
@@ -119,6 +122,7 @@ def needs_tokens(cfg: DatasetConfig) -> bool:
         or cfg.max_tokens is not None
         or cfg.use_multimodal_sampling
         or bins_are_2d(cfg.bucket_duration_bins)
+        or cfg.packing
     )
 
 
