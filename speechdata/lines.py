@@ -268,7 +268,8 @@ def parse_conversation(obj: dict[str, Any]) -> Line:
 
     * NeMo's multimodal conversation: ``{"id", "conversations": [{"from": "User" | "Assistant"
       | "System", "type": "text" | "audio", "value", "duration" (audio), "offset"? (audio)}]}``
-      (an audio turn's ``value`` is its path);
+      (an audio turn's ``value`` is its path); a conversation without audio turns is a text-only
+      example;
     * ShareGPT: ``{"conversations": [{"from": "human" | "gpt" | "system", "value"}], "sound":
       path or list}``, where ``<sound>`` / ``<speech>`` in a value stand for the next audio
       (durations from an optional ``duration`` key, else measured from the audio header).
@@ -337,8 +338,6 @@ def parse_conversation(obj: dict[str, Any]) -> Line:
                     raise ValueError(f"audio {k + 1}: {e}") from None
         durations = dur or []
         offsets = [0.0] * len(audio)
-    if not audio:
-        raise ValueError("the conversation has no audio (text-only examples are not supported yet)")
     if len(audio) > MAX_AUDIOS:
         raise ValueError(f"too many audios in one example ({len(audio)} > {MAX_AUDIOS})")
     messages = _merge(pieces)

@@ -98,6 +98,7 @@ class SpeechDataLoader:
         self.names = _names([d.path for d in self.index.datasets])
         self.filter_drops = DropCounter()
         self.keep = filter_mask(self.index, cfg, self.filter_drops)
+        _check_text_only(self.index, self.keep, cfg)
         self.measures = self._measure_tokens(cache)  # token counts, when batching needs them
         empty = _nothing_kept(self.names, self.index, self.keep, self.filter_drops)
         if empty is not None:
@@ -359,6 +360,20 @@ def _nothing_kept(names: str, index: Index, keep: np.ndarray, filter_drops: Drop
     if dropped.total() == 0:
         return f"{names}: {'manifest has' if index.num_datasets == 1 else 'manifests have'} no examples"
     return f"{names}: all {len(index) + index.drops.total()} examples dropped: {dropped.by_reason()}"
+
+
+def _check_text_only(index: Index, keep: np.ndarray, cfg: DatasetConfig) -> None:
+    """Text-only examples (no audio) weigh nothing in a budget of seconds: with ``batch_duration``
+    they need ``batch_tokens`` too (docs/conversations.md), else one batch would take them all."""
+    if cfg.batch_duration is None or cfg.batch_tokens is not None:
+        return
+    text_only = keep & (index.num_audios == 0)
+    if text_only.any():
+        first = index.where(int(np.flatnonzero(text_only)[0]))
+        raise ConfigError(
+            f"{int(text_only.sum())} text-only examples (no audio; the first at {first}) weigh 0 s in "
+            "batch_duration: set batch_tokens as well, so that batches are sized by tokens too"
+        )
 
 
 def build_dataloader(

@@ -377,7 +377,7 @@ def _index_range(
             except DataError as err:
                 handle(err, on_error, drops)
                 continue
-            slow[len(rows)] = (min(ds), max(ds), len(audio), shard)
+            slow[len(rows)] = (min(ds, default=0.0), max(ds, default=0.0), len(audio), shard)
             total = sum(ds)
         add_row(j)
         add_dur(total)

@@ -595,3 +595,83 @@ def test_trainer_learns_from_conversations_with_an_hf_tokenizer(tmp_path: Path) 
     assert result.global_step == 12
     assert torch.isfinite(torch.tensor(result.metrics["reduced_train_loss"]))
     assert result.metrics["val_cer"] >= 0.0
+
+
+def test_text_only_conversations_mix_in_by_weight_and_batch_by_tokens(tmp_path: Path, tokenizers) -> None:
+    """Text-only conversations (no audio turn) mixed with audio conversations through NeMo 2.x
+    ``input_cfg`` weights: they pass the duration filters, a seconds-only budget refuses them
+    (one line), a token budget batches them, and a batch of text alone trains the models."""
+    from speechdata.config import FeatureConfig
+    from speechdata.train.models import build_model
+    from speechdata.train.models.config import (
+        AdapterConfig,
+        EncoderConfig,
+        LLMConfig,
+        ModelConfig,
+        XAttnConfig,
+    )
+
+    path, _ = _conversation_manifest(tmp_path)
+    text = tmp_path / "text.jsonl"
+    text.write_text(
+        "".join(
+            json.dumps(
+                {"conversations": [{"from": "human", "value": f"say {w}"}, {"from": "gpt", "value": w}]}
+            )
+            + "\n"
+            for w in WORDS * 3
+        )
+    )
+    tok_dir = Path(tokenizers["hf"].source).parent
+    base = {
+        "input_cfg": [
+            {"type": "multimodal_conversation", "manifest_filepath": str(path), "weight": 0.75},
+            {"type": "multimodal_conversation", "manifest_filepath": str(text), "weight": 0.25},
+        ],
+        "prompt_format": "qwen",
+        "min_duration": 0.1,
+        "max_duration": 20.0,
+        "batch_duration": 8.0,
+        "seed": 1,
+    }
+    with pytest.raises(
+        ConfigError, match=r"33 text-only examples .*text.jsonl:1\) weigh 0 s in batch_duration"
+    ):
+        build_dataloader(make_dataset_config(base), tok_dir)
+    loader = build_dataloader(make_dataset_config({**base, "batch_tokens": 300}), tok_dir)
+    seen = {0: 0, 1: 0}
+    all_text = None
+    for batch in loader:
+        assert (
+            int((batch["tokens_length"] + 1).max()) * len(batch["tokens_length"]) <= 300
+            or len(batch["tokens_length"]) == 1
+        )
+        for sid, n in zip(batch["sample_ids"].tolist(), batch["num_audios"].tolist(), strict=True):
+            seen[sid >> 32] += 1
+            assert (n == 0) == (sid >> 32 == 1)
+        if int(batch["num_audios"].sum()) == 0:
+            all_text = batch
+    assert seen[0] and seen[1] and loader.index.drops.total() == 0
+    assert all_text is not None
+    for arch in ("salm", "bestow"):
+        torch.manual_seed(0)
+        tok = loader.tokenizer
+        model = build_model(
+            ModelConfig(
+                arch=arch,
+                vocab_size=tok.vocab_size,
+                pad_id=tok.pad_id,
+                eos_id=tok.eos_id,
+                bos_id=tok.bos_id,
+                features=FeatureConfig(n_mels=16),
+                encoder=EncoderConfig(
+                    d_model=32, num_layers=1, num_heads=2, ffn_dim=64, subsampling_channels=8
+                ),
+                adapter=AdapterConfig(hidden_size=32),
+                llm=LLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64),
+                xattn=XAttnConfig(num_layers=1, num_heads=2, ffn_dim=64),
+            )
+        )
+        loss, count = model.loss(all_text)
+        assert torch.isfinite(loss) and float(count) == float(all_text["loss_mask"].sum()) > 0
+        loss.backward()

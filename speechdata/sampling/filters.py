@@ -74,8 +74,8 @@ def duration_mask(
     shortest clip (``min_clip``) is compared with ``min_duration`` and the longest (``max_clip``)
     with ``max_duration``; a ``None`` bound is not checked. Clips and bounds are compared in
     float32, the precision of the Index columns, so a clip whose manifest duration equals a bound
-    (say ``16.7``) is kept. ``too_long`` leaves out the examples already ``too_short`` (each
-    dropped example has one reason). The loader (:func:`filter_mask`), ``speechdata shard
+    (say ``16.7``) is kept; a text-only example (no clip) passes. ``too_long`` leaves out the
+    examples already ``too_short`` (each dropped example has one reason). The loader (:func:`filter_mask`), ``speechdata shard
     --min-duration/--max-duration`` and ``speechdata inspect`` all filter with this function.
     """
     lo_clip = np.asarray(min_clip, dtype=np.float32)
@@ -87,7 +87,9 @@ def duration_mask(
     too_short = np.zeros(lo_clip.shape, dtype=bool)
     too_long = np.zeros(lo_clip.shape, dtype=bool)
     if min_duration is not None:
-        too_short = lo_clip < np.float32(min_duration)
+        # a text-only example (no clip: its longest clip is 0 s, a real clip is > 0 s) has no
+        # clip to be too short
+        too_short = (lo_clip < np.float32(min_duration)) & (hi_clip > 0)
     if max_duration is not None:
         too_long = (hi_clip > np.float32(max_duration)) & ~too_short
     return ~(too_short | too_long), too_short, too_long

@@ -67,8 +67,8 @@ class MultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        b, h, n, d = out.shape  # explicit sizes: a batch with no audio has b == 0
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
 
 class MLP(nn.Module):
