@@ -71,9 +71,16 @@ import numpy as np
 
 from speechdata.config import DatasetConfig, check_concat_sampling
 from speechdata.errors import ConfigError
-from speechdata.sampling.batching import BatchTable, batch_capacity, batch_cost, form_batches
+from speechdata.sampling.batching import (
+    BatchTable,
+    _gather_ranges,
+    batch_capacity,
+    batch_cost,
+    form_batches,
+)
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
+from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost, row_table
 from speechdata.sampling.position import Position, Resized, resolve_rank_world
 from speechdata.sampling.tokens import Measures
 
@@ -199,6 +206,10 @@ class Plan:
     ``fill`` their mean fullness: a batch's examples over the examples a full batch of its kind
     holds (its bucket's size, or ``floor(batch_duration / its longest effective duration)``).
 
+    With ``packing`` a batch is rows of examples (docs/packing.md): ``rows`` holds, aligned with
+    ``ids``, each example's row within its batch (non-decreasing within a batch, from 0); ``fill``
+    is then the mean of rows / ``micro_batch_size``. Without packing ``rows`` is empty.
+
     An epoch re-dealt after an elastic resume (``resized``, see the module docstring) holds the
     steps from ``start`` on: ``len()`` counts the whole epoch, ``batch(k)`` exists for
     ``start <= k < len()``, and ``ids``/``offsets``/``bucket`` describe steps ``start, ...``.
@@ -217,6 +228,12 @@ class Plan:
     fill: float = 1.0
     start: int = 0
     resized: Resized = ()
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def packed(self) -> bool:
+        """Whether the batches are rows of packed examples."""
+        return self.rows.size > 0
 
     def __len__(self) -> int:
         return self.start + int(self.offsets.size - 1)
@@ -237,6 +254,31 @@ class Plan:
             raise IndexError(f"batch {k} out of range for a plan of {len(self)} batches")
         j = k - self.start
         return self.ids[self.offsets[j] : self.offsets[j + 1]]
+
+    def batch_rows(self, k: int) -> np.ndarray:
+        """The row within batch ``k`` of each of its examples (a packed plan; int64)."""
+        self.batch(k)  # the range check
+        j = k - self.start
+        return self.rows[self.offsets[j] : self.offsets[j + 1]]
+
+    def row_padding(self, values: np.ndarray) -> float:
+        """Padding fraction of a packed plan's rows along one axis: each batch's rows padded to
+        its longest row, ``values`` (one per Index row, e.g. tokens) summed per row."""
+        if self.ids.size == 0:
+            return 0.0
+        v = np.asarray(values, dtype=np.float64)[self.ids]
+        sizes = np.diff(self.offsets)
+        batch_of = np.repeat(np.arange(sizes.size), sizes)
+        # rows are numbered per batch: give each (batch, row) one global number
+        first = np.ones(self.ids.size, dtype=bool)
+        first[1:] = (batch_of[1:] != batch_of[:-1]) | (self.rows[1:] != self.rows[:-1])
+        row_id = np.cumsum(first) - 1
+        row_sum = np.bincount(row_id, weights=v)
+        row_batch = batch_of[first]
+        longest = np.zeros(sizes.size)
+        np.maximum.at(longest, row_batch, row_sum)
+        slots = float(longest[row_batch].sum())
+        return 1.0 - float(v.sum()) / slots if slots > 0 else 0.0
 
     def _dealt_on(self, k: int) -> int:
         """The world size that step ``k`` (< ``start``) ran on."""
@@ -369,13 +411,16 @@ def plan_epoch(
     the plan then holds the steps from the last one reached on, the rest of the epoch dealt to
     ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal).
     ``measures`` are the token counts per row (:class:`~speechdata.sampling.tokens.Measures`),
-    needed by ``batch_tokens``, 2D bins and ``use_multimodal_sampling``.
+    needed by ``batch_tokens``, 2D bins, ``use_multimodal_sampling`` and ``packing`` (then each
+    batch is ``micro_batch_size`` rows of examples packed by :mod:`~speechdata.sampling.packing`).
     """
     resolve_rank_world(rank, world_size)  # checks the pair
     keep = np.asarray(keep_mask, dtype=bool)
     duration = np.asarray(index.duration)
     if keep.shape != duration.shape:
         raise ValueError(f"keep_mask has shape {keep.shape}, index has {duration.shape[0]} rows")
+    if cfg.packing and measures is None:
+        raise ConfigError("packing: needs each example's token counts (a seekable source read by the loader)")
     if not isinstance(buckets, Buckets):
         buckets = make_buckets(index, keep, cfg, bucket_column=buckets, measures=measures)
     if cfg.batch_tokens is not None and measures is None:
@@ -386,19 +431,28 @@ def plan_epoch(
     entries = epoch_entries(index, keep, cfg, rng)
     if cfg.shuffle and entries.size > 1:
         entries = entries[rng.permutation(entries.size)]
-    bucket = buckets.assignment[entries]
-    eff = effective_duration(duration[entries], cfg.quadratic_duration)
     soft = rng if cfg.shuffle else None
     budget: float | None = None
-    if buckets.sizes is None:
+    row_label: np.ndarray | None = None
+    if cfg.packing:
+        assert measures is not None and cfg.packed_sequence_size is not None
+        size = cfg.packed_sequence_size
+        cost = packing_cost(duration[entries], measures.tokens[entries], size, cfg.packed_audio_duration)
+        table, row_label = row_table(*pack_rows(cost, size, soft), cfg.micro_batch_size, soft)
+        key = cost.astype(np.float64)
+    elif buckets.sizes is None:
+        bucket = buckets.assignment[entries]
+        eff = effective_duration(duration[entries], cfg.quadratic_duration)
         tokens = None if measures is None else measures.tokens[entries]
         key, budget = batch_cost(eff, tokens, cfg.batch_duration, cfg.batch_tokens)
         table = form_batches(bucket, buckets.num_buckets, key, batch_duration=budget, rng=soft)
     else:
+        bucket = buckets.assignment[entries]
+        eff = effective_duration(duration[entries], cfg.quadratic_duration)
         key = measures.length[entries] if measures is not None and measures.multimodal else eff
         table = form_batches(bucket, buckets.num_buckets, key, sizes=buckets.sizes, rng=soft)
-    # with fixed sizes, drop_last leaves out each bucket's incomplete batch
-    cut = cfg.drop_last and buckets.sizes is not None
+    # with fixed sizes (or rows), drop_last leaves out each bucket's incomplete batch
+    cut = cfg.drop_last and (buckets.sizes is not None or cfg.packing)
     selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
     incomplete = np.flatnonzero(~table.full) if cut else np.zeros(0, dtype=np.int64)
     if resized:
@@ -407,7 +461,8 @@ def plan_epoch(
         slots, repeated, tail = _deal(table, selected, cfg, world_size, rng)
     dropped_ids = entries[table.positions(np.concatenate((incomplete, tail)))]
     mine = slots[rank::world_size]
-    ids = entries[table.positions(mine)]
+    where = _gather_ranges(table.start[mine], table.length[mine])
+    ids = entries[table.order[where]]
     offsets = np.zeros(mine.size + 1, dtype=np.int64)
     np.cumsum(table.length[mine], out=offsets[1:])
     return Plan(
@@ -421,18 +476,29 @@ def plan_epoch(
         world_size=world_size,
         dropped_ids=dropped_ids,
         formed=len(table),
-        fill=_mean_fill(table, key, buckets.sizes, budget),
+        fill=_mean_fill(table, key, buckets.sizes, budget, cfg.micro_batch_size, row_label),
         start=resized[-1][1] if resized else 0,
         resized=tuple(resized),
+        rows=row_label[where] if row_label is not None else np.zeros(0, dtype=np.int64),
     )
 
 
 def _mean_fill(
-    table: BatchTable, effective: np.ndarray, sizes: np.ndarray | None, batch_duration: float | None
+    table: BatchTable,
+    effective: np.ndarray,
+    sizes: np.ndarray | None,
+    batch_duration: float | None,
+    rows_per_batch: int | None = None,
+    row_label: np.ndarray | None = None,
 ) -> float:
-    """Mean over the formed batches of (examples / examples a full batch of that kind holds)."""
+    """Mean over the formed batches of (examples / examples a full batch of that kind holds), or
+    of (rows / ``rows_per_batch``) for packed batches (``row_label``: each example's row within its
+    batch, aligned with ``table.order``)."""
     if len(table) == 0:
         return 1.0
+    if rows_per_batch is not None and row_label is not None:
+        rows = np.maximum.reduceat(row_label, table.start) + 1
+        return float(np.mean(rows / rows_per_batch))
     if sizes is not None:
         capacity = sizes[table.bucket]
     else:
@@ -565,7 +631,10 @@ class BatchSampler:
         while self._batch < len(plan):
             k = self._batch
             self._batch = k + 1
-            yield plan.batch(k).tolist()
+            if plan.packed:
+                yield RowBatch(plan.batch(k).tolist(), plan.batch_rows(k).tolist())
+            else:
+                yield plan.batch(k).tolist()
         self._epoch, self._batch, self._resized = self._epoch + 1, 0, ()
 
     def state_dict(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from speechdata.config import DatasetConfig, bins_are_2d
 from speechdata.errors import DataError, DropCounter
 from speechdata.sampling.buckets import assign_buckets_2d
 from speechdata.sampling.filters import _drop
+from speechdata.sampling.packing import packing_cost
 
 __all__ = ["Measures", "TokenCounts", "count_tokens", "filter_tokens", "needs_tokens"]
 
@@ -323,7 +324,9 @@ def filter_tokens(
     with 2D ``bucket_duration_bins``, those that fit no bucket; each counted in ``drops``:
     ``too_short_text`` / ``too_long_text`` with the bound as note, a bucket misfit as
     ``too_long_audio`` (its first value exceeds every first bound) or ``too_long_text``
-    (note ``bucket_duration_bins``)."""
+    (note ``bucket_duration_bins``); with ``packing``, those longer than a row: ``too_long_text``
+    (more than ``packed_sequence_size`` tokens) or ``too_long_audio`` (more than
+    ``packed_audio_duration`` seconds)."""
     where = getattr(index, "where", None)
     tokens = measures.tokens
     if cfg.min_tokens is not None:
@@ -348,6 +351,30 @@ def filter_tokens(
             where,
             lambda i: f"{tokens[i]} tokens > {note}",
         )
+    if cfg.packing and cfg.packed_sequence_size is not None:
+        size, seconds = cfg.packed_sequence_size, cfg.packed_audio_duration
+        cost = packing_cost(measures.duration, tokens, size, seconds)
+        note = f"packed_sequence_size {size}"
+        _drop(
+            keep,
+            tokens > size,
+            "too_long_text",
+            drops,
+            note,
+            where,
+            lambda i: f"{tokens[i]} tokens > {note}",
+        )
+        if seconds is not None:
+            note_s = f"packed_audio_duration {seconds:g}"
+            _drop(
+                keep,
+                cost > size,
+                "too_long_audio",
+                drops,
+                note_s,
+                where,
+                lambda i: f"{measures.duration[i]:g} s > {note_s}",
+            )
     if not bins_are_2d(cfg.bucket_duration_bins):
         return
     first, second = measures.axes()
