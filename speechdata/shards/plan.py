@@ -261,7 +261,7 @@ def read_entries(
                 ids,
                 [c.offset for c in row.clips],
                 [c.duration for c in row.clips],
-                isinstance(raw.get(_audio_key(raw)), list),
+                _lists(raw),
                 row.where,
             )
         )
@@ -306,8 +306,7 @@ def _read_rows(index: Index, rows: np.ndarray, progress: Callable[[int], None]) 
         raw = orjson.loads(index.line(i))
         try:
             rec = index.record(i)
-            given = next(raw[k] for k in AUDIO_KEYS if k in raw)
-            given = given if isinstance(given, list) else [given]
+            given = rec.names  # the paths as the line wrote them (conversation turns included)
             clips = []
             # every clip is checked before any is named: a dropped entry takes no member name
             for path, rel, off, dur in zip(rec.audio, given, rec.offset, rec.duration, strict=True):
@@ -354,8 +353,12 @@ def _header(
     return found
 
 
-def _audio_key(raw: dict[str, Any]) -> str:
-    return next(k for k in AUDIO_KEYS if k in raw)
+def _lists(raw: dict[str, Any]) -> bool:
+    """Whether the line's per-clip fields are lists: its audio key holds a list, or it is a
+    conversation (per-clip fields of a conversation are always lists)."""
+    if "conversations" in raw:
+        return True
+    return isinstance(raw.get(next(k for k in AUDIO_KEYS if k in raw)), list)
 
 
 def _unique(stem: str, taken: set[str]) -> str:

@@ -130,12 +130,15 @@ def _out_entry(e: Entry, job: ShardJob, where: dict[int, tuple[int, int]]) -> di
     sizes = [where[s][1] for s in e.sources]
     one = (lambda v: v) if e.multi else (lambda v: v[0])
     out: dict[str, Any] = {}
-    for key, value in e.raw.items():
-        if key in AUDIO_KEYS:
-            out.setdefault("audio_filepath", one(names))
-        else:
-            out[key] = value
-    out.setdefault("duration", one(e.duration))
+    if "conversations" in e.raw:
+        out.update(_conversation_entry(e.raw, names, e.duration))
+    else:
+        for key, value in e.raw.items():
+            if key in AUDIO_KEYS:
+                out.setdefault("audio_filepath", one(names))
+            else:
+                out[key] = value
+        out.setdefault("duration", one(e.duration))
     if job.slice_with_offset:
         out["offset"] = one([0.0] * len(names))
         out["source_audio_offset"] = one(e.offset)
@@ -144,6 +147,26 @@ def _out_entry(e: Entry, job: ShardJob, where: dict[int, tuple[int, int]]) -> di
     out["shard_id"] = job.shard_id
     out["tar_offset"] = one(offs)
     out["tar_size"] = one(sizes)
+    return out
+
+
+def _conversation_entry(raw: dict[str, Any], names: list[str], durations: list[float]) -> dict[str, Any]:
+    """A conversation line with its audios renamed to their members, in order: a NeMo audio
+    turn's ``value`` (its ``duration`` kept), or ShareGPT's ``sound`` (with ``duration``)."""
+    out = dict(raw)
+    if "sound" in raw or "ori_sound" in raw:  # ShareGPT (docs/conversations.md)
+        out.pop("ori_sound", None)
+        out["sound"] = names if isinstance(raw.get("sound", raw.get("ori_sound")), list) else names[0]
+        out["duration"] = durations if isinstance(out["sound"], list) else durations[0]
+        return out
+    k = 0
+    turns = []
+    for turn in raw["conversations"]:
+        if isinstance(turn, dict) and turn.get("type") == "audio":
+            turn = {**turn, "value": names[k], "duration": durations[k]}
+            k += 1
+        turns.append(turn)
+    out["conversations"] = turns
     return out
 
 

@@ -91,9 +91,11 @@ class StreamedTarSource:
             num_workers=slot.num_workers,
         ):
             yield from members.take_errors()
+            yield from members.take_text_only()
             assert isinstance(rec, Record)
             yield rec, data
         yield from members.take_errors()
+        yield from members.take_text_only()
 
 
 class _MembersOfShard:
@@ -106,9 +108,10 @@ class _MembersOfShard:
         self.index = index
         self.keep = keep
         self.errors: list[DataError] = []
+        self.text_only: list[Record] = []
         self._unsharded: dict[str, list[Record]] | None = None
 
-    def _table(self, rows: np.ndarray) -> dict[str, list[Record]]:
+    def _table(self, rows: np.ndarray, sharded: bool = True) -> dict[str, list[Record]]:
         table: dict[str, list[Record]] = {}
         for i in rows.tolist():
             try:
@@ -116,17 +119,27 @@ class _MembersOfShard:
             except DataError as err:
                 self.errors.append(err)
                 continue
+            if not rec.audio and sharded:  # a text-only example of this shard: no member to wait for
+                self.text_only.append(rec)
             for name in rec.audio:
                 table.setdefault(name, []).append(rec)
         return table
 
     def __call__(self, shard_id: int) -> dict[str, list[Record]]:
         if self._unsharded is None:
-            self._unsharded = self._table(np.flatnonzero((self.index.shard_id < 0) & self.keep))
+            # text-only rows need a shard_id (as `speechdata shard` writes): they have no member
+            # that would place them in one shard's stream
+            self._unsharded = self._table(np.flatnonzero((self.index.shard_id < 0) & self.keep), False)
         table = self._table(np.flatnonzero((self.index.shard_id == shard_id) & self.keep))
         for name, records in self._unsharded.items():
             table[name] = [*table.get(name, ()), *records]
         return table
+
+    def take_text_only(self) -> Iterator[Streamed]:
+        """The text-only examples of the shards looked up since the last call, with no audio."""
+        out, self.text_only = self.text_only, []
+        for rec in out:
+            yield rec, []
 
     def take_errors(self) -> Sequence[DataError]:
         """The read errors collected since the last call."""
