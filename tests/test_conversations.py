@@ -378,10 +378,6 @@ def test_conversation_lines_parse_and_merge_turns() -> None:
             },
             "1 audio placeholder(s) (<sound> or <speech>) but 2 audio(s) in 'sound'",
         ),
-        (
-            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]},
-            "no audio (text-only examples are not supported yet)",
-        ),
     ],
 )
 def test_bad_conversations_are_named(line: dict, message: str) -> None:

@@ -125,10 +125,11 @@ def _ends(offsets: Sequence[tuple[int, int]], shift: int = 0) -> list[int]:
     """Token ends (the contract of ``encode_with_offsets``) from ``(start, end)`` character
     offsets, less ``shift``; a token with ``start == end`` (no character of the text: a prefix
     space the tokenizer added) takes the end of the token after it."""
-    ends = [max(end - shift, 0) for _, end in offsets]
-    for i in range(len(ends) - 2, -1, -1):
-        if offsets[i][0] == offsets[i][1]:
-            ends[i] = ends[i + 1]
+    ends = [end - shift if end > shift else 0 for _, end in offsets]
+    if any(start == end for start, end in offsets):
+        for i in range(len(ends) - 2, -1, -1):
+            if offsets[i][0] == offsets[i][1]:
+                ends[i] = ends[i + 1]
     return ends
 
 
