@@ -1,0 +1,303 @@
+"""Object storage by byte range against local disk: one worker, FLAC shards, same run.
+
+Builds (once) a single-audio 16 kHz FLAC corpus of about ``--hours`` hours, writes it as tar
+shards, and serves the shards from an S3 API server (moto) behind the fault proxy of
+``tests/servers.py`` with a fixed latency per request (``--latency``, 30 ms by default, no
+faults), both in a separate process. Then, interleaved, ``--repeats`` times, one epoch each:
+
+* **local** — ``build_dataloader`` on the shards on local disk (members read with ``os.pread``);
+* **s3** — the same config with ``s3://`` manifest and shards: members read by byte range, read
+  ahead with the default knobs (``SPEECHDATA_REMOTE_*``);
+* **s3, 1 in flight** (``--serial``) — the same with ``SPEECHDATA_REMOTE_IN_FLIGHT=1``: what the
+  latency costs when it is not hidden.
+
+Throughput is steady state (examples after the first batch over the time from the first batch to
+the last); each figure is the median of the repeats and ratios are quotients of medians. Requests
+and bytes per example are counted by the proxy (GETs and their body bytes during the epoch), with
+the members' own bytes per example beside them. Writes ``<out>.json`` and ``<out>.md``.
+
+    python benchmarks/bench_remote.py [--hours 2] [--repeats 3] [--latency 0.03] [--serial]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+MEAN_CLIP_S = 7.0
+TARGET = 0.8
+BUCKET = "speech"
+
+
+def build_corpus(root: Path, hours: float) -> tuple[Path, int]:
+    """FLAC corpus and its shards (made once per size); returns the shards folder, shard count."""
+    from speechdata.shards.write import ShardOptions, write_shards
+    from speechdata.testing import make_corpus
+
+    n = math.ceil(hours * 3600 / MEAN_CLIP_S * 1.05)
+    out = root / f"flac-{n}"
+    shards = out / "shards"
+    num_shards = 8
+    if not (shards / "tarred_audio_manifest.json").is_file():
+        corpus = make_corpus(
+            out / "corpus",
+            n,
+            seed=0,
+            formats=("flac",),
+            sample_rates=(16000,),
+            stereo_fraction=0.0,
+            multi_audio_fraction=0.0,
+            shared_source_fraction=0.1,
+            locator=None,
+        )
+        write_shards(
+            [corpus.manifest], shards, ShardOptions(num_shards=num_shards, codec="keep", progress=False)
+        )
+    return shards, num_shards
+
+
+def serve(shards: str, latency: float, conn: Any) -> None:
+    """Child process: moto S3 holding the shards and an HTTP server of the shards' folder, each
+    behind a proxy adding ``latency``; sends both proxies' URLs, then answers ``counts`` (GETs,
+    bytes and this process's CPU seconds since the last ``counts``) until ``stop``."""
+    import logging
+
+    from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    os.environ.update(fake_aws_env())
+    files = {f"ds/{p.name}": p for p in Path(shards).iterdir() if p.is_file()}
+    with moto_s3() as endpoint, RangeHTTPServer(Path(shards).parent) as http:
+        s3_upload(endpoint, BUCKET, files)
+        with FaultProxy(endpoint, latency=latency) as s3p, FaultProxy(http.url, latency=latency) as httpp:
+            conn.send((s3p.url, httpp.url))
+            cpu = time.process_time()
+            while True:
+                msg = conn.recv()
+                if msg == "counts":
+                    counts = {k: s3p.counts[k] + httpp.counts[k] for k in ("requests:GET", "bytes:GET")}
+                    now = time.process_time()
+                    conn.send({**counts, "server_cpu_s": now - cpu})
+                    cpu = now
+                    s3p.reset_counts()
+                    httpp.reset_counts()
+                elif msg == "stop":
+                    return
+
+
+def config(base: str, n_shards: int, **kw: Any) -> Any:
+    """The dataset config of one run (600 s dynamic batches, 1 worker)."""
+    from speechdata.config import make_dataset_config
+
+    return make_dataset_config(
+        {
+            "manifest_filepath": f"{base}/tarred_audio_manifest.json",
+            "is_tarred": True,
+            "tarred_audio_filepaths": f"{base}/audio_{{0..{n_shards - 1}}}.tar",
+            "batch_duration": 600.0,
+            "num_buckets": 10,
+            "max_duration": 40.0,
+            "min_duration": 0.1,
+            "num_workers": 1,
+            "drop_last": False,
+            "seed": 0,
+            **kw,
+        }
+    )
+
+
+def one_epoch(cfg: Any, tokenizer: Any) -> dict[str, float]:
+    """Time one epoch: first batch, then steady-state examples and audio per second."""
+    from speechdata import build_dataloader
+
+    t0 = time.perf_counter()
+    loader = build_dataloader(cfg, tokenizer, device="cpu")
+    first = None
+    n = audio = 0.0
+    for batch in loader:
+        now = time.perf_counter()
+        if first is None:
+            first = now
+            continue
+        n += len(batch["sample_ids"])
+        audio += float(batch["audio_signal_length"].sum()) / 16000
+        last = now
+    assert first is not None
+    span = last - first
+    del loader
+    return {
+        "first_batch_s": first - t0,
+        "examples_per_s": n / span,
+        "audio_s_per_s": audio / span,
+        "examples": n,
+    }
+
+
+def _sizes(v: int | list[int]) -> int:
+    return sum(v) if isinstance(v, list) else int(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--latency", type=float, default=0.03)
+    ap.add_argument("--serial", action="store_true", help="also run with 1 request in flight")
+    ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "speechdata-bench-remote"))
+    ap.add_argument("--out", default=str(HERE / "results" / "remote"))
+    args = ap.parse_args()
+
+    import torch
+    from servers import fake_aws_env
+
+    from speechdata.manifest import load_index
+    from speechdata.shards.read import MANIFEST
+    from speechdata.storage import reset_filesystems
+    from speechdata.text.tokenizer import load_tokenizer
+
+    torch.set_num_threads(1)
+    shards, n_shards = build_corpus(Path(args.root), args.hours)
+    index = load_index([shards / MANIFEST])
+    tok_dir = Path(args.root) / "tokenizer"
+    if not (tok_dir / "tokenizer.model").is_file():
+        from speechdata.text.tokenizer import train_tokenizer
+
+        texts = [index.record(i).answer for i in range(len(index))]
+        train_tokenizer(texts, tok_dir, 256, byte_fallback=False)
+    tokenizer = load_tokenizer(tok_dir / "tokenizer.model")
+    member_bytes = sum(_sizes(index.record(i).extra["tar_size"]) for i in range(len(index)))
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=serve, args=(str(shards), args.latency, child), daemon=True)
+    server.start()
+    s3_url, http_url = parent.recv()
+    os.environ.update(fake_aws_env())
+    os.environ["AWS_ENDPOINT_URL"] = s3_url
+    reset_filesystems()
+
+    kinds: dict[str, tuple[Any, dict[str, str]]] = {
+        "local": (config(str(shards), n_shards), {}),
+        "s3": (config(f"s3://{BUCKET}/ds", n_shards), {}),
+        "http": (config(f"{http_url}/{shards.name}", n_shards), {}),
+    }
+    if args.serial:
+        kinds["s3, 1 in flight"] = (
+            config(f"s3://{BUCKET}/ds", n_shards),
+            {"SPEECHDATA_REMOTE_IN_FLIGHT": "1"},
+        )
+    # warm: the index cache, the manifest's local copy, the page cache
+    for cfg, env in kinds.values():
+        os.environ.update(env)
+        one_epoch(cfg, tokenizer)
+        for k in env:
+            os.environ.pop(k)
+    parent.send("counts")
+    parent.recv()
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind, (cfg, env) in kinds.items():
+            os.environ.update(env)
+            r = one_epoch(cfg, tokenizer)
+            for k in env:
+                os.environ.pop(k)
+            parent.send("counts")
+            counts = parent.recv()
+            r["requests_per_example"] = counts.get("requests:GET", 0) / len(index)
+            r["bytes_per_example"] = counts.get("bytes:GET", 0) / len(index)
+            r["server_cpu_s"] = counts["server_cpu_s"]
+            r["epoch_s"] = r["examples"] / r["examples_per_s"]
+            runs[kind].append(r)
+            print(kind, {k: round(v, 3) for k, v in r.items()}, file=sys.stderr)
+    parent.send("stop")
+    server.join(10)
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    local = med("local", "examples_per_s")
+    rows = []
+    for kind in kinds:
+        rows.append(
+            {
+                "loader": kind,
+                "examples_per_s": med(kind, "examples_per_s"),
+                "audio_s_per_s": med(kind, "audio_s_per_s"),
+                "ratio_to_local": med(kind, "examples_per_s") / local,
+                "first_batch_s": med(kind, "first_batch_s"),
+                "requests_per_example": med(kind, "requests_per_example"),
+                "bytes_per_example": med(kind, "bytes_per_example"),
+                "server_cpu_s": med(kind, "server_cpu_s"),
+                "epoch_s": med(kind, "epoch_s"),
+                "spread_examples_per_s": [
+                    min(r["examples_per_s"] for r in runs[kind]),
+                    max(r["examples_per_s"] for r in runs[kind]),
+                ],
+            }
+        )
+    command = "python benchmarks/bench_remote.py " + " ".join(sys.argv[1:])
+    result = {
+        "command": command,
+        "corpus": {
+            "examples": len(index),
+            "hours": float(index.duration.sum()) / 3600,
+            "shards": n_shards,
+            "member_bytes_per_example": member_bytes / len(index),
+        },
+        "latency_s": args.latency,
+        "repeats": args.repeats,
+        "target_ratio": TARGET,
+        "rows": rows,
+        "runs": runs,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+    }
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        f"Corpus: {len(index)} FLAC examples, {result['corpus']['hours']:.2f} h, {n_shards} shards, "
+        f"{member_bytes / len(index):,.0f} member bytes per example; 1 worker, 600 s batches; "
+        f"S3 (moto) or an HTTP server (tests/servers.py) behind a proxy adding {args.latency * 1000:.0f} ms per request; medians of {args.repeats} runs, "
+        f"{os.cpu_count()} CPUs.",
+        "",
+        "| loader | examples/s | audio s/s | ratio to local | first batch s | GET requests / example "
+        "| GET bytes / example | server CPU s / steady s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['loader']} | {r['examples_per_s']:,.1f} | {r['audio_s_per_s']:,.0f} | {r['ratio_to_local']:.2f}× | "
+            f"{r['first_batch_s']:.3f} | {r['requests_per_example']:.2f} | {r['bytes_per_example']:,.0f} | "
+            f"{r['server_cpu_s']:.1f} / {r['epoch_s']:.1f} |"
+        )
+    lines.append("")
+    for r in rows[1:3]:
+        met = "met" if r["ratio_to_local"] >= TARGET else "not met"
+        lines.append(
+            f"Target: {r['loader']} ≥ {TARGET}× local — measured {r['ratio_to_local']:.2f}× ({met})."
+        )
+    lines += [
+        "",
+        "Server CPU: CPU seconds of the process serving the shards (moto or the HTTP server, and the proxy) "
+        "over the whole epoch, on the same 2 cores as the loader; steady s: the timed part of the epoch.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    Path(args.out + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
