@@ -533,8 +533,9 @@ def test_tokenizer_trained_for_a_format_writes_it_as_the_named_format(tmp_path: 
     assert tok.decode(chat.answer_ids).startswith("yes")
 
 
-def test_trainer_learns_from_conversations_with_an_hf_tokenizer(tmp_path: Path) -> None:
-    """``speechdata train`` (SALM) on a manifest of NeMo conversations, ShareGPT lines and ASR
+@pytest.mark.parametrize("config", ["salm_tiny.yaml", "bestow_tiny.yaml"])
+def test_trainer_learns_from_conversations_with_an_hf_tokenizer(tmp_path: Path, config: str) -> None:
+    """``speechdata train`` (SALM, BESTOW) on a manifest of NeMo conversations, ShareGPT lines and ASR
     lines, with a byte-level BPE tokenizer trained for ``qwen``: it trains with a finite loss and
     validation generates and scores (the learning check on speech is benchmarks/learning_check.py)."""
     import warnings
@@ -587,7 +588,7 @@ def test_trainer_learns_from_conversations_with_an_hf_tokenizer(tmp_path: Path) 
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = train(load_config(configs / "salm_tiny.yaml", args))
+        result = train(load_config(configs / config, args))
     assert result.global_step == 12
     assert torch.isfinite(torch.tensor(result.metrics["reduced_train_loss"]))
     assert result.metrics["val_cer"] >= 0.0
