@@ -16,7 +16,9 @@ Dimension names used by :data:`LAYOUT` and the docs:
   ``pad_to_multiple``);
 * ``Lc`` / ``La``: the longest context / answer part, ``context_lengths.max()`` /
   ``answer_lengths.max()``;
-* ``M``, ``F``: mel bins and feature frames (``1 + T // hop``), only with log-mel features.
+* ``M``, ``F``: mel bins and feature frames (``1 + T // hop``), only with log-mel features;
+* ``R``, ``K1``: in a packed batch (``packing: true``, docs/packing.md), the rows and one more than
+  the most examples in a row.
 
 Example::
 
@@ -76,6 +78,16 @@ class Batch(TypedDict):
 
     * ``audio_features`` float32 ``[A, M, F]``: normalised log-mel, 0.0 beyond each length;
     * ``audio_features_length`` int64 ``[A]``: valid frames per audio, ``1 + length // hop``.
+
+    With ``packing: true`` (docs/packing.md) ``tokens``, ``labels``, ``loss_mask`` and
+    ``position_ids`` are ``[R, L]``: row ``r`` holds its examples' sequences back to back, each
+    example's ``position_ids`` restarting at 0; also:
+
+    * ``cu_seqlens`` int32 ``[R, K1]``: row ``r``'s example boundaries ``0, n_0 - 1, n_0 - 1 +
+      n_1 - 1, ...`` (example ``b`` of the row spans ``cu_seqlens[r, b] : cu_seqlens[r, b + 1]``),
+      -1 after the last;
+    * ``packed_audio_positions`` int64 ``[A]``: each audio's position in its row (its example's
+      start plus its ``audio_positions``).
     """
 
     audio_signal: torch.Tensor
@@ -95,6 +107,8 @@ class Batch(TypedDict):
     metadata: list[dict[str, Any]]
     audio_features: NotRequired[torch.Tensor]
     audio_features_length: NotRequired[torch.Tensor]
+    cu_seqlens: NotRequired[torch.Tensor]
+    packed_audio_positions: NotRequired[torch.Tensor]
 
 
 #: Every tensor key's dtype and shape by dimension name (see the module docstring); ``metadata``
@@ -116,7 +130,18 @@ LAYOUT: dict[str, tuple[torch.dtype, tuple[str, ...]]] = {
     "sample_ids": (torch.int64, ("B",)),
     "audio_features": (torch.float32, ("A", "M", "F")),
     "audio_features_length": (torch.int64, ("A",)),
+    "cu_seqlens": (torch.int32, ("R", "K1")),
+    "packed_audio_positions": (torch.int64, ("A",)),
 }
+
+#: The keys whose first dimension is the row (``R``) in a packed batch (docs/packing.md): each row
+#: holds several examples back to back; every other key keeps one entry per example (``B``).
+ROW_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    """Whether ``batch`` is a packed batch (rows of several examples; it has ``cu_seqlens``)."""
+    return batch.get("cu_seqlens") is not None
 
 
 def _shape(names: tuple[str, ...]) -> str:
@@ -127,9 +152,14 @@ def _check(batch: Mapping[str, Any]) -> None:
     """Raise when a tensor's dtype, rank or device, or a shared dimension, breaks :data:`LAYOUT`."""
     sizes: dict[str, tuple[int, str]] = {}  # dimension name -> (size, the key that set it)
     first_key = ""
+    packed = is_packed(batch)
+    if packed != ("packed_audio_positions" in batch):
+        raise ValueError("batch: cu_seqlens and packed_audio_positions come together; got only one")
     for key, (dtype, names) in LAYOUT.items():
         if key not in batch:
             continue
+        if packed and key in ROW_KEYS:
+            names = ("R", *names[1:])
         t = batch[key]
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"batch[{key!r}]: expected a torch.Tensor, got {type(t).__name__}")
@@ -176,10 +206,14 @@ def make_batch(
     metadata: list[dict[str, Any]],
     audio_features: torch.Tensor | None = None,
     audio_features_length: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    packed_audio_positions: torch.Tensor | None = None,
 ) -> Batch:
     """A :class:`Batch` of these values, after the cheap checks (see the module docstring).
 
-    ``audio_features`` and ``audio_features_length`` come together or not at all. Raises
+    ``audio_features`` and ``audio_features_length`` come together or not at all, and so do the
+    packed batch's ``cu_seqlens`` and ``packed_audio_positions`` (then ``tokens``, ``labels``,
+    ``loss_mask`` and ``position_ids`` have one row per packed row, :data:`ROW_KEYS`). Raises
     ``TypeError`` for a value of the wrong type and ``ValueError`` for a dtype, rank, device or
     shape that breaks :data:`LAYOUT`, naming the key (a batch built wrongly is a bug in its
     producer, not bad user input).
@@ -206,5 +240,9 @@ def make_batch(
     if audio_features is not None and audio_features_length is not None:
         batch["audio_features"] = audio_features
         batch["audio_features_length"] = audio_features_length
+    if cu_seqlens is not None:
+        batch["cu_seqlens"] = cu_seqlens
+    if packed_audio_positions is not None:
+        batch["packed_audio_positions"] = packed_audio_positions
     _check(batch)
     return batch

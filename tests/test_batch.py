@@ -25,7 +25,7 @@ from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 DOC = Path(__file__).resolve().parents[1] / "docs" / "batch.md"
 LOCATOR = "|audio|"
 TEMPLATE = "Q: {context}\nA: {answer}"
-DTYPES = {"float32": torch.float32, "int64": torch.int64}
+DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
 #: the key giving each padded tensor's valid length along its last dimension (docs/batch.md)
 LENGTH_OF = {
     "audio_signal": "audio_signal_length",
@@ -68,7 +68,8 @@ def doc_keys() -> dict[str, dict[str, Any]]:
             "dtype": dtype,
             "dims": dims,
             "padding": padding,
-            "optional": meaning.startswith("only with `features`"),
+            "optional": meaning.startswith(("only with `features`", "only with `packing`")),
+            "packing": meaning.startswith("only with `packing`"),
         }
     return out
 
@@ -100,7 +101,7 @@ def check_contract(batch: dict[str, Any], *, pad: int, multiple: int, answer_onl
     spec = doc_keys()
     want = {k for k, v in spec.items() if not v["optional"]}
     if "audio_features" in batch:
-        want |= {k for k, v in spec.items() if v["optional"]}
+        want |= {k for k, v in spec.items() if v["optional"] and not v["packing"]}
     assert set(batch) == want
 
     num_audios, tlen = batch["num_audios"], batch["tokens_length"]

@@ -8,12 +8,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from speechdata.batch import Batch, make_batch
+from speechdata.collate import Packed, finalize
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DropCounter
+from speechdata.rows import row_tensors
 from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost
 from speechdata.sampling.plan import BatchSampler, plan_epoch
 from speechdata.sampling.tokens import Measures, TokenCounts, filter_tokens
+from speechdata.train.models import build_model, masked_cross_entropy
+from tests.test_train_models import tiny_config
 
 
 @dataclass
@@ -154,3 +160,130 @@ def test_packing_config_errors() -> None:
         make_dataset_config({"manifest_filepath": "x", "packed_sequence_size": 10})
     with pytest.raises(ConfigError, match="packed_audio_duration: must be positive"):
         _cfg(packed_audio_duration=0)
+
+
+# ------------------------------------------------------------------------ packed batch, model
+
+
+def _worker_batch(seed: int, n: int = 7) -> Packed:
+    """A worker's flat batch of ``n`` examples (1-2 audios each, at positions from 0 to the end)."""
+    rng = np.random.default_rng(seed)
+    audios, positions, num_audios, ids, targets, lengths, starts = [], [], [], [], [], [], []
+    for _ in range(n):
+        ctx = [1, *rng.integers(6, 24, int(rng.integers(1, 9))).tolist()]
+        answer = [*rng.integers(4, 24, int(rng.integers(1, 7))).tolist(), 2]
+        k = int(rng.integers(1, 3))
+        positions += np.sort(rng.integers(0, len(ctx) + 1, k)).tolist()
+        for _ in range(k):
+            audios.append(rng.standard_normal(int(rng.integers(800, 4000))).astype(np.float32) * 0.1)
+        num_audios.append(k)
+        ids += ctx + answer
+        targets += [0] * len(ctx) + [1] * len(answer)
+        lengths.append(len(ctx) + len(answer))
+        starts.append(len(ctx))
+    i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return Packed(
+        audio=torch.from_numpy(np.concatenate(audios)),
+        audio_lengths=i64([a.size for a in audios]),
+        num_audios=i64(num_audios),
+        audio_positions=i64(positions),
+        ids=i64(ids),
+        ids_lengths=i64(lengths),
+        answer_start=i64(starts),
+        sample_ids=i64(list(range(n))),
+        targets=torch.tensor(targets, dtype=torch.uint8),
+        metadata=[{} for _ in range(n)],
+    )
+
+
+def _row_batch(packed: Packed, rows: list[int]) -> Batch:
+    padded = finalize(packed, pad_id=0)
+    keys = row_tensors(
+        packed.ids,
+        packed.targets,
+        packed.ids_lengths,
+        torch.tensor(rows),
+        packed.audio_positions,
+        packed.num_audios,
+        pad_id=0,
+    )
+    return make_batch(**{**{k: v for k, v in padded.items() if k not in keys}, **keys})  # type: ignore[arg-type]
+
+
+def test_row_tensors_lay_examples_back_to_back() -> None:
+    packed = _worker_batch(0, n=3)
+    padded = finalize(packed, pad_id=0)
+    batch = _row_batch(packed, [0, 0, 1])
+    m = padded["tokens_length"].tolist()
+    cu = batch["cu_seqlens"]
+    assert cu.tolist() == [[0, m[0], m[0] + m[1]], [0, m[2], -1]]
+    row0 = batch["tokens"][0]
+    assert row0[: m[0]].tolist() == padded["tokens"][0, : m[0]].tolist()
+    assert row0[m[0] : m[0] + m[1]].tolist() == padded["tokens"][1, : m[1]].tolist()
+    assert batch["labels"][1, : m[2]].tolist() == padded["labels"][2, : m[2]].tolist()
+    assert batch["loss_mask"][0, m[0] : m[0] + m[1]].tolist() == padded["loss_mask"][1, : m[1]].tolist()
+    assert batch["position_ids"][0, : m[0] + m[1]].tolist() == [*range(m[0]), *range(m[1])]
+    ex = torch.repeat_interleave(torch.arange(3), packed.num_audios)
+    starts = torch.tensor([0, m[0], 0])
+    want = torch.minimum(padded["audio_positions"], padded["tokens_length"][ex]) + starts[ex]
+    assert batch["packed_audio_positions"].tolist() == want.tolist()
+    # padding: pad ids, no loss
+    assert batch["tokens"][1, m[2] :].eq(0).all() and batch["loss_mask"][1, m[2] :].eq(0).all()
+
+
+def _per_token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(batch)
+    ce = torch.nn.functional.cross_entropy(
+        out.logits.reshape(-1, out.logits.shape[-1]), out.labels.reshape(-1), reduction="none"
+    )
+    mask = out.loss_mask.reshape(-1) > 0
+    loss, _ = masked_cross_entropy(out.logits, out.labels, out.loss_mask)
+    return ce[mask], loss
+
+
+@pytest.mark.parametrize("arch", ["salm", "bestow"])
+def test_packed_and_padded_batches_give_the_same_losses_and_gradients(arch: str) -> None:
+    packed = _worker_batch(3, n=7)
+    padded = finalize(packed, pad_id=0)
+    rows = _row_batch(packed, [0, 0, 0, 1, 1, 2, 2])
+    assert rows["tokens"].shape[0] == 3
+    torch.manual_seed(0)
+    model = build_model(tiny_config(arch)).float()
+    grads = []
+    losses = []
+    for batch in (padded, rows):
+        model.zero_grad()
+        per_token, loss = _per_token_losses(model, batch)
+        loss.backward()
+        losses.append(per_token.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0].shape == losses[1].shape and losses[0].numel() > 10
+    assert torch.allclose(losses[0], losses[1], atol=1e-5, rtol=0), (losses[0] - losses[1]).abs().max()
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_attention_does_not_cross_examples() -> None:
+    """Changing one example of a row changes no logit of the others."""
+    packed = _worker_batch(4, n=4)
+    rows = _row_batch(packed, [0, 0, 0, 0])
+    other = dict(rows)
+    m = packed.ids_lengths - 1
+    cut = int(m[0] + m[1])  # example 2 starts here
+    tokens = rows["tokens"].clone()
+    tokens[0, cut : cut + int(m[2])] = 5
+    other["tokens"] = tokens
+    torch.manual_seed(0)
+    model = build_model(tiny_config("salm")).float().eval()
+    with torch.no_grad():
+        a, b = model(rows), model(other)
+    # the spliced row: examples 0, 1 come first; example 3 after example 2
+    lengths = model.example_lengths(m, *model.encode_audio(rows)[1:], packed.num_audios)
+    first_two = int(lengths[:2].sum())
+    last = int(lengths[:3].sum())
+    assert torch.equal(a.logits[0, :first_two], b.logits[0, :first_two])
+    assert torch.allclose(
+        a.logits[0, last : last + int(lengths[3])], b.logits[0, last : last + int(lengths[3])]
+    )
+    assert not torch.allclose(a.logits[0, first_two:last], b.logits[0, first_two:last])

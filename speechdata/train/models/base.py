@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechdata.batch import Batch
+from speechdata.batch import Batch, is_packed
+from speechdata.train.models.blocks import Segments
 from speechdata.train.models.config import ModelConfig
 from speechdata.train.models.encoder import Perception
 from speechdata.train.models.gpt import TinyGPT
@@ -32,6 +33,61 @@ class DecoderInputs:
     embeds: torch.Tensor
     lengths: torch.Tensor
     token_index: torch.Tensor
+
+
+@dataclass
+class RowLayout:
+    """Where the examples of a packed batch lie (docs/packing.md), from its ``cu_seqlens``.
+
+    Per example (``[B]``): ``example_row`` its row, ``example_start`` its first token's column,
+    ``example_tokens`` its tokens (``tokens_length``); per row (``[R]``): ``row_tokens`` the
+    tokens it holds, ``row_audios`` the audios of its examples; per audio (``[A]``):
+    ``audio_example`` its example.
+    """
+
+    example_row: torch.Tensor
+    example_start: torch.Tensor
+    example_tokens: torch.Tensor
+    row_tokens: torch.Tensor
+    row_audios: torch.Tensor
+    audio_example: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: Batch) -> RowLayout:
+        """The layout of a packed batch."""
+        cu = batch["cu_seqlens"].to(torch.long)
+        present = cu[:, 1:] >= 0  # example k of row r exists
+        rows = present.nonzero()[:, 0]  # row-major: the examples in batch order
+        starts = cu[:, :-1][present]
+        ends = cu[:, 1:][present]
+        num_audios = batch["num_audios"].to(torch.long)
+        n_rows = cu.shape[0]
+        row_audios = torch.zeros(n_rows, dtype=torch.long, device=cu.device).index_add_(0, rows, num_audios)
+        return cls(
+            rows,
+            starts,
+            ends - starts,
+            cu.max(dim=1).values.clamp(min=0),
+            row_audios,
+            example_index(num_audios),
+        )
+
+    def segments(self, lengths: torch.Tensor, width: int) -> tuple[Segments, torch.Tensor]:
+        """The :class:`Segments` of examples of ``lengths`` laid back to back in their rows of
+        ``width`` positions, and each position's index within its example ``[R, width]`` (0 on
+        padding)."""
+        n_rows = self.row_tokens.numel()
+        totals = torch.zeros(n_rows, dtype=torch.long, device=lengths.device).index_add_(
+            0, self.example_row, lengths
+        )
+        before = torch.cumsum(lengths, 0) - lengths
+        row_first = torch.cumsum(totals, 0) - totals
+        starts = before - row_first[self.example_row]
+        seg = Segments.of(self.example_row, starts, lengths, (n_rows, width))
+        col = torch.arange(seg.index.shape[1], device=lengths.device)[None, :].expand_as(seg.index)
+        positions = torch.zeros(n_rows * width, dtype=torch.long, device=lengths.device)
+        positions = positions.index_put((seg.index[seg.valid],), col[seg.valid])
+        return seg, positions.view(n_rows, width)
 
 
 @dataclass
@@ -115,21 +171,54 @@ class SpeechLM(nn.Module):
         audio_length: torch.Tensor,
         num_audios: torch.Tensor,
         audio_positions: torch.Tensor,
+        layout: RowLayout | None = None,
     ) -> DecoderInputs:
-        """Build the LM input from text tokens ``[B, L]`` and audio embeddings ``[A, F', D]``."""
+        """Build the LM input from text tokens ``[B, L]`` and audio embeddings ``[A, F', D]``.
+
+        For a packed batch the rows are the sequences (``tokens_length``, ``num_audios`` and
+        ``audio_positions`` per row) and ``layout`` says where each example lies.
+        """
+        raise NotImplementedError
+
+    def example_lengths(
+        self, tokens_length: torch.Tensor, audio_length: torch.Tensor, num_audios: torch.Tensor
+    ) -> torch.Tensor:
+        """Each example's length in the LM input ``[B]`` (its tokens, and any audio spliced in)."""
         raise NotImplementedError
 
     def forward(self, batch: Batch) -> ModelOutput:
-        """Logits for a batch (docs/batch.md), with labels and loss mask moved to the LM positions."""
+        """Logits for a batch (docs/batch.md), with labels and loss mask moved to the LM positions.
+
+        A packed batch (docs/packing.md) runs its rows through the LM with each example's
+        positions restarting at 0 and attention kept within each example, so every example's
+        logits are those it gets in a padded batch.
+        """
         audio, audio_len = self.encode_audio(batch)
         tokens = batch["tokens"]
-        inp = self.decoder_inputs(
-            tokens, batch["tokens_length"], audio, audio_len, batch["num_audios"], batch["audio_positions"]
-        )
-        logits = self.llm.forward_embeddings(inp.embeds)
+        if is_packed(batch):
+            layout = RowLayout.of(batch)
+            lengths = layout.row_tokens
+            inp = self.decoder_inputs(
+                tokens,
+                lengths,
+                audio,
+                audio_len,
+                layout.row_audios,
+                batch["packed_audio_positions"],
+                layout,
+            )
+            per_example = self.example_lengths(batch["tokens_length"], audio_len, batch["num_audios"])
+            segments, positions = layout.segments(per_example, inp.embeds.shape[1])
+            logits = self.llm.forward_embeddings(inp.embeds, positions, segments)
+        else:
+            lengths = batch["tokens_length"]
+            inp = self.decoder_inputs(
+                tokens, lengths, audio, audio_len, batch["num_audios"], batch["audio_positions"]
+            )
+            logits = self.llm.forward_embeddings(inp.embeds)
         b, seq = logits.shape[:2]
         rows = torch.arange(b, device=tokens.device)[:, None].expand_as(tokens)
-        valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < batch["tokens_length"][:, None]
+        valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
         labels = torch.full((b, seq), self.cfg.pad_id, dtype=torch.long, device=tokens.device)
         labels = labels.index_put((rows[valid], inp.token_index[valid]), batch["labels"][valid])
         mask = scatter_rows(batch["loss_mask"].to(torch.float32), valid, rows, inp.token_index, (b, seq))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechdata.train.models.base import DecoderInputs, SpeechLM, example_index, scatter_rows
-from speechdata.train.models.blocks import TransformerBlock, causal_mask
+from speechdata.train.models.base import DecoderInputs, RowLayout, SpeechLM, example_index, scatter_rows
+from speechdata.train.models.blocks import Segments, TransformerBlock, causal_mask
 from speechdata.train.models.config import ModelConfig
 
 
@@ -46,6 +46,46 @@ def pack_audio_per_example(
     return scatter_rows(audio, valid, rows, cols, (b, m, dim)), mask
 
 
+def _packed_masks(
+    layout: RowLayout,
+    audio_length: torch.Tensor,
+    row_audios: torch.Tensor,
+    key_mask: torch.Tensor,
+    width: int,
+) -> tuple[Segments, torch.Tensor]:
+    """Self-attention :class:`Segments` of the examples' tokens in their rows of ``width``, and the
+    cross-attention mask ``[R, 1, width, M]``: a token sees the frames of its own example's audios
+    (memory built per row by :func:`pack_audio_per_example`); padding tokens see frame 0."""
+    segments, _ = layout.segments(layout.example_tokens, width)
+    n_rows, m = key_mask.shape
+    device = key_mask.device
+    token_ex = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
+    ex_ids = torch.arange(layout.example_row.numel(), device=device)[:, None].expand_as(segments.index)
+    token_ex = token_ex.index_put((segments.index[segments.valid],), ex_ids[segments.valid]).view(
+        n_rows, width
+    )
+    # the frames of each row's audios lie back to back, in batch order
+    alen = audio_length.to(torch.long)
+    row_of_audio = example_index(row_audios)
+    before = torch.cumsum(alen, 0) - alen
+    first = torch.cumsum(row_audios, 0) - row_audios
+    offset = before - before[first[row_of_audio]] if alen.numel() else before
+    frame_ex = torch.full((n_rows, m), -1, dtype=torch.long, device=device)
+    if alen.numel():
+        f = torch.arange(int(alen.max()), device=device)
+        ok = f[None, :] < alen[:, None]
+        rows = row_of_audio[:, None].expand_as(ok)
+        cols = offset[:, None] + f[None, :]
+        values = layout.audio_example[:, None].expand_as(ok)
+        frame_ex = frame_ex.index_put((rows[ok], cols[ok]), values[ok])
+    mask = (token_ex[:, :, None] == frame_ex[:, None, :]) & (token_ex[:, :, None] >= 0)
+    padding = token_ex < 0
+    mask[:, :, 0] |= padding
+    if not bool(mask.any(dim=-1).all()):
+        raise ValueError("a packed BESTOW batch needs every example to have audio frames")
+    return segments, mask[:, None]
+
+
 class BESTOW(SpeechLM):
     """Cross-attention speech LM: ``LM(emb(tokens) + XAttn(emb(tokens), audio))``; text length kept."""
 
@@ -69,15 +109,28 @@ class BESTOW(SpeechLM):
         audio_length: torch.Tensor,
         num_audios: torch.Tensor,
         audio_positions: torch.Tensor,
+        layout: RowLayout | None = None,
     ) -> DecoderInputs:
-        """Token embeddings plus the cross-attention blocks' output; ``audio_positions`` is not used."""
+        """Token embeddings plus the cross-attention blocks' output; ``audio_positions`` is not
+        used. In a packed row (``layout``) each example's tokens attend to their own earlier
+        tokens and to their own example's audio frames only."""
         text = self.llm.embed(tokens)
         memory, key_mask = pack_audio_per_example(audio.to(text.dtype), audio_length, num_audios)
         h = text
-        self_mask = causal_mask(tokens.shape[1], tokens.device)
-        mem_mask = key_mask[:, None, None, :]
+        self_mask: torch.Tensor | Segments
+        if layout is None:
+            self_mask = causal_mask(tokens.shape[1], tokens.device)
+            mem_mask = key_mask[:, None, None, :]
+        else:
+            self_mask, mem_mask = _packed_masks(layout, audio_length, num_audios, key_mask, tokens.shape[1])
         for layer in self.xattn_layers:
             h = layer(h, mask=self_mask, memory=memory, memory_mask=mem_mask)
         embeds = text + self.xattn_out(self.xattn_norm(h))
         token_index = torch.arange(tokens.shape[1], device=tokens.device)[None, :].expand_as(tokens)
         return DecoderInputs(embeds, tokens_length.to(torch.long), token_index)
+
+    def example_lengths(
+        self, tokens_length: torch.Tensor, audio_length: torch.Tensor, num_audios: torch.Tensor
+    ) -> torch.Tensor:
+        """The example's tokens (BESTOW keeps the text length)."""
+        return tokens_length.to(torch.long)

@@ -3,11 +3,15 @@
 Pre-norm blocks with ``torch.nn.functional.scaled_dot_product_attention``. Linear layers carry
 stable names (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` in attention; ``fc1``, ``fc2`` in
 the MLP) so that LoRA can target them by name. Masks are boolean with ``True`` = may attend.
+Self-attention over packed rows takes :class:`Segments` instead of a mask: each example's
+projected positions are gathered, attend causally among themselves only, and are scattered back,
+so attention never crosses an example boundary and costs what it costs on the examples alone.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,48 @@ def causal_mask(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Where the examples of packed rows ``[R, S]`` lie, for variable-length causal self-attention.
+
+    ``index`` ``[N, W]``: the flat position (``row * S + column``) of each of example ``i``'s
+    ``lengths[i]`` positions (0 beyond its length); ``valid`` ``[N, W]``; ``mask``
+    ``[N, 1, W, W]``: causal within the example, valid keys only (key 0 always, so no attention
+    row is empty); ``shape`` ``(R, S)``.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(
+        cls, rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, shape: tuple[int, int]
+    ) -> Segments:
+        """Examples ``i`` at ``[starts[i], starts[i] + lengths[i])`` of row ``rows[i]`` in ``[R, S]`` rows."""
+        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        col = torch.arange(width, device=lengths.device)
+        valid = col[None, :] < lengths[:, None]
+        flat = (rows * shape[1] + starts)[:, None] + col[None, :]
+        index = torch.where(valid, flat, torch.zeros_like(flat))
+        keys = valid.clone()
+        keys[:, 0] = True
+        mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
+        return cls(index, valid, mask, (int(shape[0]), int(shape[1])))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``[R, S, D]`` -> ``[N, W, D]``: each example's positions (padding holds position 0's)."""
+        return x.reshape(-1, x.shape[-1])[self.index]
+
+    def scatter(self, y: torch.Tensor) -> torch.Tensor:
+        """``[N, W, D]`` -> ``[R, S, D]``: each example's valid positions back in place, 0 elsewhere."""
+        r, s = self.shape
+        out = y.new_zeros((r * s, y.shape[-1]))
+        out = out.index_put((self.index[self.valid],), y[self.valid])
+        return out.view(r, s, -1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention; ``forward(x, memory=None, mask=None)`` (self-attention without memory)."""
 
@@ -58,17 +104,36 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | Segments | None = None,
     ) -> torch.Tensor:
         """``x`` ``[B, N, D]``; ``memory`` ``[B, M, Dkv]`` (default ``x``); ``mask`` broadcastable
-        to ``[B, heads, N, M]``, ``True`` where a query may attend to a key."""
+        to ``[B, heads, N, M]``, ``True`` where a query may attend to a key, or, for self-attention
+        over packed rows, their :class:`Segments`."""
         src = x if memory is None else memory
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
+        q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
+        if isinstance(mask, Segments):
+            if memory is not None:
+                raise ValueError("Segments are for self-attention; cross-attention takes a mask")
+            out = self._attend(mask.gather(q), mask.gather(k), mask.gather(v), mask.mask)
+            return self.out_proj(mask.scatter(out))
+        return self.out_proj(self._attend(q, k, v, mask))
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of projected ``q`` ``[B, N, D]`` over ``k``, ``v`` ``[B, M, D]``: ``[B, N, D]``."""
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         b, h, n, d = out.shape  # explicit sizes: a batch with no audio has b == 0
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        return out.transpose(1, 2).reshape(b, n, h * d)
 
 
 class MLP(nn.Module):
@@ -112,11 +177,12 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | Segments | None = None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``mask`` is the self-attention mask, ``memory_mask`` the cross-attention mask."""
+        """``mask`` is the self-attention mask (or the :class:`Segments` of packed rows),
+        ``memory_mask`` the cross-attention mask."""
         x = x + self.drop(self.self_attn(self.norm1(x), mask=mask))
         if self.cross_attn is not None:
             if memory is None:

@@ -3,7 +3,8 @@
 The LM is driven by *embeddings* (``forward_embeddings``) so that SALM can splice audio frames into
 the input sequence and BESTOW can add its cross-attention output to the text embeddings. Sequences
 are right-padded: with a causal mask every valid query only sees valid keys, so padding needs no
-extra mask.
+extra mask. Packed rows (several examples per row, docs/packing.md) pass each position's index
+within its example and the examples' :class:`~speechdata.train.models.blocks.Segments`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from speechdata.train.models.blocks import TransformerBlock, causal_mask, sinusoidal_positions
+from speechdata.train.models.blocks import Segments, TransformerBlock, causal_mask, sinusoidal_positions
 from speechdata.train.models.config import LLMConfig
 
 
@@ -49,11 +50,24 @@ class TinyGPT(nn.Module):
         so that they are not drowned by the position encodings and audio embeddings at init."""
         return self.embed_tokens(tokens) * self.embed_scale
 
-    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """Right-padded input embeddings ``[B, S, D]`` -> logits ``[B, S, V]`` (causal)."""
-        x = x + sinusoidal_positions(x.shape[1], self.hidden_size, x.device).to(x.dtype)
+    def forward_embeddings(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        segments: Segments | None = None,
+    ) -> torch.Tensor:
+        """Input embeddings ``[B, S, D]`` -> logits ``[B, S, V]`` (causal).
+
+        Right-padded rows by default: position ``j`` of every row has position ``j``. Packed rows
+        give ``positions`` ``[B, S]`` (each example's restarting at 0; the sinusoidal encodings
+        are indexed by them) and their ``segments``, so that no position attends across an
+        example boundary.
+        """
+        width = x.shape[1] if positions is None else int(positions.max()) + 1 if positions.numel() else 1
+        table = sinusoidal_positions(width, self.hidden_size, x.device).to(x.dtype)
+        x = x + (table if positions is None else table[positions])
         x = self.drop(x)
-        mask = causal_mask(x.shape[1], x.device)
+        mask: torch.Tensor | Segments = causal_mask(x.shape[1], x.device) if segments is None else segments
         for layer in self.layers:
             x = layer(x, mask=mask)
         return self.lm_head(self.final_norm(x))

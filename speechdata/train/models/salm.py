@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from speechdata.train.models.base import DecoderInputs, SpeechLM, example_index, scatter_rows
+from speechdata.train.models.base import DecoderInputs, RowLayout, SpeechLM, example_index, scatter_rows
 from speechdata.train.models.config import ModelConfig
 
 
@@ -65,8 +65,10 @@ class SALM(SpeechLM):
         audio_length: torch.Tensor,
         num_audios: torch.Tensor,
         audio_positions: torch.Tensor,
+        layout: RowLayout | None = None,
     ) -> DecoderInputs:
-        """Splice the audio embeddings into the token embeddings (see the module docstring)."""
+        """Splice the audio embeddings into the token embeddings (see the module docstring); a
+        packed row is spliced as one sequence (its audios at their row positions)."""
         b, n_tok = tokens.shape
         text = self.llm.embed(tokens)
         token_index, audio_start, lengths, ex = splice_plan(
@@ -86,3 +88,12 @@ class SALM(SpeechLM):
             audio_part = scatter_rows(audio.to(embeds.dtype), fr_valid, fr_rows, fr_cols, (b, seq, dim))
             embeds = embeds + audio_part
         return DecoderInputs(embeds, lengths, token_index)
+
+    def example_lengths(
+        self, tokens_length: torch.Tensor, audio_length: torch.Tensor, num_audios: torch.Tensor
+    ) -> torch.Tensor:
+        """Tokens plus the frames of the example's audios."""
+        frames = torch.zeros_like(tokens_length, dtype=torch.long).index_add_(
+            0, example_index(num_audios), audio_length.to(torch.long)
+        )
+        return tokens_length.to(torch.long) + frames
