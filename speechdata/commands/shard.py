@@ -69,7 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store only [offset, offset+duration] of each source (re-encoded) and set offset 0",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="processes writing shards in parallel (default 1)"
+        "--workers",
+        type=int,
+        default=1,
+        help="local processes checking the audio headers and (with --executor local) writing shards (default 1)",
     )
     parser.add_argument(
         "--executor",
