@@ -685,6 +685,7 @@ def test_conversations_shard_and_load_tarred(tmp_path: Path, tokenizers, streami
     text = {"conversations": [{"from": "human", "value": "say yes"}, {"from": "gpt", "value": "yes"}]}
     path.write_text(path.read_text() + json.dumps(text) + "\n")
     assert main(["shard", str(path), "--out", str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    assert main(["validate", str(tmp_path / "shards")]) == 0  # every member checked, none orphan
     manifest = tmp_path / "shards" / "tarred_audio_manifest.json"
     shard_lines = [json.loads(x) for x in manifest.read_text().splitlines()]
     assert all("conversations" in x for x in shard_lines if "audio_filepath" not in x)

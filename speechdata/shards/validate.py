@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from speechdata.audio import audio_info, load_audio
 from speechdata.errors import ConfigError, DataError
+from speechdata.lines import ManifestKeys, parse_line
 from speechdata.shards.executors import Executor, LocalExecutor, check_executor, open_executor
 from speechdata.shards.plan import check_span
 from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_sub, tarred_dataset_folders
@@ -236,6 +237,10 @@ def validate_folder(
         report.problems.extend(("orphan", f"{tars[sid]}:{name}: member used by no entry") for name in names)
 
 
+#: How validate reads a conversation line of a tarred manifest (audio names are members).
+_TARRED = ManifestKeys(tarred=True)
+
+
 def _check_entry(
     entry: dict[str, Any],
     where: str,
@@ -246,14 +251,26 @@ def _check_entry(
     sliced: bool,
     report: ValidationReport,
 ) -> None:
-    names = entry_names(entry)
-    if not names:
-        report.problems.append(("bad_line", f"{where}: no audio_filepath"))
-        return
-    n = len(names)
+    if "conversations" in entry:  # a conversation's audios are its audio turns (ShareGPT: sound)
+        try:
+            line = parse_line(entry, _TARRED)
+        except ValueError as e:
+            report.problems.append(("bad_line", f"{where}: {e}"))
+            return
+        names, n = line.audio, len(line.audio)
+        if not n:
+            return  # a text-only example: no member
+        offsets = list(line.offset)
+        durations = list(line.duration) if line.duration is not None else [None] * n
+    else:
+        names = entry_names(entry)
+        if not names:
+            report.problems.append(("bad_line", f"{where}: no audio_filepath"))
+            return
+        n = len(names)
+        offsets = _as_list(entry.get("offset"), n, 0.0)
+        durations = _as_list(entry.get("duration"), n, None)
     sid = entry.get("shard_id")
-    offsets = _as_list(entry.get("offset"), n, 0.0)
-    durations = _as_list(entry.get("duration"), n, None)
     tar_offs = _as_list(entry.get("tar_offset"), n, None)
     tar_sizes = _as_list(entry.get("tar_size"), n, None)
     if not all(len(x) == n for x in (offsets, durations, tar_offs, tar_sizes)):
