@@ -48,6 +48,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from speechdata.errors import ConfigError
+from speechdata.storage.options import RemoteOptions
 
 TRUNCATION_FIELDS = ("context", "answer")
 BUCKETING_STRATEGIES = ("fully_randomized", "synced_randomized", "fixed_order")
@@ -256,6 +257,7 @@ class DatasetConfig:
     bucket_buffer_size: int = 10000
     features: FeatureConfig | None = None
     cache_dir: str | None = None
+    remote: RemoteOptions | None = None
     # sequence packing (docs/packing.md)
     packing: bool = False
     packed_sequence_size: int | None = None
@@ -482,7 +484,7 @@ def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> Dat
     values = _nemo_keys(values, path, known)
     check_keys(values, [*known, *NEMO_ALIASES], path)  # a "did you mean" may name NeMo's names too
     values, tags = expand_input_cfg(values, path)
-    ds = check_section(values, DatasetConfig, path, nested={"features": _features})
+    ds = check_section(values, DatasetConfig, path, nested={"features": _features, "remote": _remote})
     ds.source_tags = tags
     return ds
 
@@ -766,6 +768,16 @@ def split_paths(value: str | Sequence[str] | None) -> list[str]:
     for p in value:  # NeMo's pre-bucketed configs nest one list per bucket
         out.extend(split_paths(p) if isinstance(p, (list, tuple, ListConfig)) else [str(p)])
     return out
+
+
+def _remote(value: Any, path: str) -> RemoteOptions | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{path}: expected a mapping of remote-reading settings (docs/object-storage.md), or null"
+        )
+    return RemoteOptions.from_config(value, path)
 
 
 def _features(value: Any, path: str) -> FeatureConfig | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from speechdata.config import DatasetConfig, dataset_config, load_config, load_yaml
+from speechdata.config import DatasetConfig, dataset_config, load_config, load_yaml, make_dataset_config
 from speechdata.errors import ConfigError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nemo-speechllm-configs.rst"
@@ -113,3 +113,22 @@ def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
         load_yaml("bad.yaml", text="a: 1\n b: [\n")
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_remote_section_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``remote:`` sets the object-storage knobs; a knob it does not set comes from its
+    ``SPEECHDATA_REMOTE_*`` variable, else the default; bad keys and values are one line."""
+    from speechdata.storage.options import RemoteOptions
+
+    monkeypatch.setenv("SPEECHDATA_REMOTE_RETRIES", "9")
+    cfg = make_dataset_config(
+        {"manifest_filepath": "x.jsonl", "remote": {"in_flight": 4, "cache_bytes": 1000}}
+    )
+    assert cfg.remote == RemoteOptions(in_flight=4, cache_bytes=1000, retries=9)
+    assert make_dataset_config({"manifest_filepath": "x.jsonl"}).remote is None
+    with pytest.raises(
+        ConfigError, match=r"dataset\.remote\.in_fligth: unknown key \(did you mean 'in_flight'\?\)"
+    ):
+        make_dataset_config({"manifest_filepath": "x.jsonl", "remote": {"in_fligth": 4}})
+    with pytest.raises(ConfigError, match=r"dataset\.remote\.in_flight: must be >= 1; got 0"):
+        make_dataset_config({"manifest_filepath": "x.jsonl", "remote": {"in_flight": 0}})

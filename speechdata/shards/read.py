@@ -345,7 +345,7 @@ class TarredDataset:
         self._tables: dict[str, dict[str, Member]] = {}
         self._files = OpenFiles()
         self._reader = RangeReader(
-            seed=cfg.seed, cache_dir=None if self.cache_dir is None else str(self.cache_dir)
+            cfg.remote, seed=cfg.seed, cache_dir=None if self.cache_dir is None else str(self.cache_dir)
         )
 
     def shard_path(self, dataset: int, shard_id: int, where: str = "") -> str:

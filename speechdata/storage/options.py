@@ -1,7 +1,8 @@
-"""The knobs of remote reading, from environment variables (one place for their names and defaults).
+"""The knobs of remote reading (one place for their names and defaults).
 
-Until the dataset config has keys for them, each knob is an environment variable read when a
-reader is created (so DataLoader workers see what the main process set):
+A dataset section sets them under ``remote:`` (``remote: {in_flight: 32, cache_bytes: 1e9}``);
+a knob the section does not set comes from its environment variable, read when the config is
+built (readers carry the options to DataLoader workers), else from the default:
 
 =================================  =========  ==========================================================
 variable                           default    meaning
@@ -20,7 +21,9 @@ variable                           default    meaning
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from speechdata.errors import ConfigError
 
@@ -63,3 +66,22 @@ class RemoteOptions:
                 raise ConfigError(f"{name}: must be >= {1 if f.name == 'in_flight' else 0}; got {raw!r}")
             values[f.name] = value
         return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any], path: str = "remote") -> RemoteOptions:
+        """The options of a config section's ``remote:`` mapping, over :meth:`from_env`: keys
+        are the field names (an unknown one is an error with a suggestion), values are checked
+        by :meth:`check`."""
+        from speechdata.config import check_section
+
+        given = check_section(values, cls, path)
+        chosen = {f.name: getattr(given, f.name) for f in fields(cls) if f.name in values}
+        return replace(cls.from_env(), **chosen)
+
+    def check(self, path: str) -> None:
+        """Every knob >= 0, ``in_flight`` >= 1 (``check_section`` calls it)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            low = 1 if f.name == "in_flight" else 0
+            if value < low:
+                raise ConfigError(f"{path}.{f.name}: must be >= {low}; got {value}")
