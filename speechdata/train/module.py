@@ -87,7 +87,8 @@ class SpeechLMModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Masked cross-entropy on the batch; logs loss, lr and consumed_samples."""
         loss, _ = self.model.loss(batch)
-        self.consumed_samples += int(self._sum_over_ranks(batch["tokens"].shape[0]))
+        # examples, not rows: a packed batch (docs/packing.md) has several examples per row
+        self.consumed_samples += int(self._sum_over_ranks(batch["sample_ids"].shape[0]))
         self.log(
             "reduced_train_loss", loss.detach(), on_step=True, prog_bar=True, sync_dist=True, batch_size=1
         )

@@ -136,6 +136,7 @@ class BatchSizes:
     token_lengths: torch.Tensor  # [B]
     token_width: int  # L
     sample_ids: torch.Tensor  # [B]
+    token_rows: int | None = None  # R of a packed batch (docs/packing.md); None: one row per example
 
     @classmethod
     def of(cls, batch: Mapping[str, Any]) -> BatchSizes:
@@ -146,6 +147,7 @@ class BatchSizes:
             batch["tokens_length"],
             int(batch["tokens"].shape[1]),
             batch["sample_ids"],
+            int(batch["tokens"].shape[0]),
         )
 
 
@@ -161,7 +163,7 @@ def count_batches(sizes: Sequence[BatchSizes], num_datasets: int = 0) -> tuple[W
         w.audio_samples += int(sum(audio))
         w.audio_slots += len(audio) * s.audio_width
         w.tokens += int(sum(tokens))
-        w.token_slots += len(tokens) * s.token_width
+        w.token_slots += (len(tokens) if s.token_rows is None else s.token_rows) * s.token_width
         if num_datasets:
             ids += s.sample_ids.tolist()
     return w, dataset_counts(ids, num_datasets)
