@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +80,23 @@ def run_benchmark(
     max_batches: int | None = None,
     command: str = "",
     log: Callable[[str], None] | None = None,
+    peers: Sequence[str] | None = None,
 ) -> BenchResult:
     """Measure speechdata's loader on ``cfg`` (and, with ``compare``, its peers) in fresh processes.
 
     ``tokenizer`` defaults to a small model trained on the manifests' text. ``max_batches`` stops
     every run after that many batches. ``log`` receives one line per run. A tarred dataset is
     compared on its own tars: the floor reads its members by offset, webdataset reads the tars
-    front to back, and lhotse, which has no reader for them, is skipped.
+    front to back, and lhotse, which has no reader for them, is skipped. ``peers`` limits
+    ``compare`` to those peers (speechdata always runs).
     """
     if repeats < 1 or epochs < 1:
         raise ConfigError("--repeats and --epochs must be at least 1")
     if max_batches is not None and max_batches < 1:
         raise ConfigError("--max-batches must be at least 1")
+    unknown = sorted(set(peers or ()) - set(PEERS))
+    if unknown:
+        raise ConfigError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     with tempfile.TemporaryDirectory(prefix="speechdata-bench-") as tmp:
         work = Path(tmp)
         tok = str(tokenizer) if tokenizer else train_default_tokenizer(dataset_index(cfg), cfg, work / "tok")
@@ -127,8 +132,8 @@ def run_benchmark(
             wds_batch_size=wds_batch,
             tarred=cfg.is_tarred,
         )
-        names = PEERS if compare else ("speechdata",)
-        if compare:
+        names = tuple(n for n in PEERS if n == "speechdata" or (compare and (peers is None or n in peers)))
+        if "webdataset" in names:
             base.wds_urls = (
                 sorted({c.path for c in clips})  # the dataset's own tars
                 if cfg.is_tarred

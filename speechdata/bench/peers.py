@@ -123,6 +123,10 @@ class RunFigures:
     padding_fraction: float | None
     peak_rss_mb: float
     drops: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds (user + system) of the process from the clock's start, plus its DataLoader
+    #: workers', over the whole run; unlike the wall clock it hardly moves when other work shares
+    #: the machine
+    cpu_s: float | None = None
 
 
 class Meter:
@@ -136,6 +140,7 @@ class Meter:
         self.cuda = device.startswith("cuda")
         self.clock = clock
         self.t0 = 0.0
+        self.cpu0 = 0.0
         self.times: list[float] = []
         self.seconds: list[float] = []
         self.examples: list[int] = []
@@ -145,6 +150,7 @@ class Meter:
 
     def start(self) -> None:
         """Start the clock (the run's time zero)."""
+        self.cpu0 = cpu_seconds()
         self.t0 = self.clock()
 
     def batch(self, seconds: float, examples: int, audios: int, valid: int = 0, cells: int = 0) -> None:
@@ -193,7 +199,15 @@ class Meter:
             padding_fraction=(1.0 - self.valid / self.cells) if self.cells else None,
             peak_rss_mb=peak_rss_mb(),
             drops=dict(drops or {}),
+            cpu_s=cpu_seconds() - self.cpu0,
         )
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its finished, joined children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def peak_rss_mb() -> float:

@@ -34,6 +34,8 @@ FIGURES = (
     "padding_pct",
     "first_batch_s",
     "peak_rss_mb",
+    "overhead_us",
+    "cpu_us_per_example",
 )
 _HEADERS = (
     "audio s/s",
@@ -43,8 +45,18 @@ _HEADERS = (
     "padding %",
     "first batch s",
     "peak RSS MB",
+    "µs/example over floor",
+    "CPU µs/example",
 )
-_DIGITS = {"audio_s_per_s": 0, "examples_per_s": 1, "padding_pct": 1, "first_batch_s": 3, "peak_rss_mb": 0}
+_DIGITS = {
+    "audio_s_per_s": 0,
+    "examples_per_s": 1,
+    "padding_pct": 1,
+    "first_batch_s": 3,
+    "peak_rss_mb": 0,
+    "overhead_us": 0,
+    "cpu_us_per_example": 0,
+}
 
 
 @dataclass
@@ -147,7 +159,10 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(peers: dict[str, PeerResult]) -> None:
-    """Fill each peer's median figures and its ratios to the floor and to lhotse (from the medians)."""
+    """Fill each peer's median figures, its ratios to the floor and to lhotse, and its time per
+    example beyond the floor's (``overhead_us``: ``1e6 / examples_per_s`` minus the floor's; all
+    from the medians); ``cpu_us_per_example`` is the median over the runs of CPU time (the process
+    and its workers, whole run) per example."""
     for peer in peers.values():
         if peer.skipped is not None:
             continue
@@ -159,6 +174,9 @@ def summarize(peers: dict[str, PeerResult]) -> None:
             "padding_pct": None if pad is None else 100.0 * pad,
             "first_batch_s": _median([r["first_batch_s"] for r in runs]),
             "peak_rss_mb": _median([r["peak_rss_mb"] for r in runs]),
+            "cpu_us_per_example": _median(
+                [1e6 * r["cpu_s"] / r["examples"] if r.get("cpu_s") and r["examples"] else None for r in runs]
+            ),
         }
     for peer in peers.values():
         if peer.skipped is not None:
@@ -168,6 +186,11 @@ def summarize(peers: dict[str, PeerResult]) -> None:
             base = other.figures.get("audio_s_per_s") if other is not None and other.skipped is None else None
             mine = peer.figures["audio_s_per_s"]
             peer.figures[key] = mine / base if base and mine is not None else None
+        # time per example beyond the floor's: what the loader adds to decoding, in microseconds
+        floor = peers.get("floor")
+        base = floor.figures.get("examples_per_s") if floor is not None and floor.skipped is None else None
+        mine = peer.figures["examples_per_s"]
+        peer.figures["overhead_us"] = 1e6 / mine - 1e6 / base if base and mine else None
 
 
 def plot(result: BenchResult, path: str | Path) -> None:
