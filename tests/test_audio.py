@@ -32,17 +32,37 @@ def test_span_reads_only_the_requested_frames(stereo) -> None:
 
 
 def test_span_read_seeks_instead_of_reading_everything(stereo, monkeypatch: pytest.MonkeyPatch) -> None:
+    import speechdata.audio
+
     path, _ = stereo
     asked: list[int] = []
-    real_read = sf.SoundFile.read
+    real_read = speechdata.audio._read
 
-    def spy(self, frames=-1, *args, **kwargs):
+    def spy(f, frames, out):
         asked.append(frames)
-        return real_read(self, frames, *args, **kwargs)
+        return real_read(f, frames, out)
 
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    monkeypatch.setattr(speechdata.audio, "_read", spy)
     load_audio(path, offset=2.0, duration=0.25)
     assert asked == [4000]
+
+
+@pytest.mark.parametrize(("ext", "subtype"), [("flac", "PCM_16"), ("wav", "PCM_24"), ("ogg", "VORBIS")])
+def test_libsndfile_reads_equal_soundfile_read(tmp_path: Path, ext: str, subtype: str) -> None:
+    # one sf_readf_float call (no seek after the read) gives SoundFile.read's samples, mono and stereo
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((16000, 2)) * 0.2).astype(np.float32)
+    for name, audio in (("st", data), ("mono", data[:, 0])):
+        path = tmp_path / f"{name}.{ext}"
+        sf.write(path, audio, 16000, subtype=subtype)
+        with sf.SoundFile(path) as f:
+            f.seek(3000)
+            want = f.read(8000, dtype="float32")
+        want = want if want.ndim == 1 else want.mean(axis=1, dtype=np.float32)
+        out = np.zeros(9000, dtype=np.float32)
+        got = load_audio(path, offset=3000 / 16000, duration=0.5, out=out)
+        np.testing.assert_array_equal(got, want)
+        assert np.shares_memory(got, out)
 
 
 def test_bytes_and_resampling(stereo) -> None:
