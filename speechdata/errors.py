@@ -29,12 +29,13 @@ DROP_REASONS: tuple[str, ...] = (
     "bad_line",
     "missing_audio",
     "decode_error",
+    "read_error",
     "drop_last_tail",
 )
 
 #: Drops that ``on_error: skip`` may swallow (the rest are filters and the planner's
 #: ``drop_last_tail``: always counted, never raised).
-DATA_ERROR_REASONS: frozenset[str] = frozenset({"bad_line", "missing_audio", "decode_error"})
+DATA_ERROR_REASONS: frozenset[str] = frozenset({"bad_line", "missing_audio", "decode_error", "read_error"})
 
 
 class SpeechDataError(Exception):

@@ -213,7 +213,7 @@ def test_last_retry_names_url_and_member_or_counts_drops(
     got = [i for b in _ids(_epochs(skipping, 1)) for i in b]
     in_shard_1 = int((skipping.source.index.shard_id == 1).sum())  # type: ignore[attr-defined]
     assert in_shard_1 > 0
-    assert skipping.report()["missing_audio"] == in_shard_1
+    assert skipping.report()["read_error"] == in_shard_1
     assert len(got) == 24 - in_shard_1
 
 

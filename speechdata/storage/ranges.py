@@ -160,7 +160,7 @@ class RangeReader:
         deadline = self._deadline()
         with self._cond:
             if not self._cond.wait_for(lambda: entry.done, timeout=deadline):
-                raise DataError("missing_audio", span.where, f"no answer within {deadline:.0f} s")
+                raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
             entry.count -= 1
             if entry.count <= 0 and self._entries.get(span) is entry:
                 del self._entries[span]
@@ -279,7 +279,7 @@ class RangeReader:
         except DataError as e:
             error = e
         except Exception as e:  # reported as the range's error, never lost in a thread
-            error = DataError("missing_audio", where, f"{type(e).__name__}: {e}")
+            error = DataError("read_error", where, f"{type(e).__name__}: {e}")
         stored: list[tuple[Span, bytes]] = []
         with self._cond:
             self._running -= 1

@@ -4,7 +4,8 @@ Retried: timeouts, HTTP 408/429/5xx (``SlowDown``, ``ServiceUnavailable``), conn
 resets, and bodies shorter than the range asked for (a connection cut mid-body). Not retried: a
 missing object (404), refused access (401/403), any other 4xx, and a body longer than the range
 (a server that ignores ``Range``). After the last attempt the read fails with one line naming the
-URL, the member and the last error (``DataError("missing_audio")``: counted as a drop with
+URL, the member and the last error (``DataError("read_error")``; an object that is not there or
+not readable is ``missing_audio``: counted as a drop with
 ``on_error: skip``).
 
 The wait before retry ``k`` (``k = 0, 1, ...``) is ``min(max_backoff, backoff * 2**k)`` times a
@@ -175,5 +176,5 @@ def read_range(
     except Exception as e:
         tries = f"after {options.retries + 1} attempts" if retryable(e) else "(not retried)"
         raise DataError(
-            "missing_audio", where, f"bytes {offset}-{offset + size} not read {tries}: {_describe(e)}"
+            "read_error", where, f"bytes {offset}-{offset + size} not read {tries}: {_describe(e)}"
         ) from None
