@@ -47,6 +47,8 @@ MEAN_SHORT_CLIP_S = 2.7
 TARGETS = {"flac_vs_floor": 0.9, "flac_vs_lhotse": 1.3, "wav_vs_floor": 0.6, "first_batch_100k_s": 1.0}
 SHORT_TARGETS = {"short_vs_floor": 0.9, "short_vs_lhotse": 1.5}
 PARTS = ("flac", "wav", "first", "short")
+#: The short-clip part's peers: the floor and speechdata's own decoder first (0 workers runs those two).
+SHORT_PEERS = ("floor", "decoder", "lhotse", "webdataset")
 
 
 def corpus(root: Path, fmt: str, hours: float, *, short: bool = False) -> Path:
@@ -116,8 +118,10 @@ def short_clips(root: Path, args: argparse.Namespace, out: Path) -> None:
     manifest = corpus(root, "flac", args.short_hours, short=True)
     cfg, _ = load_dataset(manifest)
     tok = train_default_tokenizer(dataset_index(cfg), cfg, manifest.parent / "tok")
-    one = bench(manifest, tok, args, compare=True, workers=1, epochs=args.short_epochs)
-    zero = bench(manifest, tok, args, compare=True, workers=0, epochs=args.short_epochs, peers=("floor",))
+    one = bench(manifest, tok, args, compare=True, workers=1, epochs=args.short_epochs, peers=SHORT_PEERS)
+    zero = bench(
+        manifest, tok, args, compare=True, workers=0, epochs=args.short_epochs, peers=SHORT_PEERS[:2]
+    )
     checks = {
         "short_vs_floor": ratio(one, "ratio_to_floor"),
         "short_vs_lhotse": ratio(one, "ratio_to_lhotse"),
@@ -137,17 +141,26 @@ def short_clips(root: Path, args: argparse.Namespace, out: Path) -> None:
         "",
         "## Per-example overhead",
         "",
-        "Time per example beyond the decode floor's (`1e6 / examples_per_s` minus the floor's, medians "
-        "of the same run), and CPU time per example of the whole run (process and workers):",
+        "Time per example beyond the decode floor's and beyond speechdata's own decoder's (`1e6 / "
+        "examples_per_s` minus theirs, medians of the same run), and CPU time per example of the "
+        "whole run (process and workers; the workers' part in brackets):",
         "",
-        "| workers | µs/example over floor | CPU µs/example | floor CPU µs/example |",
-        "|---:|---:|---:|---:|",
+        "| workers | µs/example over floor | µs/example over speechdata decoder | CPU µs/example "
+        "(workers) | decoder CPU µs/example | floor CPU µs/example |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for w, res in ((0, zero), (1, one)):
-        sd, fl = res.peers["speechdata"].figures, res.peers["floor"].figures
+        sd, fl, dec = (res.peers[n].figures for n in ("speechdata", "floor", "decoder"))
+        over_dec = (
+            1e6 / sd["examples_per_s"] - 1e6 / dec["examples_per_s"]
+            if sd.get("examples_per_s") and dec.get("examples_per_s")
+            else None
+        )
         cells = [
             _us(sd.get("overhead_us")),
-            _us(sd.get("cpu_us_per_example")),
+            _us(over_dec),
+            f"{_us(sd.get('cpu_us_per_example'))} ({_us(sd.get('worker_cpu_us_per_example'))})",
+            _us(dec.get("cpu_us_per_example")),
             _us(fl.get("cpu_us_per_example")),
         ]
         lines.append(f"| {w} | " + " | ".join(cells) + " |")

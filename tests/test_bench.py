@@ -26,6 +26,8 @@ RUN_FIGURES = (
     "wall_s",
     "first_batch_s",
     "padding_fraction",
+    "cpu_s",
+    "child_cpu_s",
 )
 
 
@@ -125,6 +127,27 @@ def test_every_peer_accounts_for_the_same_audio(report: Report, corpus: Corpus) 
         assert run["audios"] == clips, name
         assert run["audio_seconds"] == pytest.approx(seconds, rel=1e-3), name
         assert run["drops"] == {}
+
+
+def test_decoder_peer_and_the_per_example_figures(corpus: Corpus) -> None:
+    from speechdata.errors import ConfigError
+
+    cfg, _ = bench.load_dataset(corpus.manifest, ["audio_locator='|audio|'", "batch_duration=12"])
+    result = bench.run_benchmark(cfg, compare=True, repeats=1, peers=("floor", "decoder"))
+    peers = result.peers
+    assert list(peers) == ["speechdata", "floor", "decoder"]  # asked for by name only
+    sd, floor, dec = (peers[n].runs[0] for n in ("speechdata", "floor", "decoder"))
+    assert (dec["examples"], dec["audios"]) == (floor["examples"], floor["audios"])
+    assert dec["audio_seconds"] == pytest.approx(floor["audio_seconds"], rel=1e-9)  # the same spans
+    f = peers["speechdata"].figures
+    per_floor = 1e6 / peers["floor"].figures["examples_per_s"]
+    assert f["overhead_us"] == pytest.approx(1e6 / f["examples_per_s"] - per_floor, rel=1e-9)
+    # one worker: part of the run's CPU time is the worker's
+    assert 0 < sd["child_cpu_s"] < sd["cpu_s"] and floor["child_cpu_s"] == 0
+    assert f["cpu_us_per_example"] == pytest.approx(1e6 * sd["cpu_s"] / sd["examples"])
+    assert f["worker_cpu_us_per_example"] == pytest.approx(1e6 * sd["child_cpu_s"] / sd["examples"])
+    with pytest.raises(ConfigError, match="unknown peer"):
+        bench.run_benchmark(cfg, compare=True, peers=("nope",))
 
 
 def test_missing_peer_is_reported_as_skipped(

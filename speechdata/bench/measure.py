@@ -39,7 +39,7 @@ from speechdata.bench.corpus import (
     train_default_tokenizer,
     warm_page_cache,
 )
-from speechdata.bench.peers import LABELS, LHOTSE_BUCKETS, NO_TARRED, PEERS, Job
+from speechdata.bench.peers import LABELS, LHOTSE_BUCKETS, NO_TARRED, ON_REQUEST, PEERS, Job
 from speechdata.bench.report import BenchResult, PeerResult, machine_info, summarize
 from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, SpeechDataError
@@ -87,8 +87,9 @@ def run_benchmark(
     ``tokenizer`` defaults to a small model trained on the manifests' text. ``max_batches`` stops
     every run after that many batches. ``log`` receives one line per run. A tarred dataset is
     compared on its own tars: the floor reads its members by offset, webdataset reads the tars
-    front to back, and lhotse, which has no reader for them, is skipped. ``peers`` limits
-    ``compare`` to those peers (speechdata always runs).
+    front to back, and lhotse, which has no reader for them, is skipped. ``peers`` names the
+    peers ``compare`` runs (speechdata always runs); by default all but
+    :data:`~speechdata.bench.peers.ON_REQUEST`.
     """
     if repeats < 1 or epochs < 1:
         raise ConfigError("--repeats and --epochs must be at least 1")
@@ -132,7 +133,11 @@ def run_benchmark(
             wds_batch_size=wds_batch,
             tarred=cfg.is_tarred,
         )
-        names = tuple(n for n in PEERS if n == "speechdata" or (compare and (peers is None or n in peers)))
+        names = tuple(
+            n
+            for n in PEERS
+            if n == "speechdata" or (compare and (n in peers if peers is not None else n not in ON_REQUEST))
+        )
         if "webdataset" in names:
             base.wds_urls = (
                 sorted({c.path for c in clips})  # the dataset's own tars

@@ -13,6 +13,9 @@ budget:
 * ``floor``: soundfile decoding of exactly the clip spans (seek + read), one process, no batching;
   a tarred dataset's clips are decoded from their members' bytes, read from the tar by offset
   (``os.pread``).
+* ``decoder`` (only when asked for by name): the same spans decoded by speechdata's own decoder
+  (:func:`speechdata.audio.load_audio`), one process, no batching; the loader's time beyond it is
+  what batching, text and the hand-over cost.
 * ``lhotse``: an in-memory CutSet (``Recording`` + ``MonoCut`` per clip), lhotse's
   ``DynamicBucketingSampler`` (30 buckets, shuffled, seeded) and ``collate_audio`` in a
   ``torch.utils.data.DataLoader`` with the same workers. lhotse has no reader for NeMo tarred
@@ -56,10 +59,18 @@ import torch
 from speechdata.bench.clips import Clip, TarReader, decode_span, load_clips, to_mono, wds_name
 from speechdata.errors import SpeechDataError
 
-#: Peer names in report order.
-PEERS = ("speechdata", "floor", "lhotse", "webdataset")
+#: Peer names in report order (``--compare`` runs all but :data:`ON_REQUEST`).
+PEERS = ("speechdata", "floor", "decoder", "lhotse", "webdataset")
+#: Peers run only when asked for by name (``run_benchmark(peers=...)``).
+ON_REQUEST = ("decoder",)
 #: How the report names each peer.
-LABELS = {"speechdata": "speechdata", "floor": "decode floor", "lhotse": "lhotse", "webdataset": "webdataset"}
+LABELS = {
+    "speechdata": "speechdata",
+    "floor": "decode floor",
+    "decoder": "speechdata decoder",
+    "lhotse": "lhotse",
+    "webdataset": "webdataset",
+}
 #: Buckets of lhotse's DynamicBucketingSampler (fewer when the corpus has fewer clips).
 LHOTSE_BUCKETS = 30
 #: Why a peer is skipped on a tarred dataset (the peers not named here read one).
@@ -127,6 +138,8 @@ class RunFigures:
     #: workers', over the whole run; unlike the wall clock it hardly moves when other work shares
     #: the machine
     cpu_s: float | None = None
+    #: the part of ``cpu_s`` spent in child processes (the DataLoader workers)
+    child_cpu_s: float | None = None
 
 
 class Meter:
@@ -140,7 +153,7 @@ class Meter:
         self.cuda = device.startswith("cuda")
         self.clock = clock
         self.t0 = 0.0
-        self.cpu0 = 0.0
+        self.cpu0 = self.child_cpu0 = 0.0
         self.times: list[float] = []
         self.seconds: list[float] = []
         self.examples: list[int] = []
@@ -150,7 +163,7 @@ class Meter:
 
     def start(self) -> None:
         """Start the clock (the run's time zero)."""
-        self.cpu0 = cpu_seconds()
+        self.cpu0, self.child_cpu0 = cpu_seconds(), cpu_seconds(children_only=True)
         self.t0 = self.clock()
 
     def batch(self, seconds: float, examples: int, audios: int, valid: int = 0, cells: int = 0) -> None:
@@ -200,14 +213,19 @@ class Meter:
             peak_rss_mb=peak_rss_mb(),
             drops=dict(drops or {}),
             cpu_s=cpu_seconds() - self.cpu0,
+            child_cpu_s=cpu_seconds(children_only=True) - self.child_cpu0,
         )
 
 
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its finished, joined children."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(*, children_only: bool = False) -> float:
+    """CPU seconds (user + system) used so far by this process and its finished, joined children
+    (only the children's with ``children_only``)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = children.ru_utime + children.ru_stime
+    if not children_only:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        total += own.ru_utime + own.ru_stime
+    return total
 
 
 def peak_rss_mb() -> float:
@@ -220,18 +238,24 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------ peers
 
 
+def _budget(job: Job, clips: Sequence[Clip]) -> float | None:
+    """Seconds of audio an unbatched run decodes under ``max_batches`` (as much as that many full
+    batches hold), or None for whole epochs."""
+    if job.max_batches is None:
+        return None
+    per_batch = (
+        job.batch_duration
+        if job.batch_duration is not None
+        else job.batch_size * np.mean([c.seconds for c in clips])
+    )
+    return job.max_batches * float(per_batch)
+
+
 def run_floor(job: Job, meter: Meter) -> RunFigures:
     """Decode every clip span with soundfile (seek + read), in manifest order, one process; a tar
     member's bytes are read by offset and decoded from memory."""
     clips = load_clips(job.clips_file)
-    budget = None
-    if job.max_batches is not None:
-        per_batch = (
-            job.batch_duration
-            if job.batch_duration is not None
-            else job.batch_size * np.mean([c.seconds for c in clips])
-        )
-        budget = job.max_batches * float(per_batch)
+    budget = _budget(job, clips)
     members = TarReader()
     meter.start()
     done = 0.0
@@ -242,6 +266,31 @@ def run_floor(job: Job, meter: Meter) -> RunFigures:
                 seconds = decode_span(audio, c.start, c.frames).shape[0] / c.sample_rate
                 done += seconds
                 meter.batch(seconds, int(c.clip == 0), 1)
+                if budget is not None and done >= budget:
+                    return meter.figures(batched=False)
+    finally:
+        members.close()
+    return meter.figures(batched=False)
+
+
+def run_decoder(job: Job, meter: Meter) -> RunFigures:
+    """The floor's clip spans decoded by speechdata's own decoder (:func:`speechdata.audio.load_audio`,
+    at the file's rate), one process, no batching: the decode the loader's workers do, without
+    the rest of the loader."""
+    from speechdata.audio import load_audio
+
+    clips = load_clips(job.clips_file)
+    budget = _budget(job, clips)
+    members = TarReader()
+    meter.start()
+    done = 0.0
+    try:
+        for _ in range(job.epochs):
+            for c in clips:
+                audio = members.clip(c) if c.member else c.path
+                x = load_audio(audio, offset=c.start / c.sample_rate, duration=c.frames / c.sample_rate)
+                done += x.shape[0] / c.sample_rate
+                meter.batch(x.shape[0] / c.sample_rate, int(c.clip == 0), 1)
                 if budget is not None and done >= budget:
                     return meter.figures(batched=False)
     finally:
@@ -432,6 +481,7 @@ def run_webdataset(job: Job, meter: Meter) -> RunFigures:
 RUNNERS = {
     "speechdata": run_speechdata,
     "floor": run_floor,
+    "decoder": run_decoder,
     "lhotse": run_lhotse,
     "webdataset": run_webdataset,
 }
@@ -439,6 +489,7 @@ RUNNERS = {
 IMPORTS = {
     "speechdata": ("speechdata.loader",),
     "floor": (),
+    "decoder": ("speechdata.audio",),
     "lhotse": ("lhotse", "lhotse.dataset", "lhotse.dataset.collation"),
     "webdataset": ("webdataset", "soxr"),
 }

@@ -162,7 +162,7 @@ def summarize(peers: dict[str, PeerResult]) -> None:
     """Fill each peer's median figures, its ratios to the floor and to lhotse, and its time per
     example beyond the floor's (``overhead_us``: ``1e6 / examples_per_s`` minus the floor's; all
     from the medians); ``cpu_us_per_example`` is the median over the runs of CPU time (the process
-    and its workers, whole run) per example."""
+    and its workers, whole run) per example, ``worker_cpu_us_per_example`` the workers' part."""
     for peer in peers.values():
         if peer.skipped is not None:
             continue
@@ -176,6 +176,14 @@ def summarize(peers: dict[str, PeerResult]) -> None:
             "peak_rss_mb": _median([r["peak_rss_mb"] for r in runs]),
             "cpu_us_per_example": _median(
                 [1e6 * r["cpu_s"] / r["examples"] if r.get("cpu_s") and r["examples"] else None for r in runs]
+            ),
+            "worker_cpu_us_per_example": _median(
+                [
+                    1e6 * r["child_cpu_s"] / r["examples"]
+                    if r.get("child_cpu_s") is not None and r["examples"]
+                    else None
+                    for r in runs
+                ]
             ),
         }
     for peer in peers.values():
