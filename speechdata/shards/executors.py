@@ -183,7 +183,8 @@ class RayExecutor:
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                # every task finished by now (one call per half second, not one per task)
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
                 for ref in done:
                     k = where[ref]
                     results[k] = _ray_get(ray, ref)
