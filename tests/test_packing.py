@@ -19,6 +19,7 @@ from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost
 from speechdata.sampling.plan import BatchSampler, plan_epoch
 from speechdata.sampling.tokens import Measures, TokenCounts, filter_tokens
 from speechdata.train.models import build_model, masked_cross_entropy
+from speechdata.train.models.encoder import length_groups
 from tests.test_train_models import tiny_config
 
 
@@ -287,3 +288,27 @@ def test_attention_does_not_cross_examples() -> None:
         a.logits[0, last : last + int(lengths[3])], b.logits[0, last : last + int(lengths[3])]
     )
     assert not torch.allclose(a.logits[0, first_two:last], b.logits[0, first_two:last])
+
+
+def test_each_audio_is_encoded_on_its_own() -> None:
+    """An audio's embeddings do not depend on its batch mates (padding, length groups)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("salm")).float().eval()
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (900, 4000, 1000, 2600, 4100)]
+    width = max(c.size for c in clips)
+    signal = torch.zeros(len(clips), width)
+    for i, c in enumerate(clips):
+        signal[i, : c.size] = torch.from_numpy(c)
+    lengths = torch.tensor([c.size for c in clips])
+    assert len(length_groups(lengths)) > 1
+    with torch.no_grad():
+        together, together_len = model.perception({"audio_signal": signal, "audio_signal_length": lengths})
+        for i, c in enumerate(clips):
+            alone, alone_len = model.perception(
+                {"audio_signal": torch.from_numpy(c)[None], "audio_signal_length": lengths[i : i + 1]}
+            )
+            n = int(alone_len[0])
+            assert int(together_len[i]) == n
+            assert torch.allclose(together[i, :n], alone[0, :n], atol=1e-5)
+            assert not together[i, n:].any()  # nothing beyond its length

@@ -8,6 +8,8 @@ width) -> ``[A, F', D_lm]`` audio embeddings with their lengths.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,12 +62,19 @@ class ConvSubsampling(nn.Module):
         self.out = nn.Linear(channels * freq, d_model)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[A, n_mels, F]`` -> ``[A, ceil(F/8), d_model]`` and subsampled lengths."""
+        """``[A, n_mels, F]`` -> ``[A, ceil(F/8), d_model]`` and subsampled lengths.
+
+        Frames beyond each audio's length are zeroed after every convolution, so an audio's
+        output does not depend on how much padding its batch gives it.
+        """
         x = feats.transpose(1, 2)[:, None]  # [A, 1, F, n_mels]
-        x = self.conv(x)  # [A, C, F', M']
+        for k in range(0, len(self.conv), 2):
+            x = self.conv[k + 1](self.conv[k](x))  # conv, ReLU: [A, C, F', M']
+            lengths = subsampled_lengths(lengths, 1)
+            x = x * length_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
         a, c, f, m = x.shape
         x = self.out(x.permute(0, 2, 1, 3).reshape(a, f, c * m))
-        return x, subsampled_lengths(lengths)
+        return x, lengths
 
 
 class AudioEncoder(nn.Module):
@@ -134,12 +143,65 @@ class Perception(nn.Module):
         """Audio embeddings ``[A, F', D_lm]`` and lengths ``[A]`` for a batch (docs/batch.md).
 
         Uses ``audio_features`` / ``audio_features_length`` when present, else computes log-mel
-        from ``audio_signal`` / ``audio_signal_length``.
+        from ``audio_signal`` / ``audio_signal_length``. The audios are encoded in groups of
+        similar length (:func:`length_groups`), each group cut to its longest audio: every audio
+        is encoded on its own (masks, zero padding), so the result is the one of the whole batch
+        at once, without computing the padding of short audios next to long ones.
         """
-        if batch.get("audio_features") is not None:
-            feats, lengths = batch["audio_features"], batch["audio_features_length"]
+        features = batch.get("audio_features") is not None
+        if features:
+            signal, lengths = batch["audio_features"], batch["audio_features_length"]
         else:
-            feats, lengths = self.preprocessor(batch["audio_signal"], batch["audio_signal_length"])
+            signal, lengths = batch["audio_signal"], batch["audio_signal_length"]
+        groups = length_groups(lengths)
+        if len(groups) <= 1:
+            return self._encode(signal, lengths, features)
+        parts = []
+        for idx in groups:
+            width = int(lengths[idx].max())
+            parts.append((idx, *self._encode(signal[idx, ..., :width], lengths[idx], features)))
+        frames = max(p[1].shape[1] for p in parts)
+        first = parts[0][1]
+        out = first.new_zeros((signal.shape[0], frames, first.shape[-1]))
+        out_len = lengths.new_zeros(signal.shape[0])
+        for idx, emb, emb_len in parts:
+            out[idx, : emb.shape[1]] = emb
+            out_len[idx] = emb_len
+        return out, out_len
+
+    def _encode(
+        self, signal: torch.Tensor, lengths: torch.Tensor, features: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of audios (``features``: their log-mel features) padded to one width."""
+        if features:
+            feats = signal
+        else:
+            feats, lengths = self.preprocessor(signal, lengths)
         dtype = next(self.encoder.parameters()).dtype
         enc, enc_len = self.encoder(feats.to(dtype), lengths)
         return self.modality_adapter(enc, enc_len), enc_len
+
+
+#: An audio joins the current group while it is at least this fraction of the group's longest
+#: (so a group's padding stays under a quarter of its samples), and at most this many groups.
+GROUP_RATIO, MAX_GROUPS = 0.75, 8
+
+
+def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The audios ``[A]`` in groups of similar length: indices by decreasing length, a new group
+    when an audio is shorter than :data:`GROUP_RATIO` of its group's longest (the last of
+    :data:`MAX_GROUPS` groups takes the rest). One group when that saves nothing."""
+    n = int(lengths.numel())
+    if n <= 1:
+        return [torch.arange(n, device=lengths.device)]
+    values, order = torch.sort(lengths, descending=True, stable=True)
+    vals = values.tolist()
+    cuts, top = [0], vals[0]
+    for i, v in enumerate(vals):
+        if v < GROUP_RATIO * top and len(cuts) < MAX_GROUPS:
+            cuts.append(i)
+            top = v
+    if len(cuts) == 1:
+        return [torch.arange(n, device=lengths.device)]
+    bounds = [*cuts, n]
+    return [order[a:b] for a, b in itertools.pairwise(bounds)]

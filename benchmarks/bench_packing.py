@@ -1,0 +1,270 @@
+"""Sequence packing against padded batches: tokens per second of the tiny SALM training step.
+
+Run: ``python benchmarks/bench_packing.py [--n 1200] [--repeats 3] [--row-tokens 1024] [--rows 2]
+[--speech auto] [--out benchmarks/results/packing.md]``
+
+The corpus is built by the benchmark (:func:`speechdata.testing.make_corpus`: espeak-ng speech
+when installed, else the tone alphabet; 16 kHz WAV, 0.5-12 s clips, 15% of the examples with 2-3
+clips; seeded), with a SentencePiece tokenizer trained on its text. Three loaders read the same
+examples (``configs/salm_tiny.yaml``'s prompt keys, ``token_equivalent_duration: 0.08``, the
+tiny SALM's 80 ms encoder frames; ``drop_last: false``, so every example is in every epoch):
+
+* ``fixed``: NeMo-style fixed micro-batches, ``micro_batch_size`` examples without bucketing,
+  the size chosen so that a batch holds about as many tokens as a packed batch;
+* ``bucketed``: NeMo 2.x 2D buckets (``use_multimodal_sampling``, 2D ``bucket_duration_bins``
+  estimated as ``speechdata inspect`` suggests them) with dynamic batches of ``batch_tokens`` =
+  ``rows × row-tokens``;
+* ``packed``: ``packing: true``, ``rows`` rows of ``packed_sequence_size`` = ``row-tokens``.
+
+Each loader's epoch is built once (``num_workers: 0``). Then the tiny SALM (the config's model,
+float32, one torch thread, the same initial weights for every run) trains one pass over each
+epoch's batches: forward, backward, AdamW step, timed with ``time.perf_counter``; the passes are
+interleaved (fixed, bucketed, packed, fixed, ...) ``--repeats`` times. Reported per loader: the
+median tokens per second (the LLM's real positions, text tokens plus spliced audio frames, over
+the step time), the ratio to ``bucketed`` per repeat (median, min, max), steps, and the padding
+fractions of the LLM input (positions the model computes that hold no example), of the text
+tokens (``tokens``) and of the audio (``audio_signal``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOCATOR = "|audio|"
+NAMES = ("fixed", "bucketed", "packed")
+
+
+def build_corpus(work: Path, n: int, speech: str, seed: int) -> tuple[str, str, int]:
+    """The corpus's manifest, its tokenizer and the vocabulary size."""
+    from speechdata.testing import make_corpus
+    from speechdata.text.tokenizer import train_tokenizer
+
+    corpus = make_corpus(
+        work / "corpus",
+        n=n,
+        seed=seed,
+        speech=speech,
+        formats=("wav",),
+        sample_rates=(16000,),
+        stereo_fraction=0.0,
+        multi_audio_fraction=0.15,
+        shared_source_fraction=0.0,
+        min_duration=0.5,
+        max_duration=12.0,
+        locator=LOCATOR,
+    )
+    texts = [f"Q: {e['context']}\nA: {e['answer']}" for e in corpus.entries]
+    tok = train_tokenizer(texts, work / "tok", vocab_size=512, user_symbols=[LOCATOR], seed=seed)
+    return str(corpus.manifest), str(work / "tok" / "tokenizer.model"), tok.vocab_size
+
+
+def section(manifest: str, kind: str, rows: int, row_tokens: int, micro: int) -> dict[str, Any]:
+    """The ``train_ds`` keys of one loader (see the module docstring)."""
+    base: dict[str, Any] = {
+        "manifest_filepath": manifest,
+        "shuffle": True,
+        "seed": 7,
+        "num_workers": 0,
+        "drop_last": False,
+        "max_seq_length": 512,
+        "add_bos": True,
+        "add_eos": True,
+        "prompt_template": "Q: {context}\nA: {answer}",
+        "audio_locator": LOCATOR,
+        "max_duration": 12.0,
+        "min_duration": 0.1,
+        "token_equivalent_duration": 0.08,
+    }
+    if kind == "fixed":
+        return {**base, "micro_batch_size": micro}
+    if kind == "bucketed":
+        return {**base, "use_multimodal_sampling": True, "batch_tokens": rows * row_tokens}
+    return {**base, "packing": True, "packed_sequence_size": row_tokens, "micro_batch_size": rows}
+
+
+def epoch_batches(ds: dict[str, Any], tokenizer: str) -> list[dict[str, Any]]:
+    """One epoch of the loader's batches."""
+    from speechdata import build_dataloader
+
+    return list(build_dataloader({"model": {"train_ds": ds}}, tokenizer))
+
+
+def bins_2d(manifest: str, tokenizer: str, ds: dict[str, Any]) -> list[list[float]]:
+    """2D bins over (input tokens, output tokens) as ``speechdata inspect`` suggests them."""
+    from speechdata import build_dataloader
+    from speechdata.sampling import estimate_bins_2d
+
+    probe = build_dataloader(
+        {"model": {"train_ds": {**ds, "batch_tokens": None, "micro_batch_size": 4}}}, tokenizer
+    )
+    assert probe.measures is not None
+    first, second = probe.measures.axes()
+    keep = probe.keep
+    return estimate_bins_2d(first[keep], second[keep], 6, 2).tolist()
+
+
+def figures(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Real LLM positions, LLM slots, text tokens and slots, audio samples and slots."""
+    from speechdata.batch import is_packed
+    from speechdata.train.models.base import RowLayout
+    from speechdata.train.models.encoder import subsampled_lengths
+
+    hop = round(model.cfg.features.window_stride * model.cfg.sample_rate)
+    out = dict.fromkeys(("llm", "llm_slots", "text", "text_slots", "audio", "audio_slots", "examples"), 0.0)
+    for b in batches:
+        frames = subsampled_lengths(1 + b["audio_signal_length"] // hop)
+        per_example = model.example_lengths(b["tokens_length"], frames, b["num_audios"])
+        if is_packed(b):
+            layout = RowLayout.of(b)
+            rows = torch.zeros(b["tokens"].shape[0], dtype=torch.long).index_add_(
+                0, layout.example_row, per_example
+            )
+        else:
+            rows = per_example
+        out["llm"] += float(per_example.sum())
+        out["llm_slots"] += float(rows.numel() * rows.max())
+        out["text"] += float(b["tokens_length"].sum())
+        out["text_slots"] += float(b["tokens"].numel())
+        out["audio"] += float(b["audio_signal_length"].sum())
+        out["audio_slots"] += float(b["audio_signal"].numel())
+        out["examples"] += float(b["sample_ids"].numel())
+    return out
+
+
+def train_pass(model: Any, state: dict[str, Any], batches: list[dict[str, Any]]) -> float:
+    """Seconds of one training pass over ``batches`` from the initial weights ``state``."""
+    model.load_state_dict(state)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    started = time.perf_counter()
+    for b in batches:
+        loss, _ = model.loss(b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--row-tokens", type=int, default=1024)
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--speech", default="auto", choices=("auto", "espeak", "tones"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from omegaconf import OmegaConf
+
+    from speechdata.train.models import build_model, model_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        manifest, tokenizer, vocab = build_corpus(work, args.n, args.speech, args.seed)
+        corpus_s = time.perf_counter() - t0
+        probe = section(manifest, "packed", args.rows, args.row_tokens, 1)
+        from speechdata import build_dataloader
+
+        loader = build_dataloader({"model": {"train_ds": probe}}, tokenizer)
+        assert loader.measures is not None
+        mean_tokens = float(loader.measures.tokens[loader.keep].mean())
+        micro = max(1, round(args.rows * args.row_tokens / mean_tokens))
+        sections = {k: section(manifest, k, args.rows, args.row_tokens, micro) for k in NAMES}
+        sections["bucketed"]["bucket_duration_bins"] = bins_2d(manifest, tokenizer, sections["bucketed"])
+        batches = {k: epoch_batches(v, tokenizer) for k, v in sections.items()}
+
+        cfg = OmegaConf.load(ROOT / "configs" / "salm_tiny.yaml")
+        tok = loader.tokenizer
+        mcfg = model_config(
+            cfg.model, vocab_size=vocab, pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id
+        )
+        torch.manual_seed(0)
+        model = build_model(mcfg).float()
+        for m in model.modules():  # dropout off: every run computes the same thing per example
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        figs = {k: figures(model, v) for k, v in batches.items()}
+        ids = {k: sorted(int(i) for b in v for i in b["sample_ids"].tolist()) for k, v in batches.items()}
+        if not ids["fixed"] == ids["bucketed"] == ids["packed"]:
+            raise SystemExit("the three loaders did not read the same examples")
+        train_pass(model, state, batches["packed"][:2])  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in NAMES}
+        for _ in range(args.repeats):
+            for k in NAMES:
+                times[k].append(train_pass(model, state, batches[k]))
+
+    lines = report(args, figs, times, {k: len(v) for k, v in batches.items()}, micro, corpus_s, mean_tokens)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    figs: dict[str, dict[str, float]],
+    times: dict[str, list[float]],
+    steps: dict[str, int],
+    micro: int,
+    corpus_s: float,
+    mean_tokens: float,
+) -> list[str]:
+    """The results file's lines (markdown)."""
+    cmd = " ".join(["python benchmarks/bench_packing.py", *sys.argv[1:]])
+    lines = [
+        "# Sequence packing: tiny SALM training step, packed vs padded",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Machine: {os.cpu_count()} cores, one torch thread, torch {torch.__version__}; corpus of "
+        f"{args.n} examples built in {corpus_s:.0f} s (`--speech {args.speech}`), mean "
+        f"{mean_tokens:.0f} tokens per example (text + audio tokens at 0.08 s).",
+        "",
+        f"Budgets: packed = {args.rows} rows of {args.row_tokens} tokens; bucketed = batch_tokens "
+        f"{args.rows * args.row_tokens} over 2D bins; fixed = {micro} examples per batch.",
+        "",
+        "| loader | steps | examples | LLM tokens/s (median) | vs bucketed (median, min-max) | LLM padding | text padding | audio padding |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = times["bucketed"]
+    for k in NAMES:
+        f = figs[k]
+        rates = [f["llm"] / t for t in times[k]]
+        ratios = [b / t for b, t in zip(base, times[k], strict=True)]
+        lines.append(
+            f"| {k} | {steps[k]} | {int(f['examples'])} | {statistics.median(rates):,.0f} | "
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+            f"{1 - f['llm'] / f['llm_slots']:.1%} | {1 - f['text'] / f['text_slots']:.1%} | "
+            f"{1 - f['audio'] / f['audio_slots']:.1%} |"
+        )
+    lines += [
+        "",
+        "Pass times in seconds, in run order per loader: "
+        + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in times[k]) for k in NAMES)
+        + ".",
+        "",
+        "LLM padding: positions of the LLM input (rows x longest spliced row, text tokens and 80 ms "
+        "audio frames) that hold no example. Text padding: `tokens` slots without a token. Audio "
+        "padding: `audio_signal` samples beyond each clip (the encoder sees each audio on its own row).",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
