@@ -21,6 +21,8 @@ costs), stopped by a callback after the first step past the budget. Runs go two 
 Usage::
 
     python benchmarks/learning_check_speech.py --cpu-minutes 20 --out benchmarks/results/learning_speech_salm.json
+
+writes the JSON and, beside it, the same table with a few held-out transcripts as Markdown (``.md``).
 """
 
 from __future__ import annotations
@@ -294,6 +296,28 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def write_markdown(payload: dict[str, Any], path: Path) -> None:
+    """The results table, the command's settings and a few held-out transcripts as Markdown."""
+    flags = []
+    for key, value in payload["settings"].items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not None and value is not False and value != []:
+            flags.append(f"{flag} {' '.join(value) if isinstance(value, list) else value}")
+    command = "python benchmarks/learning_check_speech.py " + " ".join(flags)
+    out = ["# Learning check on speech conversations", "", f"`{command}`", "", *payload["table"]]
+    for r in payload["runs"]:
+        kind = "control" if r["control"] else "matched"
+        out += [
+            "",
+            f"Held-out transcripts, {r['arch']} {kind} (reference / greedy hypothesis, JSON strings):",
+            "",
+        ]
+        out += [f"- `{json.dumps(s['reference'])}` / `{json.dumps(s['hypothesis'])}`" for s in r["samples"]]
+    path.write_text("\n".join(out) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check and print a table (and write JSON with ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -386,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         payload = {"settings": vars(args), "data": data, "runs": results, "table": lines}
         Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        write_markdown(payload, Path(args.out).with_suffix(".md"))
     return 0
 
 
