@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="NeMo JSONL manifest(s)")
     parser.add_argument(
-        "--out", help="output folder (default: <manifest stem>_tarred beside the first manifest)"
+        "--out",
+        help="output folder (default: <manifest stem>_tarred beside the first manifest), or an "
+        "object-storage URL (s3://bucket/path, ...): written to a local staging folder in the cache "
+        "folder, then uploaded object by object, the manifests and metadata last",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num-shards", type=int, help="number of tar shards (per bucket)")

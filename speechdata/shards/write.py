@@ -24,7 +24,9 @@ loader's rule and message). Entries sharing a source file are kept together in o
 file is stored once; shard sizes differ by at most one entry (nothing is dropped but by the
 duration filters and, with ``--on-error skip``, bad entries, all counted). Each shard is written
 to ``audio_i.tar.tmp``, fsynced and renamed, then its manifest and marker are written: a rerun
-after a crash skips finished shards and produces the same bytes.
+after a crash skips finished shards and produces the same bytes. An output folder that is an
+object-storage URL is written to a local staging folder, then uploaded object by object, the
+manifests and metadata last (:mod:`speechdata.shards.upload`).
 
 Example::
 
@@ -64,6 +66,8 @@ from speechdata.shards.plan import (
     read_entries,
 )
 from speechdata.shards.tarfmt import TarWriter, atomic_write_bytes, fsync_dir
+from speechdata.shards.upload import staging_folder, upload_dataset
+from speechdata.storage.fs import is_remote
 
 MARKER_DIR = ".speechdata"
 
@@ -72,7 +76,7 @@ MARKER_DIR = ".speechdata"
 class ShardReport:
     """What a job wrote: ``datasets`` are the NeMo dataset folders (one per bucket)."""
 
-    out_dir: Path
+    out_dir: Path | str  # a URL when the output went to object storage
     datasets: list[Path]
     entries: int = 0
     seconds: float = 0.0
@@ -311,7 +315,11 @@ def write_shards(
     if not manifests:
         raise ConfigError("speechdata shard: give at least one manifest")
     first = Path(manifests[0])
-    out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
+    url = str(out_dir) if out_dir is not None and is_remote(str(out_dir)) else None
+    if url is not None:  # written here, then uploaded (speechdata.shards.upload)
+        out = staging_folder(url)
+    else:
+        out = Path(out_dir) if out_dir is not None else first.parent / f"{first.name.split('.')[0]}_tarred"
     drops = DropCounter()
     # the index cache goes under the output folder: a shard job writes nothing anywhere else
     entries, sources = read_entries(
@@ -388,4 +396,11 @@ def write_shards(
             "drops": drops.to_dict(),
         }
         atomic_write_bytes(out / "metadata.yaml", yaml.safe_dump(top, sort_keys=False).encode())
+    if url is not None:
+        total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and MARKER_DIR not in p.parts)
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc="upload", disable=not opts.progress, file=sys.stderr
+        ) as bar:
+            upload_dataset(out, url, skip=MARKER_DIR, progress=bar.update)
+        report.out_dir = url
     return report
