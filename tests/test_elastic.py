@@ -345,6 +345,67 @@ class _Recorder(pl.Callback):
         self.seen.append(batch["sample_ids"].tolist())
 
 
+def _trainer_overrides(corpus: Corpus, tok: str, exp: Path) -> list[str]:
+    return [
+        f"model.train_ds.manifest_filepath={corpus.manifest}",
+        f"model.validation_ds.manifest_filepath={corpus.manifest}",
+        f"model.tokenizer.model={tok}",
+        f"exp_manager.exp_dir={exp}",
+        "exp_manager.checkpoint_callback_params.every_n_train_steps=1",
+        "trainer.accelerator=cpu",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "model.train_ds.num_workers=0",
+        "model.train_ds.drop_last=false",
+        "model.train_ds.min_duration=null",
+        "model.train_ds.max_duration=null",
+        "model.micro_batch_size=4",
+        "model.global_batch_size=8",
+        "optim.sched.max_steps=50",
+        *TINY_MODEL,
+    ]
+
+
+def test_the_trainer_resumes_on_more_devices(corpus: Corpus, tmp_path: Path) -> None:
+    """One process stops mid-epoch; the checkpoint resumes with ``trainer.devices=2`` (DDP, gloo):
+    the run finishes the epoch, and the two ranks' rest of the epoch (their loaders re-dealt from
+    the saved position, as the trainer's are) is every example not trained on, each once."""
+    tok = _tokenizer(corpus)
+    overrides = [*_trainer_overrides(corpus, tok, tmp_path / "exp"), "model.global_batch_size=4"]
+    stop = 2
+    one = [*overrides, "trainer.devices=1", f"trainer.max_steps={stop}"]
+    rec = _Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(load_config(CONFIGS / "salm_tiny.yaml", one), callbacks=[rec])
+    last = next((tmp_path / "exp").rglob("*-last.ckpt"))
+    saved = torch.load(last, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
+    assert [p["world_size"] for p in saved] == [1] and saved[0]["batch"] == stop
+    before = [tuple(x) for x in rec.seen]
+
+    two = [*overrides, "model.global_batch_size=8", "trainer.devices=2", "trainer.strategy=ddp"]
+    two += ["trainer.max_steps=-1", "trainer.max_epochs=1"]
+    out = run_speechdata(["train", str(CONFIGS / "salm_tiny.yaml"), *two], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    newest = max((tmp_path / "exp").rglob("*-last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    final = torch.load(newest, map_location="cpu", weights_only=True)
+    # the run resumed at step `stop` and finished the epoch on two ranks
+    assert [(p["world_size"], p["rank"], p["epoch"], p["batch"]) for p in final[CHECKPOINT_KEY]] == [
+        (2, 0, 1, 0),
+        (2, 1, 1, 0),
+    ]
+    ds = dataset_config(load_config(CONFIGS / "salm_tiny.yaml", two), "train_ds")
+    after = []
+    for r in range(2):
+        loader = build_dataloader(ds, tok, rank=r, world_size=2)
+        loader.load_state_dict(saved[0])
+        after += _take(loader)
+    assert final["global_step"] == stop + len(after) // 2
+    delivered = [i for x in before + after for i in x]
+    assert sorted(delivered) == sorted(ALL), "the rest of the epoch is every example not trained on, once"
+
+
 def test_the_trainer_resumes_on_another_number_of_devices(corpus: Corpus, tmp_path: Path) -> None:
     """Two DDP processes (gloo) stop mid-epoch; the checkpoint resumes with ``trainer.devices=1``
     and the rest of the epoch is every example the two ranks had not trained on, each once."""
