@@ -84,9 +84,9 @@ class RowLayout:
         row_first = torch.cumsum(totals, 0) - totals
         starts = before - row_first[self.example_row]
         seg = Segments.of(self.example_row, starts, lengths, (n_rows, width))
-        col = torch.arange(seg.index.shape[1], device=lengths.device)[None, :].expand_as(seg.index)
+        places, within = seg.positions()
         positions = torch.zeros(n_rows * width, dtype=torch.long, device=lengths.device)
-        positions = positions.index_put((seg.index[seg.valid],), col[seg.valid])
+        positions = positions.index_put((places,), within)
         return seg, positions.view(n_rows, width)
 
 

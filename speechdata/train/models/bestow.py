@@ -59,11 +59,15 @@ def _packed_masks(
     segments, _ = layout.segments(layout.example_tokens, width)
     n_rows, m = key_mask.shape
     device = key_mask.device
-    token_ex = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
-    ex_ids = torch.arange(layout.example_row.numel(), device=device)[:, None].expand_as(segments.index)
-    token_ex = token_ex.index_put((segments.index[segments.valid],), ex_ids[segments.valid]).view(
-        n_rows, width
+    # each token's example, at its place row * width + column
+    lengths = layout.example_tokens
+    ex = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    first = torch.repeat_interleave(
+        layout.example_row * width + layout.example_start - (torch.cumsum(lengths, 0) - lengths), lengths
     )
+    place = first + torch.arange(int(lengths.sum()), device=device)
+    token_ex = torch.full((n_rows * width,), -1, dtype=torch.long, device=device)
+    token_ex = token_ex.index_put((place,), ex).view(n_rows, width)
     # the frames of each row's audios lie back to back, in batch order
     alen = audio_length.to(torch.long)
     row_of_audio = example_index(row_audios)

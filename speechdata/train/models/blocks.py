@@ -10,7 +10,9 @@ so attention never crosses an example boundary and costs what it costs on the ex
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,19 +44,50 @@ def causal_mask(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
-@dataclass(frozen=True)
-class Segments:
-    """Where the examples of packed rows ``[R, S]`` lie, for variable-length causal self-attention.
+#: A sequence joins the current length group while it is at least this fraction of the group's
+#: longest (a group's padding stays under a quarter of its positions), and at most this many groups.
+GROUP_RATIO, MAX_GROUPS = 0.75, 8
 
-    ``index`` ``[N, W]``: the flat position (``row * S + column``) of each of example ``i``'s
-    ``lengths[i]`` positions (0 beyond its length); ``valid`` ``[N, W]``; ``mask``
-    ``[N, 1, W, W]``: causal within the example, valid keys only (key 0 always, so no attention
-    row is empty); ``shape`` ``(R, S)``.
-    """
+
+def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The sequences ``[N]`` in groups of similar length: indices by decreasing length, a new group
+    when a sequence is shorter than :data:`GROUP_RATIO` of its group's longest (the last of
+    :data:`MAX_GROUPS` groups takes the rest). Used to run padded work (attention over packed
+    examples, the audio encoder) on groups cut to their longest instead of the batch's longest."""
+    n = int(lengths.numel())
+    if n <= 1:
+        return [torch.arange(n, device=lengths.device)]
+    values, order = torch.sort(lengths, descending=True, stable=True)
+    vals = values.tolist()
+    cuts, top = [0], vals[0]
+    for i, v in enumerate(vals):
+        if v < GROUP_RATIO * top and len(cuts) < MAX_GROUPS:
+            cuts.append(i)
+            top = v
+    if len(cuts) == 1:
+        return [torch.arange(n, device=lengths.device)]
+    return [order[a:b] for a, b in itertools.pairwise([*cuts, n])]
+
+
+@dataclass(frozen=True)
+class SegmentGroup:
+    """Examples of similar length in packed rows: ``index`` ``[N, W]`` the flat position (``row * S
+    + column``) of each example's positions (0 beyond its length), ``valid`` ``[N, W]``, ``mask``
+    ``[N, 1, W, W]`` causal within the example over its valid keys (key 0 always, so no attention
+    row is empty)."""
 
     index: torch.Tensor
     valid: torch.Tensor
     mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where the examples of packed rows ``[R, S]`` lie, for variable-length causal self-attention:
+    the examples in :class:`SegmentGroup` s of similar length (:func:`length_groups`), so that the
+    attention of each group is computed at its own longest length; ``shape`` is ``(R, S)``."""
+
+    groups: tuple[SegmentGroup, ...]
     shape: tuple[int, int]
 
     @classmethod
@@ -62,25 +95,44 @@ class Segments:
         cls, rows: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, shape: tuple[int, int]
     ) -> Segments:
         """Examples ``i`` at ``[starts[i], starts[i] + lengths[i])`` of row ``rows[i]`` in ``[R, S]`` rows."""
-        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
-        col = torch.arange(width, device=lengths.device)
-        valid = col[None, :] < lengths[:, None]
-        flat = (rows * shape[1] + starts)[:, None] + col[None, :]
-        index = torch.where(valid, flat, torch.zeros_like(flat))
-        keys = valid.clone()
-        keys[:, 0] = True
-        mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
-        return cls(index, valid, mask, (int(shape[0]), int(shape[1])))
+        groups = []
+        for idx in length_groups(lengths):
+            length = lengths[idx]
+            width = max(int(length.max()) if length.numel() else 0, 1)
+            col = torch.arange(width, device=lengths.device)
+            valid = col[None, :] < length[:, None]
+            flat = (rows[idx] * shape[1] + starts[idx])[:, None] + col[None, :]
+            index = torch.where(valid, flat, torch.zeros_like(flat))
+            keys = valid.clone()
+            keys[:, 0] = True
+            mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
+            groups.append(SegmentGroup(index, valid, mask))
+        return cls(tuple(groups), (int(shape[0]), int(shape[1])))
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """``[R, S, D]`` -> ``[N, W, D]``: each example's positions (padding holds position 0's)."""
-        return x.reshape(-1, x.shape[-1])[self.index]
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every example position's flat place ``[P]`` and its index within its example ``[P]``."""
+        places, within = [], []
+        for g in self.groups:
+            col = torch.arange(g.index.shape[1], device=g.index.device)[None, :].expand_as(g.index)
+            places.append(g.index[g.valid])
+            within.append(col[g.valid])
+        return torch.cat(places), torch.cat(within)
 
-    def scatter(self, y: torch.Tensor) -> torch.Tensor:
-        """``[N, W, D]`` -> ``[R, S, D]``: each example's valid positions back in place, 0 elsewhere."""
+    def attend(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        """``fn(q, k, v, mask)`` on each group's gathered positions of ``[R, S, D]`` rows; the
+        results scattered back into ``[R, S, D]`` (0 on row padding)."""
         r, s = self.shape
-        out = y.new_zeros((r * s, y.shape[-1]))
-        out = out.index_put((self.index[self.valid],), y[self.valid])
+        flat = [t.reshape(r * s, -1) for t in (q, k, v)]
+        out = q.new_zeros((r * s, q.shape[-1]))
+        for g in self.groups:
+            y = fn(flat[0][g.index], flat[1][g.index], flat[2][g.index], g.mask)
+            out = out.index_put((g.index[g.valid],), y[g.valid])
         return out.view(r, s, -1)
 
 
@@ -117,8 +169,7 @@ class MultiHeadAttention(nn.Module):
         if isinstance(mask, Segments):
             if memory is not None:
                 raise ValueError("Segments are for self-attention; cross-attention takes a mask")
-            out = self._attend(mask.gather(q), mask.gather(k), mask.gather(v), mask.mask)
-            return self.out_proj(mask.scatter(out))
+            return self.out_proj(mask.attend(self._attend, q, k, v))
         return self.out_proj(self._attend(q, k, v, mask))
 
     def _attend(

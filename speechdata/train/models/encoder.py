@@ -8,8 +8,6 @@ width) -> ``[A, F', D_lm]`` audio embeddings with their lengths.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +15,7 @@ from torch import nn
 from speechdata.batch import Batch
 from speechdata.config import FeatureConfig
 from speechdata.features import log_mel
-from speechdata.train.models.blocks import TransformerBlock, length_mask, sinusoidal_positions
+from speechdata.train.models.blocks import TransformerBlock, length_groups, length_mask, sinusoidal_positions
 from speechdata.train.models.config import AdapterConfig, EncoderConfig
 
 #: Stride-2 convolutions in the subsampling stack (8x).
@@ -180,28 +178,3 @@ class Perception(nn.Module):
         dtype = next(self.encoder.parameters()).dtype
         enc, enc_len = self.encoder(feats.to(dtype), lengths)
         return self.modality_adapter(enc, enc_len), enc_len
-
-
-#: An audio joins the current group while it is at least this fraction of the group's longest
-#: (so a group's padding stays under a quarter of its samples), and at most this many groups.
-GROUP_RATIO, MAX_GROUPS = 0.75, 8
-
-
-def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """The audios ``[A]`` in groups of similar length: indices by decreasing length, a new group
-    when an audio is shorter than :data:`GROUP_RATIO` of its group's longest (the last of
-    :data:`MAX_GROUPS` groups takes the rest). One group when that saves nothing."""
-    n = int(lengths.numel())
-    if n <= 1:
-        return [torch.arange(n, device=lengths.device)]
-    values, order = torch.sort(lengths, descending=True, stable=True)
-    vals = values.tolist()
-    cuts, top = [0], vals[0]
-    for i, v in enumerate(vals):
-        if v < GROUP_RATIO * top and len(cuts) < MAX_GROUPS:
-            cuts.append(i)
-            top = v
-    if len(cuts) == 1:
-        return [torch.arange(n, device=lengths.device)]
-    bounds = [*cuts, n]
-    return [order[a:b] for a, b in itertools.pairwise(bounds)]
