@@ -12,8 +12,9 @@ number of batches to every rank, like any other plan (:func:`~speechdata.samplin
   whose costs sum to at most ``packed_sequence_size`` is within both budgets;
 * :func:`pack_rows` — best-fit decreasing: examples by decreasing cost (ties in random order), each
   into the open row it fills best, else a new row;
-* :func:`row_table` — rows shuffled and cut ``micro_batch_size`` at a time into the planner's
-  :class:`~speechdata.sampling.batching.BatchTable`, with each example's row within its batch;
+* :func:`row_table` — rows in a soft order of how full they are, cut ``micro_batch_size`` at a
+  time into the planner's :class:`~speechdata.sampling.batching.BatchTable` (whose batches the
+  planner shuffles), with each example's row within its batch;
 * :class:`RowBatch` — what the sampler yields for a packed batch: the example ids (a ``list``, as
   for any batch) with the row of each.
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from speechdata.sampling.batching import BatchTable
+from speechdata.sampling.batching import SOFT_SORT, BatchTable
 
 __all__ = ["RowBatch", "pack_rows", "packing_cost", "row_table"]
 
@@ -121,15 +122,22 @@ def pack_rows(
 def row_table(
     order: np.ndarray,
     row_lengths: np.ndarray,
+    row_cost: np.ndarray,
     rows_per_batch: int,
     rng: np.random.Generator | None,
 ) -> tuple[BatchTable, np.ndarray]:
-    """Rows (``order`` grouped by ``row_lengths``, from :func:`pack_rows`) in ``rng``'s random order
-    (kept without ``rng``), cut every ``rows_per_batch`` rows into batches: the planner's
+    """Rows (``order`` grouped by ``row_lengths``, from :func:`pack_rows`; ``row_cost`` the cost
+    each holds) cut every ``rows_per_batch`` rows into batches, rows ordered by a *soft* sort on
+    their cost (the cost widened by a random factor of at most ``1 + SOFT_SORT`` from ``rng``,
+    exact without ``rng``), so that batch mates are about as full and a batch padded to its
+    longest row wastes little; the planner shuffles the batches. Returns the planner's
     :class:`BatchTable` (one bucket; ``full`` false for a batch of fewer rows) and, aligned with
     ``table.order``, each example's row within its batch."""
     r = int(row_lengths.size)
-    perm = rng.permutation(r) if rng is not None and r > 1 else np.arange(r)
+    key = np.asarray(row_cost, dtype=np.float64)
+    if rng is not None:
+        key = key * (1.0 + SOFT_SORT * rng.random(r))
+    perm = np.argsort(-key, kind="stable")
     row_start = np.cumsum(row_lengths) - row_lengths
     lengths = row_lengths[perm]
     total = int(lengths.sum())

@@ -438,7 +438,9 @@ def plan_epoch(
         assert measures is not None and cfg.packed_sequence_size is not None
         size = cfg.packed_sequence_size
         cost = packing_cost(duration[entries], measures.tokens[entries], size, cfg.packed_audio_duration)
-        table, row_label = row_table(*pack_rows(cost, size, soft), cfg.micro_batch_size, soft)
+        order, row_lengths = pack_rows(cost, size, soft)
+        row_cost = np.add.reduceat(cost[order], np.cumsum(row_lengths) - row_lengths) if order.size else order
+        table, row_label = row_table(order, row_lengths, row_cost, cfg.micro_batch_size, soft)
         key = cost.astype(np.float64)
     elif buckets.sizes is None:
         bucket = buckets.assignment[entries]
