@@ -10,6 +10,8 @@ Everything here works on Index columns (durations, dataset ids), never on audio
   (cached) and what token-aware batching measures (``batch_tokens``, 2D bins, token filters);
 * :func:`plan_epoch` — one rank's batches of example ids for one epoch, pure and vectorised;
 * :func:`form_batches` — the batch rule (fixed or dynamic sizes per bucket) both of them use;
+* :func:`pack_rows`, :func:`packing_cost`, :class:`RowBatch` — sequence packing: examples into rows
+  of ``packed_sequence_size`` tokens, planned (docs/packing.md);
 * :class:`BatchSampler` — a resumable DataLoader ``batch_sampler`` built on :func:`plan_epoch`;
 * :class:`Position` — the one position format of the sampler, the loader and checkpoints;
 * :func:`bucketed_stream`, :func:`shuffle_buffer` — the same batching for non-seekable streams.
@@ -36,6 +38,7 @@ from speechdata.sampling.buckets import (
     make_buckets,
 )
 from speechdata.sampling.filters import IndexColumns, filter_mask, num_datasets
+from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost
 from speechdata.sampling.plan import (
     BatchSampler,
     Plan,
@@ -57,6 +60,7 @@ __all__ = [
     "Measures",
     "Plan",
     "Position",
+    "RowBatch",
     "TokenCounts",
     "assign_buckets",
     "assign_buckets_2d",
@@ -75,6 +79,8 @@ __all__ = [
     "mixing_weights",
     "needs_tokens",
     "num_datasets",
+    "pack_rows",
+    "packing_cost",
     "plan_epoch",
     "shuffle_buffer",
 ]
