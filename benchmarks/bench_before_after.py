@@ -29,6 +29,7 @@ from typing import Any
 from speechdata.bench import Job, dataset_index, load_dataset, train_default_tokenizer
 from speechdata.bench.clips import save_clips
 from speechdata.bench.corpus import corpus_clips, corpus_summary, warm_page_cache
+from speechdata.config import DatasetConfig, make_dataset_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,16 @@ def run(job: Job, root: Path, work: Path, tag: str) -> dict[str, Any]:
         raise SystemExit(f"{tag}: {result or proc.stderr.strip().splitlines()[-1:]}")
     # the whole child process (imports and start-up included), the same way for either version
     return {**result["figures"], "process_cpu_s": _children_cpu() - cpu0}
+
+
+def _changed(cfg: DatasetConfig) -> dict[str, Any]:
+    """The dataset keys that differ from their defaults (what both versions know, as long as the
+    keys this config sets existed at ``--before``), with the manifests."""
+    values, defaults = cfg.to_dict(), make_dataset_config({"manifest_filepath": cfg.manifests}).to_dict()
+    return {
+        **{k: v for k, v in values.items() if k in defaults and v != defaults[k]},
+        "manifest_filepath": cfg.manifests,
+    }
 
 
 def _children_cpu() -> float:
@@ -89,7 +100,7 @@ def main() -> int:
             batch_duration=cfg.batch_duration,
             seed=cfg.seed,
             sample_rate=cfg.sample_rate,
-            dataset={**cfg.to_dict(), "manifest_filepath": cfg.manifests},
+            dataset=_changed(cfg),
             tokenizer=tok,
         )
         rows: list[dict[str, Any]] = []
