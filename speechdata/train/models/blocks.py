@@ -79,6 +79,8 @@ class SegmentGroup:
     index: torch.Tensor
     valid: torch.Tensor
     mask: torch.Tensor
+    places: torch.Tensor  # index[valid]: the flat place of every valid position
+    picks: torch.Tensor  # where those positions are in the flattened [N * W] group
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,16 @@ class Segments:
             keys = valid.clone()
             keys[:, 0] = True
             mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
-            groups.append(SegmentGroup(index, valid, mask))
+            picks = valid.reshape(-1).nonzero().squeeze(1)
+            groups.append(SegmentGroup(index, valid, mask, index.reshape(-1)[picks], picks))
         return cls(tuple(groups), (int(shape[0]), int(shape[1])))
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every example position's flat place ``[P]`` and its index within its example ``[P]``."""
         places, within = [], []
         for g in self.groups:
-            col = torch.arange(g.index.shape[1], device=g.index.device)[None, :].expand_as(g.index)
-            places.append(g.index[g.valid])
-            within.append(col[g.valid])
+            places.append(g.places)
+            within.append(g.picks % g.index.shape[1])
         return torch.cat(places), torch.cat(within)
 
     def attend(
@@ -132,7 +134,7 @@ class Segments:
         out = q.new_zeros((r * s, q.shape[-1]))
         for g in self.groups:
             y = fn(flat[0][g.index], flat[1][g.index], flat[2][g.index], g.mask)
-            out = out.index_put((g.index[g.valid],), y[g.valid])
+            out = out.index_copy(0, g.places, y.reshape(-1, y.shape[-1])[g.picks])
         return out.view(r, s, -1)
 
 
