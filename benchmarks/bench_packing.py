@@ -142,18 +142,36 @@ def figures(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def train_pass(model: Any, state: dict[str, Any], batches: list[dict[str, Any]]) -> float:
-    """Seconds of one training pass over ``batches`` from the initial weights ``state``."""
+def train_pass(
+    model: Any,
+    state: dict[str, Any],
+    batches: list[dict[str, Any]],
+    audio: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> float:
+    """Seconds of one training pass over ``batches`` from the initial weights ``state``. With
+    ``audio`` (each batch's audio embeddings, computed beforehand) the encoder is left out: the
+    pass trains the LLM side only (embeddings spliced in, LLM, loss, AdamW on the LLM)."""
     model.load_state_dict(state)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    params = model.llm.parameters() if audio is not None else model.parameters()
+    opt = torch.optim.AdamW(params, lr=1e-3)
     started = time.perf_counter()
-    for b in batches:
+    for k, b in enumerate(batches):
+        if audio is not None:
+            model.encode_audio = lambda _batch, k=k: audio[k]  # this pass: precomputed
         loss, _ = model.loss(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if audio is not None:
+        del model.encode_audio  # the class's method again
     return time.perf_counter() - started
+
+
+def audio_embeddings(model: Any, batches: list[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch's audio embeddings and lengths (no gradient), for the LLM-only passes."""
+    with torch.no_grad():
+        return [tuple(t.detach() for t in model.encode_audio(b)) for b in batches]  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         if not ids["fixed"] == ids["bucketed"] == ids["packed"]:
             raise SystemExit("the three loaders did not read the same examples")
         train_pass(model, state, batches["packed"][:2])  # warm-up
+        embeddings = {k: audio_embeddings(model, v) for k, v in batches.items()}
         times: dict[str, list[float]] = {k: [] for k in NAMES}
+        llm_times: dict[str, list[float]] = {k: [] for k in NAMES}
         for _ in range(args.repeats):
             for k in NAMES:
                 times[k].append(train_pass(model, state, batches[k]))
+            for k in NAMES:
+                llm_times[k].append(train_pass(model, state, batches[k], embeddings[k]))
 
-    lines = report(args, figs, times, {k: len(v) for k, v in batches.items()}, micro, corpus_s, mean_tokens)
+    steps = {k: len(v) for k, v in batches.items()}
+    lines = report(args, figs, times, llm_times, steps, micro, corpus_s, mean_tokens)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
@@ -216,10 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _speech(option: str) -> str:
+    """What ``--speech`` made: espeak-ng speech or tones."""
+    from speechdata.synth.espeak import available
+
+    return "espeak-ng speech" if option == "espeak" or (option == "auto" and available()) else "tones"
+
+
 def report(
     args: argparse.Namespace,
     figs: dict[str, dict[str, float]],
     times: dict[str, list[float]],
+    llm_times: dict[str, list[float]],
     steps: dict[str, int],
     micro: int,
     corpus_s: float,
@@ -233,30 +264,47 @@ def report(
         f"Command: `{cmd}`",
         "",
         f"Machine: {os.cpu_count()} cores, one torch thread, torch {torch.__version__}; corpus of "
-        f"{args.n} examples built in {corpus_s:.0f} s (`--speech {args.speech}`), mean "
+        f"{args.n} examples built in {corpus_s:.0f} s (`--speech {args.speech}`: {_speech(args.speech)}), mean "
         f"{mean_tokens:.0f} tokens per example (text + audio tokens at 0.08 s).",
         "",
         f"Budgets: packed = {args.rows} rows of {args.row_tokens} tokens; bucketed = batch_tokens "
         f"{args.rows * args.row_tokens} over 2D bins; fixed = {micro} examples per batch.",
         "",
-        "| loader | steps | examples | LLM tokens/s (median) | vs bucketed (median, min-max) | LLM padding | text padding | audio padding |",
-        "|---|---|---|---|---|---|---|---|",
+        "| loader | steps | examples | LLM padding | text padding | audio padding | whole step: LLM tokens/s | vs bucketed | LLM side only: tokens/s | vs bucketed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = times["bucketed"]
     for k in NAMES:
         f = figs[k]
-        rates = [f["llm"] / t for t in times[k]]
-        ratios = [b / t for b, t in zip(base, times[k], strict=True)]
+        cells = []
+        for t in (times, llm_times):
+            rates = [f["llm"] / x for x in t[k]]
+            ratios = [b / x for b, x in zip(t["bucketed"], t[k], strict=True)]
+            cells.append(
+                f"{statistics.median(rates):,.0f} | {statistics.median(ratios):.2f}x "
+                f"({min(ratios):.2f}-{max(ratios):.2f})"
+            )
         lines.append(
-            f"| {k} | {steps[k]} | {int(f['examples'])} | {statistics.median(rates):,.0f} | "
-            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-            f"{1 - f['llm'] / f['llm_slots']:.1%} | {1 - f['text'] / f['text_slots']:.1%} | "
-            f"{1 - f['audio'] / f['audio_slots']:.1%} |"
+            f"| {k} | {steps[k]} | {int(f['examples'])} | {1 - f['llm'] / f['llm_slots']:.1%} | "
+            f"{1 - f['text'] / f['text_slots']:.1%} | {1 - f['audio'] / f['audio_slots']:.1%} | "
+            f"{cells[0]} | {cells[1]} |"
         )
+    share = statistics.median(1 - lt / t for k in NAMES for lt, t in zip(llm_times[k], times[k], strict=True))
     lines += [
         "",
-        "Pass times in seconds, in run order per loader: "
-        + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in times[k]) for k in NAMES)
+        "Ratios: the median over repeats of the bucketed pass time over the loader's pass time in "
+        "the same repeat (min-max in brackets). Whole step: encoder (log-mel, convolutions, "
+        "transformer, adapter), LLM, loss, backward, AdamW. LLM side only: the same passes with "
+        "each batch's audio embeddings computed beforehand (no encoder, AdamW on the LLM).",
+        f"The encoder's share of the whole step (1 - LLM-side time / whole time, median): {share:.0%}.",
+        "",
+        "Pass times in seconds, in run order per loader (whole step; LLM side only): "
+        + "; ".join(
+            f"{k} "
+            + ", ".join(f"{t:.2f}" for t in times[k])
+            + " / "
+            + ", ".join(f"{t:.2f}" for t in llm_times[k])
+            for k in NAMES
+        )
         + ".",
         "",
         "LLM padding: positions of the LLM input (rows x longest spliced row, text tokens and 80 ms "

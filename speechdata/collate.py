@@ -33,6 +33,7 @@ from speechdata.batch import Batch, make_batch
 from speechdata.config import FeatureConfig
 from speechdata.errors import DATA_ERROR_REASONS, DataError, DropCounter, SpeechDataError
 from speechdata.manifest import Record
+from speechdata.rows import round_up, row_tensors
 from speechdata.text.prompt import PromptBuilder
 
 #: Where one record's audio comes from: one source per clip (a path, or the member's bytes).
@@ -47,7 +48,8 @@ class Packed:
     example's full token sequence back to back (``ids_lengths`` per example); ``targets`` (uint8,
     aligned with ``ids``) is 1 for each token that is a loss target (:attr:`Prompt.loss_mask
     <speechdata.text.prompt.Prompt.loss_mask>`); ``answer_start`` is where each example's answer
-    part begins. ``drops`` counts the examples of the planned batch
+    part begins; ``rows`` (int64, one per example, or empty) is each example's row in a packed
+    batch (docs/packing.md). ``drops`` counts the examples of the planned batch
     that were dropped, by reason. ``slot_flag`` is the in-use flag of the worker's pooled buffer
     that ``audio`` lives in (None when it does not): :meth:`release` clears it once the audio has
     been copied out (padded, or pinned), and a received batch dropped unused releases itself (so
@@ -63,6 +65,7 @@ class Packed:
     answer_start: torch.Tensor
     sample_ids: torch.Tensor
     targets: torch.Tensor
+    rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     metadata: list[dict[str, Any]] = field(default_factory=list)
     drops: DropCounter = field(default_factory=DropCounter)
     truncated: int = 0
@@ -79,6 +82,7 @@ class Packed:
         "answer_start",
         "sample_ids",
         "targets",
+        "rows",
     )
 
     def __len__(self) -> int:
@@ -88,7 +92,7 @@ class Packed:
     def empty(cls, error: SpeechDataError | None = None) -> Packed:
         """A batch with no examples (carrying ``error`` when a data or config error stopped it)."""
         z = torch.zeros(0, dtype=torch.int64)
-        return cls(torch.zeros(0), z, z, z, z, z, z, z, torch.zeros(0, dtype=torch.uint8), error=error)
+        return cls(torch.zeros(0), z, z, z, z, z, z, z, torch.zeros(0, dtype=torch.uint8), z, error=error)
 
     def pin_memory(self) -> Packed:
         """A copy with every tensor in page-locked memory (called by the DataLoader's pin thread);
@@ -153,17 +157,19 @@ def pack(
     *,
     sample_rate: int,
     on_error: str = "raise",
+    rows: Sequence[int] | None = None,
 ) -> Packed:
     """Decode and tokenize ``records`` into one :class:`Packed` batch.
 
     Every clip is decoded at ``sample_rate`` (float32 mono) straight into the batch's flat audio
     buffer. Data errors (bad line, missing or undecodable audio, locator mismatch) raise with
     ``on_error="raise"`` and are counted drops with ``"skip"``; filter drops from the text stage
-    (``too_long_text``, ``too_short_text``) are always counted, never raised.
+    (``too_long_text``, ``too_short_text``) are always counted, never raised. ``rows`` (one per
+    record) are the packed rows the planner put the records in; a dropped record leaves its row.
     """
     audio = AudioBuffer(sum(round(d * sample_rate) for rec in records for d in rec.duration))
     try:
-        return _pack(records, sources, builder, audio, sample_rate, on_error)
+        return _pack(records, sources, builder, audio, sample_rate, on_error, rows)
     except BaseException:
         audio.release()
         raise
@@ -176,8 +182,10 @@ def _pack(
     audio: AudioBuffer,
     sample_rate: int,
     on_error: str,
+    rows: Sequence[int] | None,
 ) -> Packed:
     drops = DropCounter()
+    kept_rows: list[int] = []
     clip_lengths: list[int] = []
     n_audio: list[int] = []
     positions: list[int] = []
@@ -188,7 +196,7 @@ def _pack(
     sample_ids: list[int] = []
     metadata: list[dict[str, Any]] = []
     truncated = 0
-    for rec in records:
+    for i, rec in enumerate(records):
         mark = audio.size
         try:
             prompt = builder.build_record(rec)
@@ -210,6 +218,8 @@ def _pack(
         lengths.append(len(prompt.input_ids))
         starts.append(prompt.answer_start)
         sample_ids.append(rec.sample_id)
+        if rows is not None:
+            kept_rows.append(rows[i])
         truncated += prompt.truncated
         # the line's other keys first: a key of the line named like one of ours (an "answer" key
         # next to answer_key: output) must not replace the value the batch was built from
@@ -225,7 +235,7 @@ def _pack(
             }
         )
     # one int64 buffer for the seven integer fields (one allocation, one hand-over), views of it
-    ints = _int_views([clip_lengths, n_audio, positions, ids, lengths, starts, sample_ids])
+    ints = _int_views([clip_lengths, n_audio, positions, ids, lengths, starts, sample_ids, kept_rows])
     return Packed(
         audio=audio.tensor(),
         audio_lengths=ints[0],
@@ -236,6 +246,7 @@ def _pack(
         answer_start=ints[5],
         sample_ids=ints[6],
         targets=torch.from_numpy(np.array(targets, dtype=np.uint8)),
+        rows=ints[7],
         metadata=metadata,
         drops=drops,
         truncated=truncated,
@@ -264,10 +275,6 @@ def _int_views(parts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """``parts`` as int64 tensors that are consecutive views of one buffer."""
     flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(parts), np.int64))
     return list(torch.split(flat, [len(p) for p in parts]))
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
 
 
 def _rows(
@@ -339,7 +346,8 @@ def finalize(
 
     ``pad_id`` fills ``tokens``, ``labels``, ``contexts`` and ``answers`` beyond each example's
     length; the token width is rounded up to ``pad_to_multiple``; ``loss_mask[b, j]`` is the target
-    flag of label ``j`` (token ``j + 1``, from ``packed.targets``); ``features`` adds log-mel
+    flag of label ``j`` (token ``j + 1``, from ``packed.targets``). A batch with ``rows`` is laid
+    out in packed rows (:func:`~speechdata.rows.row_tensors`, docs/packing.md). ``features`` adds log-mel
     ``audio_features`` computed at ``sample_rate``. On the CPU, ``buffers`` (kept by the caller
     from batch to batch) lends the padded audio its memory when an earlier batch's is free.
     """
@@ -362,12 +370,27 @@ def finalize(
     n = t["ids_lengths"]
     start = _offsets(n)
     tokens_length = (n - 1).clamp_(min=0)
-    width = _round_up(int(tokens_length.max()) if n.numel() else 0, pad_to_multiple)
-    tokens = _rows(t["ids"], start, tokens_length, width, pad_id)
-    labels = _rows(t["ids"], start + 1, tokens_length, width, pad_id)
-    col = torch.arange(width, device=dev).unsqueeze(0)
-    # label j is input_ids[j + 1]: its target flag is targets[j + 1]
-    loss_mask = _rows(t["targets"], start + 1, tokens_length, width, 0).to(torch.float32)
+    if packed.rows.numel():  # packed rows (docs/packing.md)
+        text = row_tensors(
+            t["ids"],
+            t["targets"],
+            n,
+            t["rows"],
+            t["audio_positions"],
+            t["num_audios"],
+            pad_id=pad_id,
+            pad_to_multiple=pad_to_multiple,
+        )
+    else:
+        width = round_up(int(tokens_length.max()) if n.numel() else 0, pad_to_multiple)
+        col = torch.arange(width, device=dev).unsqueeze(0)
+        text = {
+            "tokens": _rows(t["ids"], start, tokens_length, width, pad_id),
+            "labels": _rows(t["ids"], start + 1, tokens_length, width, pad_id),
+            # label j is input_ids[j + 1]: its target flag is targets[j + 1]
+            "loss_mask": _rows(t["targets"], start + 1, tokens_length, width, 0).to(torch.float32),
+            "position_ids": col.expand(len(packed), width).contiguous(),
+        }
     ctx_len = t["answer_start"]
     ans_len = n - ctx_len
     contexts = _rows(t["ids"], start, ctx_len, int(ctx_len.max()) if n.numel() else 0, pad_id)
@@ -383,11 +406,7 @@ def finalize(
         audio_signal_length=alen,
         num_audios=t["num_audios"],
         audio_positions=t["audio_positions"],
-        tokens=tokens,
         tokens_length=tokens_length,
-        labels=labels,
-        loss_mask=loss_mask,
-        position_ids=col.expand(len(packed), width).contiguous(),
         contexts=contexts,
         context_lengths=ctx_len,
         answers=answers,
@@ -396,4 +415,5 @@ def finalize(
         metadata=packed.metadata,
         audio_features=feats,
         audio_features_length=feat_len,
+        **text,
     )

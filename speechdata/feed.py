@@ -63,28 +63,45 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
         return len(self.index)
 
     def __getitems__(self, rows: Sequence[int]) -> Packed:
-        """Read the records of ``rows`` and pack them with the source's audio."""
+        """Read the records of ``rows`` and pack them with the source's audio (a packed batch,
+        :class:`~speechdata.sampling.packing.RowBatch`, keeps each record's row)."""
         drops = DropCounter()
         records = []
+        row_of: list[int] | None = getattr(rows, "rows", None)
+        kept_rows: list[int] = []
         try:
-            for i in rows:
+            for k, i in enumerate(rows):
                 try:
                     records.append(self.source.record(i))
                 except DataError as err:
                     handle(err, self.on_error, drops)
+                    continue
+                if row_of is not None:
+                    kept_rows.append(row_of[k])
         except SpeechDataError as err:
             return Packed.empty(error=err)
-        return self.pack(records, self.read_audio, drops)
+        return self.pack(records, self.read_audio, drops, kept_rows if row_of is not None else None)
 
     def __getitem__(self, i: int) -> Packed:
         return self.__getitems__([i])
 
-    def pack(self, records: Sequence[Record], read_audio: AudioSources, drops: DropCounter) -> Packed:
-        """Decode and tokenize ``records`` (audio from ``read_audio``) into one batch; ``drops``
-        (examples already left out of it) are added to the batch's own."""
+    def pack(
+        self,
+        records: Sequence[Record],
+        read_audio: AudioSources,
+        drops: DropCounter,
+        rows: Sequence[int] | None = None,
+    ) -> Packed:
+        """Decode and tokenize ``records`` (audio from ``read_audio``; ``rows``: their packed rows)
+        into one batch; ``drops`` (examples already left out of it) are added to the batch's own."""
         try:
             packed = pack(
-                records, read_audio, self.builder, sample_rate=self.sample_rate, on_error=self.on_error
+                records,
+                read_audio,
+                self.builder,
+                sample_rate=self.sample_rate,
+                on_error=self.on_error,
+                rows=rows,
             )
         except SpeechDataError as err:
             return Packed.empty(error=err)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["row_tensors"]
+__all__ = ["round_up", "row_tensors"]
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``, at least ``multiple`` (the token width)."""
     return max(multiple, -(-n // multiple) * multiple)
 
 
@@ -65,7 +66,7 @@ def row_tensors(
     before = torch.cumsum(m, 0) - m
     row_first_pos = torch.cumsum(row_len, 0) - row_len
     start = before - row_first_pos[row]  # example's first column in its row
-    width = _round_up(int(row_len.max()) if n_rows else 0, pad_to_multiple)
+    width = round_up(int(row_len.max()) if n_rows else 0, pad_to_multiple)
 
     total = int(m.sum())
     ex = torch.repeat_interleave(torch.arange(b, device=dev), m)

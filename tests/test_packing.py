@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
-from speechdata.batch import Batch, make_batch
+from speechdata import build_dataloader
+from speechdata.batch import Batch
 from speechdata.collate import Packed, finalize
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DropCounter
-from speechdata.rows import row_tensors
 from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost
 from speechdata.sampling.plan import BatchSampler, plan_epoch
 from speechdata.sampling.tokens import Measures, TokenCounts, filter_tokens
+from speechdata.testing import make_corpus
 from speechdata.train.models import build_model, masked_cross_entropy
 from speechdata.train.models.encoder import length_groups
 from tests.test_train_models import tiny_config
@@ -198,17 +202,8 @@ def _worker_batch(seed: int, n: int = 7) -> Packed:
 
 
 def _row_batch(packed: Packed, rows: list[int]) -> Batch:
-    padded = finalize(packed, pad_id=0)
-    keys = row_tensors(
-        packed.ids,
-        packed.targets,
-        packed.ids_lengths,
-        torch.tensor(rows),
-        packed.audio_positions,
-        packed.num_audios,
-        pad_id=0,
-    )
-    return make_batch(**{**{k: v for k, v in padded.items() if k not in keys}, **keys})  # type: ignore[arg-type]
+    """The collator's packed batch of the worker's batch ``packed`` with the examples in ``rows``."""
+    return finalize(dataclasses.replace(packed, rows=torch.tensor(rows, dtype=torch.int64)), pad_id=0)
 
 
 def test_row_tensors_lay_examples_back_to_back() -> None:
@@ -312,3 +307,133 @@ def test_each_audio_is_encoded_on_its_own() -> None:
             assert int(together_len[i]) == n
             assert torch.allclose(together[i, :n], alone[0, :n], atol=1e-5)
             assert not together[i, n:].any()  # nothing beyond its length
+
+
+# ------------------------------------------------------------------------------- the loader
+
+LOCATOR = "|audio|"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("packing")
+    c = make_corpus(root / "c", n=48, seed=21, max_duration=5.0, multi_audio_fraction=0.2)
+    tok = c.train_tokenizer(vocab_size=90, locator=LOCATOR)
+    return {"corpus": c, "tok": tok, "tok_path": str(c.root / "tok" / "tokenizer.model")}
+
+
+def _packed_section(corpus: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "manifest_filepath": str(corpus["corpus"].manifest),
+        "audio_locator": LOCATOR,
+        "default_context": f"{LOCATOR} Transcribe the audio.",
+        "token_equivalent_duration": 0.08,
+        "packing": True,
+        "packed_sequence_size": 300,
+        "packed_audio_duration": 12.0,
+        "micro_batch_size": 2,
+        "max_duration": None,
+        "drop_last": False,
+        "seed": 3,
+    }
+    section.update(kw)
+    return section
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_yields_the_planned_rows_and_resumes(corpus: dict[str, Any], workers: int) -> None:
+    """Every batch is the plan's rows: each row within both budgets, each example's tokens those
+    of its padded batch; every kept example once per epoch; a saved position resumes."""
+    tok = corpus["tok"]
+    loader = build_dataloader(_packed_section(corpus, num_workers=workers), tok)
+    m, sampler = loader.measures, loader.sampler
+    assert m is not None and sampler is not None
+    plan = sampler.plan(0)
+    batches = list(loader)
+    assert len(batches) == len(plan) > 2
+    seen: list[int] = []
+    for k, batch in enumerate(batches):
+        ids, rows = plan.batch(k), plan.batch_rows(k)
+        assert batch["sample_ids"].tolist() == loader.index.sample_ids(ids).tolist()
+        cu = batch["cu_seqlens"]
+        assert cu.shape[0] == int(rows.max()) + 1 <= 2
+        for r in range(cu.shape[0]):
+            members = ids[rows == r]
+            assert m.tokens[members].sum() <= 300 and m.duration[members].sum() <= 12.0 + 1e-6
+            assert int(cu[r].max()) == int((m.text[members] - 1).sum())  # each row holds its text
+        seen += ids.tolist()
+    assert sorted(seen) == np.flatnonzero(loader.keep).tolist()
+    resumed = build_dataloader(_packed_section(corpus, num_workers=workers), tok)
+    resumed.load_state_dict({"epoch": 0, "batch": 2})
+    rest = list(resumed)
+    assert [b["sample_ids"].tolist() for b in rest] == [b["sample_ids"].tolist() for b in batches[2:]]
+    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(rest, batches[2:], strict=True))
+
+
+def test_loader_packing_refuses_a_streamed_dataset() -> None:
+    with pytest.raises(ConfigError, match="packing needs every example's token counts"):
+        make_dataset_config(
+            {"manifest_filepath": "x", "packing": True, "packed_sequence_size": 8, "streaming": True}
+        )
+
+
+def test_the_trainer_trains_on_packed_rows(corpus: dict[str, Any], tmp_path: Path) -> None:
+    """``speechdata train`` with packing: the planned rows, examples counted (not rows), finite loss."""
+    import warnings
+
+    from speechdata.config import load_config
+    from speechdata.testing import TINY_MODEL
+    from speechdata.train.run import train
+
+    manifest = str(corpus["corpus"].manifest)
+    args = [
+        f"model.train_ds.manifest_filepath={manifest}",
+        f"model.validation_ds.manifest_filepath={manifest}",
+        f"model.tokenizer.model={corpus['tok_path']}",
+        f"exp_manager.exp_dir={tmp_path}",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "model.train_ds.num_workers=0",
+        "model.micro_batch_size=2",
+        "model.global_batch_size=2",
+        "model.train_ds.packing=true",
+        "model.train_ds.packed_sequence_size=300",
+        "model.train_ds.token_equivalent_duration=0.08",
+        "model.train_ds.max_duration=6",
+        "model.validation_ds.tokens_to_generate=2",
+        *TINY_MODEL,
+    ]
+    cfg = load_config(REPO / "configs" / "salm_tiny.yaml", args)
+    loader = build_dataloader(cfg, corpus["tok_path"])
+    expected = [b["sample_ids"].tolist() for b, _ in zip(loader, range(3), strict=False)]
+    seen: list[list[int]] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            assert "cu_seqlens" in batch
+            seen.append(batch["sample_ids"].tolist())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(load_config(REPO / "configs" / "salm_tiny.yaml", args), callbacks=[Recorder()])
+    assert result.global_step == 3 and seen == expected
+    assert result.consumed_samples == sum(len(s) for s in seen)
+    assert torch.isfinite(torch.tensor(result.metrics["reduced_train_loss"]))
+
+
+# ------------------------------------------------------------------------------ the docs
+
+
+def test_the_packing_page_quotes_its_results_file() -> None:
+    """docs/packing.md's measured table is the results file's, which exists."""
+    doc = (REPO / "docs" / "packing.md").read_text(encoding="utf-8")
+    assert "benchmarks/results/packing.md" in doc
+    results = (REPO / "benchmarks" / "results" / "packing.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in results if line.startswith(("| fixed |", "| bucketed |", "| packed |"))]
+    assert len(rows) == 3
+    for row in rows:
+        assert row in doc.splitlines(), f"docs/packing.md lacks the results row {row!r}"
