@@ -144,8 +144,8 @@ class SpeechDataLoader:
             return None
         if not self.source.seekable:
             raise ConfigError(
-                "batch_tokens, min_tokens/max_tokens, use_multimodal_sampling and 2D bucket_duration_bins "
-                "need token counts per example, which a streamed dataset does not have before it is read; "
+                "batch_tokens, min_tokens/max_tokens, use_multimodal_sampling, 2D bucket_duration_bins and "
+                "packing need token counts per example, which a streamed dataset does not have before it is read; "
                 "read the shards by offset (local files, streaming: false)"
             )
         counts = count_tokens(
