@@ -87,7 +87,7 @@ class Batch(TypedDict):
       n_1 - 1, ...`` (example ``b`` of the row spans ``cu_seqlens[r, b] : cu_seqlens[r, b + 1]``),
       -1 after the last;
     * ``packed_audio_positions`` int64 ``[A]``: each audio's position in its row (its example's
-      start plus its ``audio_positions``).
+      start plus ``min(audio_positions, tokens_length)`` of its example).
     """
 
     audio_signal: torch.Tensor
