@@ -289,6 +289,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         "train_cpu_seconds": round(train_cpu, 1),
         "setup_cpu_seconds": round(setup_cpu, 1),
         "wall_seconds": round(wall, 1),
+        "train_loss": float(result.metrics.get("reduced_train_loss", float("nan"))),
         "cer": cer,
         "val_cer": float(metrics.get("val_cer", float("nan"))),
         "val_loss": float(metrics.get("val_loss", float("nan"))),
