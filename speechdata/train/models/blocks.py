@@ -91,6 +91,7 @@ class Segments:
 
     groups: tuple[SegmentGroup, ...]
     shape: tuple[int, int]
+    places: torch.Tensor  # every group's valid places, concatenated
 
     @classmethod
     def of(
@@ -110,7 +111,8 @@ class Segments:
             mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
             picks = valid.reshape(-1).nonzero().squeeze(1)
             groups.append(SegmentGroup(index, valid, mask, index.reshape(-1)[picks], picks))
-        return cls(tuple(groups), (int(shape[0]), int(shape[1])))
+        places = torch.cat([g.places for g in groups]) if groups else lengths.new_zeros(0)
+        return cls(tuple(groups), (int(shape[0]), int(shape[1])), places)
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every example position's flat place ``[P]`` and its index within its example ``[P]``."""
@@ -131,10 +133,11 @@ class Segments:
         results scattered back into ``[R, S, D]`` (0 on row padding)."""
         r, s = self.shape
         flat = [t.reshape(r * s, -1) for t in (q, k, v)]
-        out = q.new_zeros((r * s, q.shape[-1]))
+        parts = []
         for g in self.groups:
             y = fn(flat[0][g.index], flat[1][g.index], flat[2][g.index], g.mask)
-            out = out.index_copy(0, g.places, y.reshape(-1, y.shape[-1])[g.picks])
+            parts.append(y.reshape(-1, y.shape[-1])[g.picks])
+        out = q.new_zeros((r * s, q.shape[-1])).index_copy(0, self.places, torch.cat(parts))
         return out.view(r, s, -1)
 
 
