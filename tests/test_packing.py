@@ -170,14 +170,15 @@ def test_packing_config_errors() -> None:
 # ------------------------------------------------------------------------ packed batch, model
 
 
-def _worker_batch(seed: int, n: int = 7) -> Packed:
-    """A worker's flat batch of ``n`` examples (1-2 audios each, at positions from 0 to the end)."""
+def _worker_batch(seed: int, n: int = 7, text_only: tuple[int, ...] = ()) -> Packed:
+    """A worker's flat batch of ``n`` examples (1-2 audios each, at positions from 0 to the end;
+    none for the examples ``text_only``)."""
     rng = np.random.default_rng(seed)
     audios, positions, num_audios, ids, targets, lengths, starts = [], [], [], [], [], [], []
-    for _ in range(n):
+    for i in range(n):
         ctx = [1, *rng.integers(6, 24, int(rng.integers(1, 9))).tolist()]
         answer = [*rng.integers(4, 24, int(rng.integers(1, 7))).tolist(), 2]
-        k = int(rng.integers(1, 3))
+        k = 0 if i in text_only else int(rng.integers(1, 3))
         positions += np.sort(rng.integers(0, len(ctx) + 1, k)).tolist()
         for _ in range(k):
             audios.append(rng.standard_normal(int(rng.integers(800, 4000))).astype(np.float32) * 0.1)
@@ -188,7 +189,7 @@ def _worker_batch(seed: int, n: int = 7) -> Packed:
         starts.append(len(ctx))
     i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     return Packed(
-        audio=torch.from_numpy(np.concatenate(audios)),
+        audio=torch.from_numpy(np.concatenate(audios) if audios else np.zeros(0, np.float32)),
         audio_lengths=i64([a.size for a in audios]),
         num_audios=i64(num_audios),
         audio_positions=i64(positions),
@@ -237,9 +238,12 @@ def _per_token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tenso
     return ce[mask], loss
 
 
+@pytest.mark.parametrize("text_only", [(), (1, 5)])
 @pytest.mark.parametrize("arch", ["salm", "bestow"])
-def test_packed_and_padded_batches_give_the_same_losses_and_gradients(arch: str) -> None:
-    packed = _worker_batch(3, n=7)
+def test_packed_and_padded_batches_give_the_same_losses_and_gradients(
+    arch: str, text_only: tuple[int, ...]
+) -> None:
+    packed = _worker_batch(3, n=7, text_only=text_only)
     padded = finalize(packed, pad_id=0)
     rows = _row_batch(packed, [0, 0, 0, 1, 1, 2, 2])
     assert rows["tokens"].shape[0] == 3

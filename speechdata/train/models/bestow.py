@@ -54,8 +54,10 @@ def _packed_masks(
     width: int,
 ) -> tuple[Segments, torch.Tensor]:
     """Self-attention :class:`Segments` of the examples' tokens in their rows of ``width``, and the
-    cross-attention mask ``[R, 1, width, M]``: a token sees the frames of its own example's audios
-    (memory built per row by :func:`pack_audio_per_example`); padding tokens see frame 0."""
+    cross-attention mask ``[R, 1, width, M + 1]``: a token sees the frames of its own example's
+    audios (memory built per row by :func:`pack_audio_per_example`, ``M`` frames); a token that
+    sees none (its example has no audio, or it is row padding) sees key ``M``, a zero frame the
+    caller appends, as a padded batch's example without audio sees its zero frame."""
     segments, _ = layout.segments(layout.example_tokens, width)
     n_rows, m = key_mask.shape
     device = key_mask.device
@@ -82,12 +84,8 @@ def _packed_masks(
         cols = offset[:, None] + f[None, :]
         values = layout.audio_example[:, None].expand_as(ok)
         frame_ex = frame_ex.index_put((rows[ok], cols[ok]), values[ok])
-    mask = (token_ex[:, :, None] == frame_ex[:, None, :]) & (token_ex[:, :, None] >= 0)
-    padding = token_ex < 0
-    mask[:, :, 0] |= padding
-    if not bool(mask.any(dim=-1).all()):
-        raise ValueError("a packed BESTOW batch needs every example to have audio frames")
-    return segments, mask[:, None]
+    own = (token_ex[:, :, None] == frame_ex[:, None, :]) & (token_ex[:, :, None] >= 0)
+    return segments, torch.cat([own, ~own.any(dim=-1, keepdim=True)], dim=-1)[:, None]
 
 
 class BESTOW(SpeechLM):
@@ -127,6 +125,7 @@ class BESTOW(SpeechLM):
             mem_mask = key_mask[:, None, None, :]
         else:
             self_mask, mem_mask = _packed_masks(layout, audio_length, num_audios, key_mask, tokens.shape[1])
+            memory = torch.cat([memory, memory.new_zeros((memory.shape[0], 1, memory.shape[2]))], dim=1)
         for layer in self.xattn_layers:
             h = layer(h, mask=self_mask, memory=memory, memory_mask=mem_mask)
         embeds = text + self.xattn_out(self.xattn_norm(h))
