@@ -114,6 +114,20 @@ def test_packed_plan_rows_fit_budgets_and_cover_the_epoch(audio_budget: float | 
     assert fill > (0.9 if audio_budget is None else 0.5)
 
 
+def test_row_padding_is_each_batch_padded_to_its_longest_row() -> None:
+    cfg = _cfg(micro_batch_size=2)
+    index, m = _data(300, cfg)
+    plan = plan_epoch(index, np.ones(300, bool), cfg, epoch=0, measures=m)
+    used = slots = 0
+    for k in range(len(plan)):
+        ids, rows = plan.batch(k), plan.batch_rows(k)
+        sums = [int(m.tokens[ids[rows == r]].sum()) for r in np.unique(rows)]
+        used += sum(sums)
+        slots += len(sums) * max(sums)
+    assert plan.row_padding(m.tokens) == pytest.approx(1 - used / slots)
+    assert plan.row_padding(m.tokens) < 0.03  # rows nearly full, batch mates about as full
+
+
 def test_packed_plan_is_deterministic_per_epoch_and_equal_across_ranks() -> None:
     cfg = _cfg()
     index, m = _data(500, cfg)
@@ -226,6 +240,12 @@ def test_row_tensors_lay_examples_back_to_back() -> None:
     assert batch["packed_audio_positions"].tolist() == want.tolist()
     # padding: pad ids, no loss
     assert batch["tokens"][1, m[2] :].eq(0).all() and batch["loss_mask"][1, m[2] :].eq(0).all()
+
+
+def test_rows_emptied_by_worker_drops_close_up() -> None:
+    packed = _worker_batch(5, n=4)
+    batch = _row_batch(packed, [0, 0, 2, 2])  # row 1 lost all its examples in the worker
+    assert batch["tokens"].shape[0] == batch["cu_seqlens"].shape[0] == 2
 
 
 def _per_token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
