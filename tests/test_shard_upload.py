@@ -22,6 +22,9 @@ from servers import fake_aws_env, moto_s3, s3_upload
 
 torch.set_num_threads(1)
 
+#: moto's state is per process: a bucket of our own, whatever other tests left in theirs
+BUCKET = "shard-upload"
+
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -29,7 +32,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv(k, v)
     with moto_s3() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        s3_upload(endpoint, "speech", {})  # the bucket
+        s3_upload(endpoint, BUCKET, {})  # the bucket
         reset_filesystems()
         yield endpoint
     reset_filesystems()
@@ -59,10 +62,10 @@ def test_shard_to_object_storage(tmp_path: Path, s3: str) -> None:
     tok = tmp_path / "tok" / "tokenizer.model"
     opts = ShardOptions(num_shards=3, progress=False)
     local = write_shards([corpus.manifest], tmp_path / "local", opts)
-    report = write_shards([corpus.manifest], "s3://speech/ds", opts)
-    assert report.out_dir == "s3://speech/ds" and report.entries == local.entries
+    report = write_shards([corpus.manifest], "s3://shard-upload/ds", opts)
+    assert report.out_dir == "s3://shard-upload/ds" and report.entries == local.entries
     client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1")
-    objects = {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket="speech")["Contents"]}
+    objects = {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="ds/")["Contents"]}
     files = {
         p.relative_to(tmp_path / "local").as_posix(): p.stat().st_size
         for p in (tmp_path / "local").rglob("*")
@@ -70,7 +73,7 @@ def test_shard_to_object_storage(tmp_path: Path, s3: str) -> None:
     }
     assert objects == {f"ds/{k}": v for k, v in files.items()}  # byte for byte the local layout
     for key in files:
-        body = client.get_object(Bucket="speech", Key=f"ds/{key}")["Body"].read()
+        body = client.get_object(Bucket=BUCKET, Key=f"ds/{key}")["Body"].read()
         assert body == (tmp_path / "local" / key).read_bytes()
     # the loader reads it back from S3 (by range) as from the local folder
     want = _batches(
@@ -78,13 +81,15 @@ def test_shard_to_object_storage(tmp_path: Path, s3: str) -> None:
         str(tmp_path / "local" / "audio_{0..2}.tar"),
         tok,
     )
-    got = _batches("s3://speech/ds/tarred_audio_manifest.json", "s3://speech/ds/audio_{0..2}.tar", tok)
+    got = _batches(
+        "s3://shard-upload/ds/tarred_audio_manifest.json", "s3://shard-upload/ds/audio_{0..2}.tar", tok
+    )
     assert got == want
     # a rerun uploads nothing again: every object is there with its size
-    client.delete_object(Bucket="speech", Key="ds/audio_1.tar")
-    again = write_shards([corpus.manifest], "s3://speech/ds", opts)
+    client.delete_object(Bucket=BUCKET, Key="ds/audio_1.tar")
+    again = write_shards([corpus.manifest], "s3://shard-upload/ds", opts)
     assert again.reused == 3
-    assert client.head_object(Bucket="speech", Key="ds/audio_1.tar")["ContentLength"] == files["audio_1.tar"]
+    assert client.head_object(Bucket=BUCKET, Key="ds/audio_1.tar")["ContentLength"] == files["audio_1.tar"]
 
 
 def test_manifest_and_metadata_go_last(tmp_path: Path) -> None:
