@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also stop at this wall-clock time (a shared machine): the CPU minutes used are reported",
     )
     p.add_argument("--arch", default="salm")
-    p.add_argument("--train", type=int, default=3000, help="training clips")
+    p.add_argument("--train", type=int, default=2400, help="training clips")
     p.add_argument("--val", type=int, default=200, help="held-out clips synthesised (seen sentences dropped)")
     p.add_argument("--text-weight", type=float, default=0.1, help="input_cfg weight of the text-only data")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (upper bound)")
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument(
-        "--decay-steps", type=int, default=6000, help="cosine decay to min_lr over this many steps"
+        "--decay-steps", type=int, default=8000, help="cosine decay to min_lr over this many steps"
     )
     p.add_argument("--no-control", action="store_true", help="skip the shuffled-answer control")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
