@@ -186,3 +186,18 @@ def test_the_loader_tables_in_the_docs_are_the_results_file() -> None:
     docs = (REPO / "docs/benchmarks.md").read_text().splitlines()
     for row in rows:
         assert row in docs, f"docs/benchmarks.md lacks the results row {row!r}"
+
+
+def test_cer_compares_the_tokens_before_the_first_eos() -> None:
+    """A ChatML reference ends ``<|im_end|>\\n`` (EOS, then a newline token); generation stops at
+    EOS, so CER compares what comes before it on both sides, pad left out."""
+    from types import SimpleNamespace
+
+    from speechdata.train.module import SpeechLMModule
+
+    fake = SimpleNamespace(model=SimpleNamespace(cfg=SimpleNamespace(eos_id=2, pad_id=0)), decode=None)
+    assert SpeechLMModule._text(fake, [5, 6, 2, 9, 0, 0]) == [5, 6]  # type: ignore[arg-type]
+    assert SpeechLMModule._text(fake, [5, 0, 6]) == [5, 6]  # type: ignore[arg-type]
+    assert error_sums(
+        [(SpeechLMModule._text(fake, [5, 6, 2]), SpeechLMModule._text(fake, [5, 6, 2, 9]))]
+    ) == (0, 2)  # type: ignore[arg-type]

@@ -103,8 +103,12 @@ class SpeechLMModule(pl.LightningModule):
         self._val = {"loss": 0.0, "tokens": 0.0, "errors": 0.0, "chars": 0.0}
 
     def _text(self, ids: list[int]) -> list[int] | str:
+        """What CER compares: the tokens before the first EOS (a reference's answer part may go on
+        after it, as ``<|im_end|>\n`` does in ChatML; generation stops there), pad left out."""
         eos, pad = self.model.cfg.eos_id, self.model.cfg.pad_id
-        ids = [i for i in ids if i not in (eos, pad)]
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        ids = [i for i in ids if i != pad]
         return self.decode(ids) if self.decode is not None else ids
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
