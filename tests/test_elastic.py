@@ -410,25 +410,7 @@ def test_the_trainer_resumes_on_another_number_of_devices(corpus: Corpus, tmp_pa
     """Two DDP processes (gloo) stop mid-epoch; the checkpoint resumes with ``trainer.devices=1``
     and the rest of the epoch is every example the two ranks had not trained on, each once."""
     tok = _tokenizer(corpus)
-    overrides = [
-        f"model.train_ds.manifest_filepath={corpus.manifest}",
-        f"model.validation_ds.manifest_filepath={corpus.manifest}",
-        f"model.tokenizer.model={tok}",
-        f"exp_manager.exp_dir={tmp_path / 'exp'}",
-        "exp_manager.checkpoint_callback_params.every_n_train_steps=1",
-        "trainer.accelerator=cpu",
-        "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "model.train_ds.num_workers=0",
-        "model.train_ds.drop_last=false",
-        "model.train_ds.min_duration=null",
-        "model.train_ds.max_duration=null",
-        "model.micro_batch_size=4",
-        "model.global_batch_size=8",
-        "optim.sched.max_steps=50",
-        *TINY_MODEL,
-    ]
+    overrides = _trainer_overrides(corpus, tok, tmp_path / "exp")
     stop = 2
     two = [*overrides, "trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_steps={stop}"]
     out = run_speechdata(["train", str(CONFIGS / "salm_tiny.yaml"), *two], tmp_path)
