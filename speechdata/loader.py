@@ -306,6 +306,7 @@ class SpeechDataLoader:
             rank=self.rank,
             world_size=self.world_size,
             resized=self._resized,
+            readers=None if self.source.seekable else max(1, self.cfg.num_workers),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -323,7 +324,12 @@ class SpeechDataLoader:
         pos = Position.from_dict(state, what)
         fixed = None if self.source.seekable else STREAM_FIXED_WORLD
         pos.check(
-            seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what, fixed_world=fixed
+            seed=self.cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            what=what,
+            fixed_world=fixed,
+            readers=None if self.source.seekable else max(1, self.cfg.num_workers),
         )
         resized = pos.resized_for(self.world_size)
         try:

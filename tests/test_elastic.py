@@ -11,6 +11,7 @@ checkpoint resumed with ``trainer.devices=1``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections import Counter
@@ -314,6 +315,15 @@ def test_positions_that_cannot_be_re_dealt_are_one_line_errors(corpus: Corpus, s
     msg = str(info.value)
     assert msg.startswith("loader state: saved world_size=2 differs from this loader's 1; a streamed dataset")
     assert "dealt by rank and worker" in msg and "\n" not in msg
+    # a stream's position records its workers per rank: other num_workers is refused mid-epoch
+    files = make_dataset_config(_values(corpus, shards, "files", micro_batch_size=2))
+    assert saved["readers"] == 1 and "readers" not in build_dataloader(files, tok).state_dict()
+    two_workers = build_dataloader(dataclasses.replace(streamed, num_workers=2), tok, rank=0, world_size=2)
+    two_workers.load_state_dict(at_start)
+    with pytest.raises(
+        ConfigError, match=r"^loader state: saved by 1 stream reader\(s\) per rank, this loader has 2 "
+    ):
+        two_workers.load_state_dict(saved)
 
     files = build_dataloader(make_dataset_config(_values(corpus, shards, "files", micro_batch_size=2)), tok)
     per_two = len(build_dataloader(files.cfg, tok, rank=0, world_size=2))

@@ -18,7 +18,9 @@ step each one reached, oldest first::
     {"version": 1, "epoch": 3, "batch": 140, "seed": 42, "rank": 0, "world_size": 3,
      "resized": [[2, 117]]}
 
-(steps 0..116 of epoch 3 ran on 2 ranks, steps 117.. on 3). Older formats keep loading
+(steps 0..116 of epoch 3 ran on 2 ranks, steps 117.. on 3). A streamed loader's position also
+carries ``readers``, its stream readers per rank (``num_workers``, 0 counting as 1), which a
+stream's order depends on. Older formats keep loading
 (:meth:`Position.from_dict` converts them): the sampler's ``{"epoch", "batch"}``, the loader's
 ``{"epoch", "batch", "seed", "rank", "world_size"}`` without a version, and the trainer's
 checkpoint entry ``{"epoch", "batches", "epoch_complete", "state"}``.
@@ -48,7 +50,7 @@ __all__ = ["POSITION_VERSION", "Position", "resolve_rank_world"]
 POSITION_VERSION = 1
 _KEYS = ("epoch", "batch", "seed", "rank", "world_size")
 #: Keys written only when they hold something (so a position without them is the plain format).
-_OPTIONAL = ("resized",)
+_OPTIONAL = ("resized", "readers")
 
 #: Earlier deals of an epoch: ``(world_size, step reached)`` pairs, oldest first.
 Resized = tuple[tuple[int, int], ...]
@@ -71,6 +73,9 @@ class Position:
     rank: int | None = None
     world_size: int | None = None
     resized: Resized = ()
+    #: a streamed loader's readers per rank (``num_workers``, 0 counting as 1: its stream is
+    #: dealt to them); ``None`` for a planned loader, whose batches do not depend on its workers
+    readers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epoch", "batch"):
@@ -82,6 +87,8 @@ class Position:
             if v is not None and (not _is_int(v) or v < (1 if name == "world_size" else 0)):
                 low = 1 if name == "world_size" else 0
                 raise ConfigError(f"position: {name} must be an integer >= {low} or null, got {v!r}")
+        if self.readers is not None and (not _is_int(self.readers) or self.readers < 0):
+            raise ConfigError(f"position: readers must be an integer >= 0 or absent, got {self.readers!r}")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ConfigError(f"position: rank {self.rank} is not below world_size {self.world_size}")
         reached = 0
@@ -105,6 +112,8 @@ class Position:
         out: dict[str, Any] = {"version": POSITION_VERSION, **{k: getattr(self, k) for k in _KEYS}}
         if self.resized:
             out["resized"] = _plain(self.resized)
+        if self.readers is not None:
+            out["readers"] = self.readers
         return out
 
     @classmethod
@@ -141,6 +150,7 @@ class Position:
         if isinstance(resized, (list, tuple)):
             resized = tuple(tuple(d) if isinstance(d, (list, tuple)) else d for d in resized)
         values["resized"] = resized
+        values["readers"] = state.get("readers")
         try:
             return cls(**values)
         except ConfigError as e:
@@ -154,13 +164,14 @@ class Position:
         world_size: int,
         what: str = "position",
         fixed_world: str | None = None,
+        readers: int | None = None,
     ) -> None:
         """A :class:`ConfigError` when a known ``seed`` differs from the loader's, or a known
         ``rank`` on the same ``world_size``: the saved position would then name other batches.
         Another world size is not an error (the rest of the epoch is re-dealt, see
         :meth:`resized_for`) unless ``fixed_world`` says why this loader cannot re-deal (a
         stream) and the position is inside an epoch; a position already re-dealt is refused then
-        too."""
+        too, and so is one saved by a stream with other ``readers`` (workers per rank)."""
 
         def mismatch(name: str, saved: int, why: str) -> ConfigError:
             return ConfigError(f"{what}: saved {name}={saved} differs from this loader's {mine[name]}; {why}")
@@ -175,6 +186,12 @@ class Position:
             raise mismatch("rank", self.rank, "the saved position would not match")
         if fixed_world is not None and self.resized:
             raise ConfigError(f"{what}: epoch {self.epoch} was re-dealt to another world size; {fixed_world}")
+        known = self.readers is not None and readers is not None
+        if fixed_world is not None and self.batch > 0 and known and self.readers != readers:
+            raise ConfigError(
+                f"{what}: saved by {self.readers} stream reader(s) per rank, this loader has {readers} "
+                f"(num_workers, 0 counting as 1); {fixed_world}"
+            )
 
     def resized_for(self, world_size: int) -> Resized:
         """The earlier deals of this epoch as seen by a loader of ``world_size`` ranks: the saved
@@ -200,11 +217,13 @@ class Position:
         rank: int | None = None,
         world_size: int | None = None,
         resized: Resized = (),
+        readers: int | None = None,
     ) -> Position:
         """The position once ``consumed`` batches of ``epoch`` (whose earlier deals were
         ``resized``) were handed out: an epoch of known length (``epoch_length``; ``None`` for a
-        stream) that is finished rolls over to batch 0 of the next one."""
-        pos = cls(epoch, consumed, seed, rank, world_size, resized)
+        stream) that is finished rolls over to batch 0 of the next one. ``readers``: a streamed
+        loader's workers per rank."""
+        pos = cls(epoch, consumed, seed, rank, world_size, resized, readers)
         return pos.next_epoch() if epoch_length is not None and consumed >= epoch_length else pos
 
 
