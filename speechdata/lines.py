@@ -286,6 +286,7 @@ def parse_conversation(obj: dict[str, Any]) -> Line:
     durations: list[Any] = []
     offsets: list[float] = []
     pieces: list[tuple[str, str | int]] = []  # (role, text or audio number) in order
+    used = 0  # ShareGPT placeholders met so far
     if sharegpt:
         audio = _sharegpt_audio(obj)
     for n, turn in enumerate(turns, 1):
@@ -301,7 +302,7 @@ def parse_conversation(obj: dict[str, Any]) -> Line:
         if type(value) is not str:
             raise ValueError(f"turn {n}: 'value' must be a string, got {type(value).__name__}")
         if sharegpt:
-            _sharegpt_pieces(value, role, pieces, len(audio), n)
+            used = _sharegpt_pieces(value, role, pieces, used, len(audio), n)
             continue
         kind = turn.get("type")
         if kind == "text":
@@ -323,7 +324,6 @@ def parse_conversation(obj: dict[str, Any]) -> Line:
         else:
             raise ValueError(f"turn {n}: 'type' must be 'text' or 'audio'; got {kind!r}"[:200])
     if sharegpt:
-        used = sum(1 for _, p in pieces if type(p) is int)
         if used != len(audio):
             raise ValueError(
                 f"{used} audio placeholder(s) ({' or '.join(SHAREGPT_PLACEHOLDERS)}) but {len(audio)} "
@@ -364,19 +364,23 @@ def _sharegpt_audio(obj: dict[str, Any]) -> list[str]:
     return paths
 
 
-def _sharegpt_pieces(value: str, role: str, pieces: list[tuple[str, str | int]], audios: int, n: int) -> None:
+def _sharegpt_pieces(
+    value: str, role: str, pieces: list[tuple[str, str | int]], used: int, audios: int, n: int
+) -> int:
     """Cut a ShareGPT value at its placeholders: text parts stripped (empty ones dropped, as
-    NeMo does), each placeholder the next audio."""
+    NeMo does), each placeholder the next audio (``used`` audios came before); returns the
+    audios used after it."""
     parts = _PLACEHOLDER.split(value)
     for k, part in enumerate(parts):
         if k:
-            used = sum(1 for _, p in pieces if type(p) is int)
             if used >= audios:
                 raise ValueError(f"turn {n}: more audio placeholders than the {audios} audio(s) in 'sound'")
             pieces.append((role, used))
+            used += 1
         text = part.strip() if len(parts) > 1 else part
         if text or len(parts) == 1:
             pieces.append((role, text))
+    return used
 
 
 def _merge(pieces: list[tuple[str, str | int]]) -> list[Message]:
