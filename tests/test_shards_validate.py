@@ -116,3 +116,31 @@ def test_problems_in_line_order_whatever_runs_the_shards(clean, tmp_path):
     k = kinds.index("bad_line")  # line 5's missing members (one per audio), line 7, then orphans
     assert k >= 1 and set(kinds[:k]) == {"missing"} and set(kinds[k + 1 :]) == {"orphan"}
     assert ":5: shard audio_7.tar not found" in one.problems[0][1]
+
+
+def _rewrite(folder, edit) -> None:
+    """Rewrite the dataset's manifest, each entry through ``edit(line number, entry)``."""
+    path = folder / "tarred_audio_manifest.json"
+    lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+    path.write_bytes(b"".join(orjson.dumps(edit(k, e)) + b"\n" for k, e in enumerate(lines, 1)))
+
+
+def test_lines_are_read_by_the_loaders_rule(clean, tmp_path, capsys):
+    """validate reads each line as the loader does (parse_line): a line the loader refuses is a
+    bad_line naming file:line, and --answer-key reads an answer under another key."""
+    folder = _copy(clean, tmp_path)
+
+    def edit(k, e):
+        e["output"] = e.pop("text", e.pop("answer", None))
+        if k == 3:
+            e["offset"] = False  # not a number: the loader refuses the line
+        return e
+
+    _rewrite(folder, edit)
+    report = validate(folder, progress=False)
+    assert report.counts() == {"bad_line": 14}
+    assert "tarred_audio_manifest.json:1: no answer ('answer' or 'text')" in report.problems[0][1]
+    assert cli_main(["validate", str(folder), "--no-progress", "--answer-key", "output"]) == 1
+    out = capsys.readouterr().out
+    assert "tarred_audio_manifest.json:3: 'offset' must be a number, got False" in out
+    assert "1 problem (bad_line=1)" in out

@@ -1,7 +1,7 @@
 """Options shared by several commands: the manifest keys.
 
-Every command that reads manifests (``shard``, ``inspect``, ``tokenizer train``, ``bench``) takes
-``--answer-key`` and ``--context-key`` (and ``--default-context`` where a context is used), with
+Every command that reads manifests (``shard``, ``validate``, ``inspect``, ``tokenizer train``,
+``bench``) takes ``--answer-key`` and ``--context-key`` (and ``--default-context`` where a context is used), with
 the meaning and defaults of the dataset keys ``answer_key``, ``context_key`` and
 ``default_context`` (docs/configuration.md). :func:`manifest_keys_from` turns them into
 :class:`~speechdata.manifest.ManifestKeys` the way the loader does: through a

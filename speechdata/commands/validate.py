@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from speechdata.commands.options import add_key_options, manifest_keys_from
+
 HELP = "check every entry of a tarred dataset against its tars"
 
 
@@ -30,13 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(ray, or ray://ADDRESS); the report is the same (default local)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_key_options(parser, default_context=False)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``speechdata validate``: print every problem, then the summary; 1 if anything is wrong."""
     from speechdata.shards.validate import validate
 
-    report = validate(args.dir, progress=not args.no_progress, workers=args.workers, executor=args.executor)
+    report = validate(
+        args.dir,
+        progress=not args.no_progress,
+        workers=args.workers,
+        executor=args.executor,
+        keys=manifest_keys_from(args, tarred=True),
+    )
     for _kind, message in report.problems:
         print(message)
     print(report.summary())

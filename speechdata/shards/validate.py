@@ -1,8 +1,9 @@
 """Checking every entry of a tarred dataset against its tars (the command is ``speechdata validate``,
 :mod:`speechdata.commands.validate`).
 
-For each entry of ``DIR/tarred_audio_manifest.json`` (or of every ``DIR/bucket*/`` dataset) and
-each of its audios: the member is in its shard (``audio_{shard_id}.tar``; NeMo's ``-subN`` names
+Each entry of ``DIR/tarred_audio_manifest.json`` (or of every ``DIR/bucket*/`` dataset) is read
+by the loader's rule (:func:`~speechdata.lines.parse_line`: a line the loader would refuse is a
+``bad_line``), and for each of its audios: the member is in its shard (``audio_{shard_id}.tar``; NeMo's ``-subN`` names
 resolve to the member they repeat), ``tar_offset``/``tar_size`` (when present) point at it, the
 span ``[offset, offset + duration]`` fits in the member by the loader's own rule
 (:func:`~speechdata.shards.plan.check_span`: at most ``DURATION_TOLERANCE`` = 0.05 s past the
@@ -45,6 +46,9 @@ from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_s
 from speechdata.shards.tarfmt import Member, scan_members
 
 _SHARD = re.compile(r"^audio_(\d+)\.tar$")
+
+#: How validate reads lines by default: the loader's default keys, audio names are members.
+TARRED_KEYS = ManifestKeys(tarred=True)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class _Folder:
     manifest: str
     tars: dict[int, Path]
     sliced: bool
+    keys: ManifestKeys
 
 
 def _scan(tars: dict[int, Path], sid: int) -> tuple[dict[str, Member], tuple[str, str] | None]:
@@ -164,7 +169,7 @@ def _check_lines(
         for line_no, entry in lines:
             seen = len(report.problems)
             where = f"{folder.manifest}:{line_no}"
-            _check_entry(entry, where, folder.tars, tables, fds, used, folder.sliced, report)
+            _check_entry(entry, folder.keys, where, folder.tars, tables, fds, used, folder.sliced, report)
             problems.extend((line_no, kind, msg) for kind, msg in report.problems[seen:])
             progress(1)
     finally:
@@ -189,6 +194,7 @@ def validate_folder(
     report: ValidationReport,
     progress: Callable[[int], None] = lambda n: None,
     executor: Executor | None = None,
+    keys: ManifestKeys = TARRED_KEYS,
 ) -> None:
     """Check one NeMo tarred dataset folder, adding to ``report``: one task per shard (the
     entries whose ``shard_id`` names it) on ``executor`` (default: this process); entries without
@@ -198,7 +204,7 @@ def validate_folder(
         int(m.group(1)): folder / p.name for p in folder.glob("audio_*.tar") if (m := _SHARD.match(p.name))
     }
     manifest = folder / MANIFEST
-    info = _Folder(str(manifest), tars, _sliced(folder))
+    info = _Folder(str(manifest), tars, _sliced(folder), keys)
     groups: dict[int, list[tuple[int, dict[str, Any]]]] = {sid: [] for sid in tars}
     loose: list[tuple[int, dict[str, Any]]] = []
     problems: list[tuple[int, str, str]] = []
@@ -237,12 +243,20 @@ def validate_folder(
         report.problems.extend(("orphan", f"{tars[sid]}:{name}: member used by no entry") for name in names)
 
 
-#: How validate reads a conversation line of a tarred manifest (audio names are members).
-_TARRED = ManifestKeys(tarred=True)
+def _find(
+    name: str, shards: list[int], tables: dict[int, dict[str, Member]]
+) -> tuple[int, str, Member] | None:
+    """``(shard, member name, member)`` of the audio ``name`` in the first of ``shards`` that holds
+    it (NeMo's ``-subN`` names resolve to the member they repeat), or None."""
+    for s in shards:
+        if s in tables and (m := lookup_member(tables[s], name)) is not None:
+            return s, name if name in tables[s] else strip_sub(name), m
+    return None
 
 
 def _check_entry(
     entry: dict[str, Any],
+    keys: ManifestKeys,
     where: str,
     tars: dict[int, Path],
     tables: dict[int, dict[str, Member]],
@@ -251,26 +265,21 @@ def _check_entry(
     sliced: bool,
     report: ValidationReport,
 ) -> None:
-    if "conversations" in entry:  # a conversation's audios are its audio turns (ShareGPT: sound)
-        try:
-            line = parse_line(entry, _TARRED)
-        except ValueError as e:
-            report.problems.append(("bad_line", f"{where}: {e}"))
-            return
-        names, n = line.audio, len(line.audio)
-        if not n:
-            return  # a text-only example: no member
-        offsets = list(line.offset)
-        durations = list(line.duration) if line.duration is not None else [None] * n
-    else:
-        names = entry_names(entry)
-        if not names:
-            report.problems.append(("bad_line", f"{where}: no audio_filepath"))
-            return
-        n = len(names)
-        offsets = _as_list(entry.get("offset"), n, 0.0)
-        durations = _as_list(entry.get("duration"), n, None)
     sid = entry.get("shard_id")
+    shards = [sid] if isinstance(sid, int) else sorted(tables)
+    try:  # the loader's rule for a line (conversation audio turns, ShareGPT sound, clip numbers, texts)
+        line = parse_line(entry, keys)
+    except ValueError as e:
+        report.problems.append(("bad_line", f"{where}: {e}"))
+        for name in entry_names(entry):  # its members are not orphans: the line is what is wrong
+            if (found := _find(name, shards, tables)) is not None:
+                used.add((found[0], found[1]))
+        return
+    names, n = line.audio, len(line.audio)
+    if not n:
+        return  # a text-only example: no member
+    offsets: list[float] = list(line.offset)
+    durations: list[float | None] = list(line.duration) if line.duration is not None else [None] * n
     tar_offs = _as_list(entry.get("tar_offset"), n, None)
     tar_sizes = _as_list(entry.get("tar_size"), n, None)
     if not all(len(x) == n for x in (offsets, durations, tar_offs, tar_sizes)):
@@ -278,12 +287,8 @@ def _check_entry(
             ("bad_line", f"{where}: offset/duration/tar_offset/tar_size lengths differ from the audios")
         )
         return
-    shards = [sid] if isinstance(sid, int) else sorted(tables)
     for k, name in enumerate(names):
-        found = next(
-            ((s, m) for s in shards if s in tables and (m := lookup_member(tables[s], name)) is not None),
-            None,
-        )
+        found = _find(name, shards, tables)
         if found is None:
             shown = f"audio_{sid}.tar" if isinstance(sid, int) else "any shard"
             if isinstance(sid, int) and sid not in tars:
@@ -291,8 +296,7 @@ def _check_entry(
             else:
                 report.problems.append(("missing", f"{where}: member {name!r} not in {shown}"))
             continue
-        s, m = found
-        real = name if name in tables[s] else strip_sub(name)
+        s, real, m = found
         used.add((s, real))
         label = f"{tars[s]}:{real}"
         if tar_offs[k] is not None and (tar_offs[k] != m.offset or tar_sizes[k] != m.size):
@@ -313,12 +317,19 @@ def _check_entry(
 
 
 def validate(
-    root: str | Path, *, progress: bool = True, workers: int = 1, executor: str = "local"
+    root: str | Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    executor: str = "local",
+    keys: ManifestKeys = TARRED_KEYS,
 ) -> ValidationReport:
     """Validate the tarred dataset(s) under ``root`` (see the module docstring): one task per
     shard, in ``workers`` local processes or as Ray tasks (``executor``: ``local``, ``ray`` or
     ``ray://ADDRESS``, :func:`~speechdata.shards.executors.open_executor`); the report is the
-    same whatever ran the tasks."""
+    same whatever ran the tasks. ``keys``: how lines are read, as the loader reads them
+    (:func:`~speechdata.lines.parse_line`; default: the loader's default keys, audio names as
+    members): a line the loader would refuse (no answer, a bad ``duration``) is a ``bad_line``."""
     check_executor(executor)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
@@ -333,5 +344,5 @@ def validate(
         open_executor(executor, workers) as ex,
     ):
         for folder in folders:
-            validate_folder(folder, report, bar.update, ex)
+            validate_folder(folder, report, bar.update, ex, keys)
     return report
