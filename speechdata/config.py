@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import os
@@ -121,7 +122,6 @@ NEMO_UNSUPPORTED_KEYS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "quadratic_factor": ("a quadratic token cost (speechdata has quadratic_duration)", (None,)),
     "multi_config": ("one sampler per sub-config, fused", (False,)),
     "datasets": ("several evaluation dataloaders in one section", (None,)),
-    "shar_path": ("reading lhotse Shar datasets", (None,)),
     "skip_missing_manifest_entries": ("tarred manifests naming a subset of the tars", (False,)),
     "tarred_random_access": ("tarred manifests naming a subset of the tars", (False,)),
     "metadata_only": ("iterating manifests without audio", (False,)),
@@ -153,6 +153,10 @@ INPUT_MANIFEST_TYPES = ("nemo", "nemo_tarred", "multimodal_conversation")
 INPUT_CUTS_TYPES = ("lhotse", "lhotse_as_conversation")
 #: The prefix that marks a ``manifest_filepath`` entry as a lhotse CutSet manifest.
 CUTS_PREFIX = "lhotse:"
+#: The prefix that marks a ``manifest_filepath`` entry (and its ``tarred_audio_filepaths`` spec) as
+#: a lhotse Shar dataset: its ``shar_path``, a folder or JSON of ``{field: shards}``
+#: (:mod:`speechdata.sources.shar`).
+SHAR_PREFIX = "lhotse_shar:"
 #: ``input_cfg`` types of text-only data (not supported yet) and of lhotse's Shar format.
 INPUT_TEXT_TYPES = ("txt", "txt_pair", "nemo_sft_jsonl")
 INPUT_LHOTSE_TYPES = ("lhotse_shar",)
@@ -167,6 +171,7 @@ INPUT_ITEM_KEYS = (
     "audio_locator_tag",
     "input_cfg",
     "cuts_path",
+    "shar_path",
     "shuffle",
 )
 #: Tags of an ``input_cfg`` item that set a dataset key (the same value on every source).
@@ -490,17 +495,19 @@ def make_dataset_config(values: Mapping[str, Any], path: str = "dataset") -> Dat
 
 
 def _section_cuts(values: Mapping[str, Any], path: str) -> Mapping[str, Any]:
-    """NeMo's section-level ``cuts_path`` (one lhotse CutSet manifest) as a one-source
-    ``input_cfg``; ``cuts_path: null`` is dropped."""
-    if "cuts_path" not in values:
-        return values
-    out = {k: v for k, v in values.items() if k != "cuts_path"}
-    cuts = values["cuts_path"]
-    if cuts is None:
-        return out
+    """NeMo's section-level ``cuts_path`` (one lhotse CutSet manifest) or ``shar_path`` (one lhotse
+    Shar dataset) as a one-source ``input_cfg``; a null one is dropped."""
+    out = {k: v for k, v in values.items() if k not in ("cuts_path", "shar_path")}
+    given = {k: values[k] for k in ("cuts_path", "shar_path") if values.get(k) is not None}
+    if not given:
+        return out if len(out) != len(values) else values
+    if len(given) > 1:
+        raise ConfigError(f"{path}: give cuts_path or shar_path, not both")
+    ((key, value),) = given.items()
     if out.get("input_cfg") is not None:
-        raise ConfigError(f"{path}: give input_cfg or cuts_path, not both")
-    out["input_cfg"] = [{"type": "lhotse", "cuts_path": cuts}]
+        raise ConfigError(f"{path}: give input_cfg or {key}, not both")
+    kind = "lhotse" if key == "cuts_path" else "lhotse_shar"
+    out["input_cfg"] = [{"type": kind, key: value}]
     return out
 
 
@@ -576,8 +583,10 @@ def expand_input_cfg(values: Mapping[str, Any], path: str) -> tuple[dict[str, An
     ``tarred_audio_filepaths``), ``multimodal_conversation`` (a manifest of conversation lines,
     optionally tarred), ``lhotse`` / ``lhotse_as_conversation`` (a CutSet manifest,
     ``cuts_path``: its ``manifest_filepath`` entry is ``lhotse:<cuts_path>``, converted when the
-    source is opened) or ``group`` (a nested ``input_cfg``); text-only types and lhotse Shar are
-    a one-line "not supported" error. Each leaf source becomes one manifest of
+    source is opened), ``lhotse_shar`` (a lhotse Shar dataset, ``shar_path``: a folder or a mapping
+    of fields to shards; its manifest and shard spec are ``lhotse_shar:<shar_path>``, converted
+    when the source is opened) or ``group`` (a nested ``input_cfg``); text-only types are a
+    one-line "not supported" error. Each leaf source becomes one manifest of
     ``manifest_filepath`` (and, when tarred, one shard spec of ``tarred_audio_filepaths``), in
     order. Weights follow NeMo: in each list either every item has a ``weight`` or none has (equal
     weights); a source's probability is its weight over its list's total, times its group's
@@ -693,11 +702,6 @@ def _walk_sources(
         check_choice(kind, INPUT_TYPES, f"{at}.type")
         if kind in INPUT_TEXT_TYPES:
             raise ConfigError(f"{at}.type: {kind!r} (text-only data) is not supported yet")
-        if kind in INPUT_LHOTSE_TYPES:
-            raise ConfigError(
-                f"{at}.type: {kind!r} (lhotse Shar) is not supported; give the cuts as type lhotse "
-                "(cuts_path) or a NeMo manifest"
-            )
         rest: dict[str, Any] = {}
         _drop_nemo_keys(item, at, INPUT_ITEM_KEYS, rest)
         check_keys(rest, INPUT_ITEM_KEYS, at)
@@ -734,6 +738,15 @@ def _walk_sources(
             raise ConfigError(
                 f"{at}.cuts_path: only sources of type {' / '.join(INPUT_CUTS_TYPES)} read cuts"
             )
+        if kind in INPUT_LHOTSE_TYPES:
+            for key in ("manifest_filepath", "tarred_audio_filepaths", "cuts_path"):
+                if key in rest:
+                    raise ConfigError(f"{at}.{key}: a {kind} source reads shar_path only")
+            rest["manifest_filepath"] = rest["tarred_audio_filepaths"] = SHAR_PREFIX + _shar_spec(
+                rest.get("shar_path"), f"{at}.shar_path"
+            )
+        elif "shar_path" in rest:
+            raise ConfigError(f"{at}.shar_path: only sources of type lhotse_shar read Shar datasets")
         manifest = rest.get("manifest_filepath")
         if not isinstance(manifest, str) or not manifest:
             raise ConfigError(f"{at}.manifest_filepath: a {kind} source needs one manifest path (a string)")
@@ -756,6 +769,28 @@ def _walk_sources(
                 "shared": {**shared, "audio_locator_tag": locator},
             }
         )
+
+
+def _shar_spec(value: Any, at: str) -> str:
+    """A ``shar_path`` as the text after :data:`SHAR_PREFIX`: a folder as it is, a mapping of
+    fields to shards (NeMo 2.x: ``{cuts: [...], recording: [...]}``, each a list of paths or one
+    brace pattern) as JSON."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, Mapping) and value:
+        fields: dict[str, Any] = {}
+        for name, shards in value.items():
+            items = list(shards) if isinstance(shards, (list, tuple, ListConfig)) else [shards]
+            if not items or not all(isinstance(x, str) and x for x in items):
+                raise ConfigError(f"{at}.{name}: expected a list of shard paths or one brace pattern")
+            fields[str(name)] = items
+        return json.dumps(fields)
+    if isinstance(value, (list, tuple, ListConfig)):
+        raise ConfigError(
+            f"{at}: a list of Shar folders is not supported; give one lhotse_shar source per folder "
+            "in input_cfg (with weights)"
+        )
+    raise ConfigError(f"{at}: expected a Shar folder or a mapping of fields to shard lists")
 
 
 def split_paths(value: str | Sequence[str] | None) -> list[str]:

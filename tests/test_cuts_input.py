@@ -149,7 +149,9 @@ def test_cuts_a_manifest_cannot_hold_are_one_line_errors(tmp_path: Path, cuts: d
         make_dataset_config(
             {"cuts_path": "a", "input_cfg": [{"type": "nemo", "manifest_filepath": "b"}]}, "ds"
         )
+    with pytest.raises(ConfigError, match=r"^ds: give cuts_path or shar_path, not both$"):
+        make_dataset_config({"cuts_path": "a", "shar_path": "s"}, "ds")
     with pytest.raises(
-        ConfigError, match=r"input_cfg\[0\]\.type: 'lhotse_shar' \(lhotse Shar\) is not supported"
+        ConfigError, match=r"input_cfg\[0\]\.shar_path: only sources of type lhotse_shar read Shar datasets"
     ):
-        make_dataset_config({"input_cfg": [{"type": "lhotse_shar", "shar_path": "s"}]}, "ds")
+        make_dataset_config({"input_cfg": [{"type": "lhotse", "cuts_path": "c", "shar_path": "s"}]}, "ds")

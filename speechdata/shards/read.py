@@ -125,6 +125,26 @@ def expand_tar_paths(spec: str | Sequence[str] | Sequence[Sequence[str]]) -> lis
     return [p for s in items for p in _expand_one(str(s))]
 
 
+def paired_shards(manifest: str, shards: Any) -> list[tuple[str, str]] | None:
+    """NeMo's pairing by position: when ``manifest`` is a pattern (``{0..N}`` or ``_OP_0..N_CL_``)
+    naming several manifest shards, the ``(manifest i, tar i)`` pairs with the tars of
+    ``shards`` (that manifest's ``tarred_audio_filepaths`` spec), as NeMo's tarred conversation
+    reader zips them; ``None`` for a plain manifest path. Counts that differ are a one-line
+    :class:`ConfigError`."""
+    if "{" not in manifest and "_OP_" not in manifest:
+        return None
+    manifests = _expand_one(manifest)
+    tars = expand_tar_paths(shards)
+    if not tars or not all(isinstance(t, str) for t in tars):
+        raise ConfigError(f"tarred_audio_filepaths: manifest {manifest} needs one list of tars to pair with")
+    if len(manifests) != len(tars):
+        raise ConfigError(
+            f"manifest_filepath {manifest} names {len(manifests)} manifest(s) but tarred_audio_filepaths "
+            f"names {len(tars)} tar(s); manifest i is read with tar i, so the counts must be equal"
+        )
+    return list(zip(manifests, tars, strict=True))  # type: ignore[arg-type]
+
+
 def shard_ids(paths: Sequence[str]) -> list[int]:
     """Shard number of each path: the ``N`` of ``..._N.tar`` when every path has a distinct one
     (NeMo's ``audio_N.tar`` naming), else the position in the list."""

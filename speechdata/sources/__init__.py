@@ -27,8 +27,10 @@ from speechdata.errors import ConfigError
 from speechdata.manifest import ManifestKeys, load_index
 from speechdata.shards.read import TarredDataset
 from speechdata.sources.base import Source, Streamed, StreamSlot, StreamSource, index_from_clips
+from speechdata.sources.converted import resolve_paired
 from speechdata.sources.cuts import resolve_cuts
 from speechdata.sources.files import ManifestSource
+from speechdata.sources.shar import resolve_shar
 from speechdata.sources.tarred import StreamedTarSource, TarredSource
 
 __all__ = [
@@ -49,13 +51,19 @@ def open_source(cfg: DatasetConfig, keys: ManifestKeys, *, cache: bool = True) -
     lines; ``cache=False`` neither reads nor writes index cache entries).
 
     Plain manifests unless ``is_tarred`` (a ``lhotse:<path>`` manifest is a lhotse CutSet, read
-    through its converted NeMo manifest: :func:`~speechdata.sources.cuts.resolve_cuts`); a
+    through its converted NeMo manifest: :func:`~speechdata.sources.cuts.resolve_cuts`; a
+    ``lhotse_shar:`` one a lhotse Shar dataset, read as a tarred dataset:
+    :func:`~speechdata.sources.shar.resolve_shar`; a tarred manifest pattern naming several
+    manifest shards is paired with its tars by position:
+    :func:`~speechdata.sources.converted.resolve_paired`); a
     tarred dataset is streamed with ``streaming: true``, or with ``streaming: auto`` when a shard
     is not a local file, else read by offset.
     """
     if not cfg.manifests:
         raise ConfigError("manifest_filepath: no manifest given")
     cfg = resolve_cuts(cfg)  # lhotse CutSet manifests (lhotse:<path>) as NeMo manifests
+    cfg = resolve_shar(cfg)  # lhotse Shar datasets (lhotse_shar:<shar_path>) as tarred manifests
+    cfg = resolve_paired(cfg)  # NeMo's manifest shards paired with tars by position
     index = load_index(cfg.manifests, keys, on_error=cfg.on_error, cache=cache, cache_dir=cfg.cache_dir)
     if not cfg.is_tarred:
         if cfg.streaming is True:

@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
-import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from speechdata.cache import FileStamp, cache_folder, prune, source_digest, touch
 from speechdata.config import CUTS_PREFIX, DatasetConfig
 from speechdata.errors import ConfigError, SpeechDataError
+from speechdata.sources.converted import converted_manifest
 
-__all__ = ["cuts_manifest", "resolve_cuts"]
+__all__ = ["cut_text_fields", "cuts_manifest", "read_cuts", "resolve_cuts"]
 
 #: Bump when the lines written for a cut change.
 CACHE_VERSION = 1
@@ -63,54 +62,52 @@ def resolve_cuts(cfg: DatasetConfig) -> DatasetConfig:
 
 def cuts_manifest(path: str, cache_dir: str | None = None) -> Path:
     """The NeMo manifest of the CutSet manifest ``path``, converted once (see the module
-    docstring) and cached; a :class:`SpeechDataError` for a missing file or a cut that a NeMo
-    manifest cannot hold."""
+    docstring) and cached (:func:`~speechdata.sources.converted.converted_manifest`); a
+    :class:`SpeechDataError` for a missing file or a cut that a NeMo manifest cannot hold."""
     real = os.path.realpath(os.path.expanduser(path))
     if not os.path.isfile(real):
         raise SpeechDataError(f"{path}: cuts manifest not found")
-    stamp = FileStamp.of(real)
-    folder = cache_folder("cuts", cache_dir)
-    source = source_digest(real)
-    bound = json.dumps([real, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.ino, stamp.dev])
-    out = folder / f"{source}.{hashlib.sha1(bound.encode()).hexdigest()[:16]}.v{CACHE_VERSION}.jsonl"
-    if out.is_file() and not stamp.racy:
-        touch(out)
-        return out
-    data = _convert(real, path)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    prune(folder, source, keep=out)
-    return out
+    return converted_manifest(
+        "cuts", [real], lambda: _convert(real, path), version=CACHE_VERSION, cache_dir=cache_dir
+    )
 
 
 def _convert(real: str, shown: str) -> bytes:
     """The NeMo manifest lines of the cuts in ``real`` (``shown`` names it in errors)."""
+    folder = os.path.dirname(real)
+    lines = [orjson.dumps(_line(cut, where, folder)) for cut, where in read_cuts(real, shown)]
+    return b"\n".join(lines) + (b"\n" if lines else b"")
+
+
+def read_cuts(real: str, shown: str) -> Iterator[tuple[Any, str]]:
+    """``(cut, "shown:line")`` for each cut of the CutSet JSONL file ``real`` (``.gz`` or plain;
+    ``shown`` names it in errors). Needs lhotse (a one-line :class:`ConfigError` without it); a
+    line that is not a cut, or a file that does not read (a corrupt ``.gz``), is a one-line
+    :class:`SpeechDataError` naming the file (and line)."""
     try:
         from lhotse.serialization import deserialize_item
     except ImportError:
         raise ConfigError(
             f"{shown}: reading lhotse cuts needs lhotse (pip install 'speechdata[lhotse]')"
         ) from None
-    folder = os.path.dirname(real)
     opener: Any = gzip.open if real.endswith(".gz") else open
-    lines: list[bytes] = []
-    with opener(real, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{shown}:{number}"
-            try:
-                cut = deserialize_item(orjson.loads(raw))
-            except Exception as e:  # lhotse raises many kinds for a malformed item
-                raise SpeechDataError(
-                    f"{where}: not a lhotse cut ({type(e).__name__}: {e})".splitlines()[0]
-                ) from None
-            lines.append(orjson.dumps(_line(cut, where, folder)))
-    return b"\n".join(lines) + (b"\n" if lines else b"")
+    number = 0
+    try:
+        with opener(real, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                where = f"{shown}:{number}"
+                try:
+                    cut = deserialize_item(orjson.loads(raw))
+                except Exception as e:  # lhotse raises many kinds for a malformed item
+                    raise SpeechDataError(
+                        f"{where}: not a lhotse cut ({type(e).__name__}: {e})".splitlines()[0]
+                    ) from None
+                yield cut, where
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise SpeechDataError(f"{shown}: cannot read after line {number} ({detail})") from None
 
 
 def _line(cut: Any, where: str, folder: str) -> dict[str, Any]:
@@ -139,11 +136,17 @@ def _line(cut: Any, where: str, folder: str) -> dict[str, Any]:
     line: dict[str, Any] = {"audio_filepath": path, "duration": round(float(cut.duration), 6)}
     if cut.start:
         line["offset"] = round(float(cut.start), 6)
+    return cut_text_fields(cut, line)
+
+
+def cut_text_fields(cut: Any, line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` with a cut's ``text`` (its supervisions' texts joined by a space), ``lang`` (their
+    one language) and its custom fields that are plain values (the module docstring's rules)."""
     line["text"] = " ".join(s.text for s in cut.supervisions if s.text)
     langs = {s.language for s in cut.supervisions if s.language}
     if len(langs) == 1:
         line["lang"] = langs.pop()
     for key, value in (cut.custom or {}).items():
-        if key not in _RESERVED and isinstance(value, (str, int, float, bool)):
+        if key not in _RESERVED and key not in line and isinstance(value, (str, int, float, bool)):
             line[key] = value
     return line

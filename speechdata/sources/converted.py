@@ -1,0 +1,148 @@
+"""Manifests that speechdata writes from other inputs, cached (lhotse cuts, lhotse Shar, NeMo's
+conversation shards paired by position), and that pairing itself.
+
+:func:`converted_manifest` is the one cache rule of such a manifest: it lives in
+``<cache root>/<kind>/``, is named by the inputs' real paths and file stamps (the rules of
+:mod:`speechdata.cache`), and is written again when any input changed. From then on it is
+indexed and read like any manifest.
+
+:func:`resolve_paired` handles NeMo's tarred conversation layout: ``manifest_filepath`` is a
+pattern of manifest shards (``manifest__OP_0..N_CL_.jsonl``) whose lines carry no ``shard_id``,
+and manifest shard ``i`` goes with tar ``i`` of ``tarred_audio_filepaths``, by position. The
+shards are written as one manifest whose lines carry the ``shard_id`` of their tar, so each
+audio turn (its ``value`` is a member name) is looked up in its own tar only.
+
+Example::
+
+    >>> cfg = resolve_paired(cfg)   # manifest__OP_0..3_CL_.jsonl -> ~/.cache/speechdata/paired/....jsonl
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from speechdata.cache import FileStamp, cache_folder, prune, source_digest, touch
+from speechdata.config import DatasetConfig
+from speechdata.errors import SpeechDataError
+from speechdata.shards.read import paired_shards, shard_ids
+
+__all__ = ["converted_manifest", "paired_manifest", "resolve_paired"]
+
+#: Bump when the lines written for paired shards change.
+PAIRED_VERSION = 1
+
+
+def converted_manifest(
+    kind: str,
+    inputs: Sequence[str],
+    convert: Callable[[], bytes],
+    *,
+    version: int,
+    cache_dir: str | None = None,
+) -> Path:
+    """The manifest ``convert()`` writes from the files ``inputs`` (existing paths), cached in
+    ``<cache root>/<kind>/`` and bound to their real paths and file stamps: reused while none
+    changed (and no stamp was racy), written again otherwise. ``version`` names the format of
+    the lines (bump it when ``convert`` changes)."""
+    reals = [os.path.realpath(os.path.expanduser(p)) for p in inputs]
+    stamps = [FileStamp.of(r) for r in reals]
+    folder = cache_folder(kind, cache_dir)
+    source = source_digest(reals[0])
+    bound = json.dumps(
+        [[r, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev] for r, s in zip(reals, stamps, strict=True)]
+    )
+    out = folder / f"{source}.{hashlib.sha1(bound.encode()).hexdigest()[:16]}.v{version}.jsonl"
+    if out.is_file() and not any(s.racy for s in stamps):
+        touch(out)
+        return out
+    data = convert()
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    prune(folder, source, keep=out)
+    return out
+
+
+def read_lines(path: str) -> list[bytes]:
+    """The lines of a JSONL file (``.gz`` decompressed); a missing or unreadable file is a
+    one-line :class:`SpeechDataError` naming it."""
+    if not os.path.isfile(path):
+        raise SpeechDataError(f"{path}: manifest not found")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise SpeechDataError(
+            f"{path}: cannot read ({' '.join(str(e).split()) or type(e).__name__})"
+        ) from None
+    return data.splitlines()
+
+
+def paired_manifest(pairs: Sequence[tuple[str, str]], cache_dir: str | None = None) -> Path:
+    """One manifest of the manifest shards of ``pairs`` (``(manifest i, tar i)``), in order, each
+    line given the ``shard_id`` of its tar (a line with its own ``shard_id`` keeps it). A line
+    that is not a JSON object is written as it is, for the indexer to report."""
+    ids = shard_ids([tar for _, tar in pairs])
+    manifests = [m for m, _ in pairs]
+    for m in manifests:
+        if not os.path.isfile(os.path.expanduser(m)):
+            raise SpeechDataError(f"{m}: manifest not found (manifest shard of a tarred dataset)")
+
+    def convert() -> bytes:
+        out: list[bytes] = []
+        for m, sid in zip(manifests, ids, strict=True):
+            for raw in read_lines(os.path.expanduser(m)):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if isinstance(obj, dict):
+                    obj.setdefault("shard_id", sid)
+                    raw = orjson.dumps(obj)
+                out.append(raw)
+        return b"\n".join(out) + (b"\n" if out else b"")
+
+    return converted_manifest("paired", manifests, convert, version=PAIRED_VERSION, cache_dir=cache_dir)
+
+
+def resolve_paired(cfg: DatasetConfig) -> DatasetConfig:
+    """``cfg`` with every tarred manifest pattern that names several manifest shards (NeMo's
+    layout, see the module docstring) replaced by its :func:`paired_manifest`; ``cfg`` itself
+    when there is none."""
+    if not cfg.is_tarred or cfg.tarred_audio_filepaths is None:
+        return cfg
+    specs = cfg.tarred_audio_filepaths
+    if isinstance(specs, str):
+        per_manifest = [specs] if len(cfg.manifests) == 1 else None
+    else:
+        items = list(specs)
+        if any(not isinstance(x, str) for x in items):
+            return cfg  # pre-bucketed: one list of tars per bucket manifest
+        per_manifest = [items] if len(cfg.manifests) == 1 else items
+    if per_manifest is None or len(per_manifest) != len(cfg.manifests):
+        return cfg  # TarredDataset names the mismatch
+    manifests = list(cfg.manifests)
+    changed = False
+    for k, (m, shards) in enumerate(zip(cfg.manifests, per_manifest, strict=True)):
+        pairs = paired_shards(m, shards)
+        if pairs is not None:
+            manifests[k] = str(paired_manifest(pairs, cfg.cache_dir))
+            changed = True
+    if not changed:
+        return cfg
+    return dataclasses.replace(cfg, manifest_filepath=manifests, manifests=manifests)
