@@ -155,3 +155,16 @@ def test_broken_shar_shards_are_named(
         ConfigError, match=r"reading lhotse cuts needs lhotse \(pip install 'speechdata\[lhotse\]'\)$"
     ):
         load(copy("nolhotse"))
+
+
+def test_shar_sources_mix_by_weight(shar: dict[str, Any]) -> None:
+    """Two Shar sources in input_cfg are two tarred datasets mixed by their weights."""
+    fields = {"cuts": shar["written"]["cuts"][:2], "recording": shar["written"]["recording"][:2]}
+    sources = [
+        {"type": "lhotse_shar", "shar_path": str(shar["dir"]), "weight": 3},
+        {"type": "lhotse_shar", "shar_path": fields, "weight": 1},
+    ]
+    loader = build_dataloader(make_dataset_config({**COMMON, "input_cfg": sources}), shar["tok"])
+    datasets = [sid >> 32 for batch in loader for sid in batch["sample_ids"].tolist()]
+    total = len(shar["corpus"].entries) + 2 * SHARD_SIZE  # the epoch has as many entries as examples
+    assert len(datasets) == total and abs(datasets.count(0) - 0.75 * total) < 1  # within one example
