@@ -270,10 +270,11 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         f"model.seed={job['seed']}",
         f"optim.sched.warmup_steps={job['warmup']}",
         f"optim.sched.max_steps={job['decay_steps']}",
-        f"optim.lr={job['lr']}",
+        *([f"optim.lr={job['lr']}"] if job["lr"] is not None else []),
         *job.get("overrides", []),
     ]
-    cfg = load_config(ROOT / "configs" / f"{job['arch']}_tiny.yaml", overrides)
+    config = job.get("config") or ROOT / "configs" / f"{job['arch']}_tiny.yaml"
+    cfg = load_config(config, overrides)
     budget = _cpu_budget_callback(job["cpu_minutes"] * 60)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = train(cfg, callbacks=[budget])
@@ -330,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also stop at this wall-clock time (a shared machine): the CPU minutes used are reported",
     )
     p.add_argument("--arch", default="salm")
+    p.add_argument(
+        "--config",
+        help="the model/trainer config (one --arch); default configs/<arch>_tiny.yaml",
+    )
     p.add_argument("--train", type=int, default=2400, help="training clips")
     p.add_argument("--val", type=int, default=200, help="held-out clips synthesised (seen sentences dropped)")
     p.add_argument("--text-weight", type=float, default=0.1, help="input_cfg weight of the text-only data")
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-duration", type=float, default=1.0, help="shortest clip, seconds")
     p.add_argument("--max-duration", type=float, default=3.0, help="longest clip, seconds")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (one torch thread each)")
-    p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the config's optim.lr)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument(
         "--decay-steps", type=int, default=8000, help="cosine decay to min_lr over this many steps"
@@ -348,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/speechdata_learning_speech")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    if args.config and len(archs) != 1:
+        p.error("--config takes one --arch")
     work = Path(args.work)
     t = time.process_time()
     data = build_corpus(
@@ -378,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "decay_steps": args.decay_steps,
             "overrides": list(args.set),
+            "config": args.config,
         }
-        for arch in [a.strip() for a in args.arch.split(",") if a.strip()]
+        for arch in archs
         for control in ((False,) if args.no_control else (False, True))
     ]
     # not a multiprocessing.Pool: its daemonic workers could not start DataLoader workers

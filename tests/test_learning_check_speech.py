@@ -1,5 +1,6 @@
 """The corpus of benchmarks/learning_check_speech.py: espeak-ng clips as conversations, a shuffled
-control, text-only conversations, held-out sentences never seen in training, a ChatML tokenizer."""
+control, text-only conversations, held-out sentences never seen in training, a ChatML tokenizer;
+and the auxiliary CTC loss of SALM its config uses (``modality_adapter.ctc_weight``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_check_speech.py"
 _spec = importlib.util.spec_from_file_location("learning_check_speech", SCRIPT)
@@ -17,13 +20,14 @@ assert _spec is not None and _spec.loader is not None
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 
 def _lines(path: str) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
+@needs_espeak
 def test_corpus_is_conversations_with_a_control_text_only_data_and_unseen_held_out_sentences(
     tmp_path: Path,
 ) -> None:
@@ -64,3 +68,73 @@ def test_corpus_is_conversations_with_a_control_text_only_data_and_unseen_held_o
     tok = Tokenizer.from_file(str(Path(data["tokenizer"]) / "tokenizer.json"))
     for special in ("<|im_start|>", "<|im_end|>", check.LOCATOR):
         assert len(tok.encode(special).ids) == 1, special
+
+
+def test_ctc_targets_are_the_answers_of_single_audio_examples_without_eos_and_padding() -> None:
+    from speechdata.train.models.salm import ctc_targets
+
+    pad, eos = 0, 2
+    batch = {
+        "num_audios": torch.tensor([1, 0, 2, 1]),  # example 1 text-only, example 2 two audios
+        "answers": torch.tensor([[5, 6, eos, 9], [7, eos, pad, pad], [8, 8, eos, pad], [9, 5, 5, eos]]),
+        "answer_lengths": torch.tensor([3, 2, 3, 4]),  # example 0: the 9 after its EOS is not its own
+    }
+    rows, targets, lengths = ctc_targets(batch, eos, pad)
+    assert rows.tolist() == [0, 3]  # audio rows: example 0's first, example 3's is row 3 (1 + 0 + 2)
+    assert lengths.tolist() == [2, 3]
+    assert targets.tolist() == [[5, 6, pad, pad], [9, 5, 5, pad]]
+
+
+def _salm(ctc_weight: float) -> tuple[Any, Any]:
+    from speechdata.config import FeatureConfig
+    from speechdata.train.models import ModelConfig, build_model
+    from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConfig
+    from speechdata.train.synthetic import SyntheticSpec
+
+    spec = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=2, min_seconds=0.2, max_seconds=0.4)
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=spec.vocab_size,
+        pad_id=spec.pad_id,
+        eos_id=spec.eos_id,
+        bos_id=spec.bos_id,
+        features=FeatureConfig(n_mels=16),
+        encoder=EncoderConfig(
+            d_model=32, num_layers=1, num_heads=2, ffn_dim=64, subsampling_channels=8, dropout=0.0
+        ),
+        adapter=AdapterConfig(hidden_size=32, ctc_weight=ctc_weight),
+        llm=LLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64),
+    )
+    return build_model(cfg), spec
+
+
+def test_ctc_weight_adds_a_ctc_loss_in_training_only_and_zero_keeps_the_model_as_it_was() -> None:
+    from speechdata.train.synthetic import synthetic_batch
+
+    plain, spec = _salm(0.0)
+    assert plain.ctc_head is None and not any("ctc" in k for k in plain.state_dict())
+    model, _ = _salm(0.5)
+    batch = synthetic_batch(spec, 6, seed=1)
+    assert int((batch["num_audios"] == 1).sum()) > 0
+    model.eval()
+    lm_loss, count = model.loss(batch)  # validation: the LM's cross-entropy alone
+    model.train()
+    with_ctc, count2 = model.loss(batch)
+    assert float(count2) == float(count)
+    assert float(with_ctc.detach()) > float(lm_loss.detach()) + 0.1  # no dropout: the LM part is the same
+    with_ctc.backward()
+    assert model.ctc_head is not None and model.ctc_head.weight.grad is not None
+    assert float(model.ctc_head.weight.grad.abs().sum()) > 0
+
+
+def test_ctc_weight_is_checked() -> None:
+    from speechdata.errors import ConfigError
+    from speechdata.train.models import model_config
+
+    ids = {"vocab_size": 30, "pad_id": 0, "eos_id": 1}
+    cfg = model_config({"arch": "salm", "perception": {"modality_adapter": {"ctc_weight": 0.3}}}, **ids)
+    assert cfg.adapter.ctc_weight == 0.3
+    with pytest.raises(ConfigError, match="ctc_weight: only arch salm"):
+        model_config({"arch": "bestow", "perception": {"modality_adapter": {"ctc_weight": 0.3}}}, **ids)
+    with pytest.raises(ConfigError, match="ctc_weight: must be >= 0"):
+        model_config({"arch": "salm", "perception": {"modality_adapter": {"ctc_weight": -1}}}, **ids)

@@ -14,7 +14,7 @@ The ``model`` section is NeMo-shaped; the architecture keys are::
       perception:
         preprocessor: {n_mels: 80, window_size: 0.025, window_stride: 0.01, ...}
         encoder: {d_model: 64, num_layers: 2, num_heads: 4, ffn_dim: 256, ...}
-        modality_adapter: {hidden_size: 128, kernel_size: 3}
+        modality_adapter: {hidden_size: 128, kernel_size: 3, ctc_weight: 0.0}  # ctc: SALM only
         xattn: {num_layers: 1, num_heads: 4, ffn_dim: 256}   # BESTOW only
 
 Every key is checked by the config validator of the dataset sections
@@ -51,11 +51,23 @@ class EncoderConfig:
 
 @dataclass
 class AdapterConfig:
-    """Modality adapter (conv + MLP on encoder frames) and projection to the LM width."""
+    """Modality adapter (conv + MLP on encoder frames) and projection to the LM width.
+
+    ``ctc_weight`` (SALM only; 0: off) adds ``ctc_weight`` times a CTC loss of the audio
+    embeddings (a linear head over the vocabulary plus a blank) against each single-audio
+    example's answer tokens to the training loss, so that the embeddings the LM reads are
+    word-aligned from the start (validation loss stays the LM's cross-entropy).
+    """
 
     hidden_size: int = 128
     kernel_size: int = 3
     dropout: float = 0.0
+    ctc_weight: float = 0.0
+
+    def check(self, path: str) -> None:
+        """The rules beyond each value's type (:func:`~speechdata.config.check_section` calls it)."""
+        if self.ctc_weight < 0:
+            raise ConfigError(f"{path}.ctc_weight: must be >= 0; got {self.ctc_weight}")
 
 
 @dataclass
@@ -183,6 +195,11 @@ def model_config(
             f"sample_rate {sample_rate} (the loader resamples to the dataset's rate)"
         )
     features = check_section(pre, FeatureConfig, f"{path}.perception.preprocessor")
+    adapter = check_section(
+        perception.get("modality_adapter"), AdapterConfig, f"{path}.perception.modality_adapter"
+    )
+    if adapter.ctc_weight and arch != "salm":
+        raise ConfigError(f"{path}.perception.modality_adapter.ctc_weight: only arch salm has a CTC head")
     flags = {}
     for key in ("freeze_llm", "freeze_audio_encoder", "freeze_modality_adapter"):
         flags[key] = coerce(_plain(get(key, False), f"{path}.{key}"), bool, f"{path}.{key}")
@@ -195,9 +212,7 @@ def model_config(
         sample_rate=sample_rate,
         features=features,
         encoder=check_section(perception.get("encoder"), EncoderConfig, f"{path}.perception.encoder"),
-        adapter=check_section(
-            perception.get("modality_adapter"), AdapterConfig, f"{path}.perception.modality_adapter"
-        ),
+        adapter=adapter,
         llm=check_section(_plain(get("llm"), f"{path}.llm"), LLMConfig, f"{path}.llm"),
         xattn=check_section(perception.get("xattn"), XAttnConfig, f"{path}.perception.xattn"),
         lora=_lora(_plain(get("peft"), f"{path}.peft"), f"{path}.peft"),

@@ -8,12 +8,19 @@ For an example with text tokens ``t[0:n]`` and audios ``a_1..a_k`` at positions 
 of length ``n + sum(frames)``. Each text token keeps its label and loss-mask value (they move with
 it); audio frames get label ``pad_id`` and loss mask 0, so audio carries no loss. Audios that share
 a position keep their batch order. Examples are right-padded to the longest spliced sequence.
+
+With ``model.perception.modality_adapter.ctc_weight`` > 0, training adds that weight times a CTC
+loss (:func:`ctc_targets`) of a linear head on the audio embeddings: an auxiliary loss that aligns
+the embeddings with the words they say (the LM still reads the embeddings and writes the answer).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from speechdata.batch import Batch
 from speechdata.train.models.base import DecoderInputs, RowLayout, SpeechLM, example_index, scatter_rows
 from speechdata.train.models.config import ModelConfig
 
@@ -50,12 +57,62 @@ def splice_plan(
     return j[None, :] + token_shift, pos + prior, tokens_length.to(torch.long) + total_audio, ex
 
 
+def ctc_targets(batch: Batch, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CTC targets of the batch's single-audio examples: ``audio`` ``[K]`` (the row of each one's
+    audio in ``audio_signal``), ``targets`` ``[K, La]`` (its ``answers`` without EOS and padding,
+    left-aligned, ``pad_id`` after) and ``lengths`` ``[K]``."""
+    num_audios = batch["num_audios"].to(torch.long)
+    answers = batch["answers"]
+    keep = torch.arange(answers.shape[1], device=answers.device)[None, :] < batch["answer_lengths"][:, None]
+    keep &= (answers != eos_id) & (answers != pad_id)
+    single = (num_audios == 1).nonzero().squeeze(1)
+    first = torch.cumsum(num_audios, 0) - num_audios
+    keep = keep[single]
+    lengths = keep.sum(dim=1)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first, in order
+    targets = torch.gather(answers[single], 1, order)
+    cols = torch.arange(targets.shape[1], device=targets.device)[None, :]
+    targets = torch.where(cols < lengths[:, None], targets, torch.full_like(targets, pad_id))
+    return first[single], targets, lengths
+
+
 class SALM(SpeechLM):
     """Speech-Augmented LM: perception -> audio embeddings spliced into the token embeddings -> GPT."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
+        #: the CTC head (vocabulary + blank, the last class) when ``ctc_weight`` > 0
+        self.ctc_head: nn.Linear | None = None
+        if cfg.adapter.ctc_weight > 0:
+            self.ctc_head = nn.Linear(cfg.llm.hidden_size, cfg.vocab_size + 1)
+        self._ctc_audio: tuple[torch.Tensor, torch.Tensor] | None = None
         self.setup_trainable()
+
+    def encode_audio(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`SpeechLM.encode_audio`; in training with a CTC head the result is also kept
+        for :meth:`loss`."""
+        audio, audio_len = super().encode_audio(batch)
+        if self.ctc_head is not None and self.training:
+            self._ctc_audio = (audio, audio_len)
+        return audio, audio_len
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM's masked cross-entropy; in training with ``ctc_weight`` > 0, plus that weight times
+        the CTC loss of the audio embeddings against the answers (:func:`ctc_targets`)."""
+        self._ctc_audio = None
+        loss, count = super().loss(batch)
+        if self._ctc_audio is None or self.ctc_head is None:
+            return loss, count
+        audio, audio_len = self._ctc_audio
+        self._ctc_audio = None
+        rows, targets, lengths = ctc_targets(batch, self.cfg.eos_id, self.cfg.pad_id)
+        if rows.numel() == 0:
+            return loss, count
+        logp = F.log_softmax(self.ctc_head(audio[rows]).float(), dim=-1).transpose(0, 1)  # [T, K, V+1]
+        ctc = F.ctc_loss(
+            logp, targets, audio_len[rows], lengths, blank=self.cfg.vocab_size, zero_infinity=True
+        )
+        return loss + self.cfg.adapter.ctc_weight * ctc, count
 
     def decoder_inputs(
         self,
