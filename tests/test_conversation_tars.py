@@ -143,18 +143,18 @@ def test_counts_differ_or_member_missing_is_one_line(data: dict[str, Any], tmp_p
     for i in range(SHARDS):
         text = json.dumps(first) + "\n" if i == 1 else (root / f"manifest_{i}.jsonl").read_text()
         (tmp_path / f"manifest_{i}.jsonl").write_text(text)
-    cfg = make_dataset_config(
-        {
+    kept = sum(len((root / f"manifest_{i}.jsonl").read_text().splitlines()) for i in (0, 2, 3))
+    for streaming in (False, True):  # read by offset, or streamed: the shard's end tells
+        section = {
             **COMMON,
             "manifest_filepath": str(tmp_path / "manifest_{0..3}.jsonl"),
             "is_tarred": True,
             "tarred_audio_filepaths": str(root / "audio_{0..3}.tar"),
+            "streaming": streaming,
         }
-    )
-    with pytest.raises(DataError, match=rf"member 'nowhere\.wav' not found in {root}/audio_1\.tar$"):
-        for _ in build_dataloader(cfg, data["tok"]):
-            pass
-    skipped = build_dataloader(make_dataset_config({**cfg.to_dict(), "on_error": "skip"}), data["tok"])
-    kept = sum(len((root / f"manifest_{i}.jsonl").read_text().splitlines()) for i in (0, 2, 3))
-    assert sum(len(b["sample_ids"]) for b in skipped) == kept
-    assert skipped.report() == {"missing_audio": 1}
+        with pytest.raises(DataError, match=rf"member 'nowhere\.wav' not found in {root}/audio_1\.tar$"):
+            for _ in build_dataloader(make_dataset_config(section), data["tok"]):
+                pass
+        skipped = build_dataloader(make_dataset_config({**section, "on_error": "skip"}), data["tok"])
+        assert sum(len(b["sample_ids"]) for b in skipped) == kept
+        assert skipped.report() == {"missing_audio": 1}

@@ -596,10 +596,13 @@ def _stream_shard(
     shard_id: int,
     by_member: MemberTable,
     by_stripped: MemberTable,
-) -> Iterator[tuple[Entry, list[bytes]]]:
+    report_missing: bool = False,
+) -> Iterator[tuple[Entry, list[bytes]] | DataError]:
     yielded: set[int] = set()
     kept: dict[str, bytes] = {}
+    seen: set[str] = set()
     for name, data in _iter_members(url):
+        seen.add(name)
         candidates = [*by_member.get(name, ()), *by_stripped.get(name, ())]
         for entry in candidates:
             names, sid = _place(entry)
@@ -613,6 +616,23 @@ def _stream_shard(
             if all(n in kept for n in names):
                 yielded.add(id(entry))
                 yield entry, [kept[n] for n in names]
+    if report_missing:  # a per-shard table: every record in it that names this shard was due here
+        yield from _missing_members(url, shard_id, by_member, yielded, seen)
+
+
+def _missing_members(
+    url: str, shard_id: int, by_member: MemberTable, yielded: set[int], seen: set[str]
+) -> Iterator[DataError]:
+    """A ``missing_audio`` error for each record that names this shard (its ``shard_id``) but
+    was not yielded when the shard ended: a member it names is not in the tar."""
+    reported: set[int] = set()
+    for entries in by_member.values():
+        for rec in entries:
+            if not isinstance(rec, Record) or rec.shard_id != shard_id or id(rec) in yielded | reported:
+                continue
+            reported.add(id(rec))
+            absent = next((n for n in rec.audio if n not in seen and strip_sub(n) not in seen), rec.audio[0])
+            yield DataError("missing_audio", rec.where, f"member {absent!r} not found in {url}")
 
 
 def _stripped(by_member: MemberTable) -> dict[str, list[Entry]]:
@@ -636,7 +656,7 @@ def stream_tarred(
     worker_id: int = 0,
     num_workers: int = 1,
     seed: int | None = None,
-) -> Iterator[tuple[Entry, list[bytes]]]:
+) -> Iterator[tuple[Entry, list[bytes]] | DataError]:
     """Stream ``(entry, [member bytes per audio])`` from non-seekable shards.
 
     ``shard_urls`` come from the config (``pipe:`` commands, http(s) URLs or paths opened with
@@ -646,7 +666,10 @@ def stream_tarred(
     entries of its own shards). This reader's shards are :func:`deal_shards` of the epoch; with
     ``cfg.shuffle`` the shard order is seeded by ``(seed, epoch)`` and samples pass through a
     ``cfg.shuffle_n`` buffer seeded by ``(seed, epoch, rank, worker_id)``. An entry is yielded by
-    the shard its ``shard_id`` names (all shards when it has none), once per shard pass.
+    the shard its ``shard_id`` names (all shards when it has none), once per shard pass. With a
+    per-shard ``by_member``, a :class:`~speechdata.manifest.Record` that names a shard whose tar
+    lacks one of its members is yielded as its ``missing_audio`` :class:`DataError` when that
+    shard ends.
     """
     seed = cfg.seed if seed is None else seed
     ids = shard_ids(list(shard_urls))
@@ -662,11 +685,11 @@ def stream_tarred(
         shuffle=cfg.shuffle,
     )
 
-    def samples() -> Iterator[tuple[Entry, list[bytes]]]:
+    def samples() -> Iterator[tuple[Entry, list[bytes]] | DataError]:
         for k in mine:
             if fixed is None:
                 table = by_member(ids[k])  # type: ignore[operator]
-                yield from _stream_shard(shard_urls[k], ids[k], table, _stripped(table))
+                yield from _stream_shard(shard_urls[k], ids[k], table, _stripped(table), True)
             else:
                 yield from _stream_shard(shard_urls[k], ids[k], *fixed)
 

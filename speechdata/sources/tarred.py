@@ -80,7 +80,7 @@ class StreamedTarSource:
         ``keep`` are not looked up, so their members are skipped. A manifest line that no longer
         reads back is yielded as its :class:`DataError`."""
         members = _MembersOfShard(self.index, keep)
-        for rec, data in stream_tarred(
+        for item in stream_tarred(
             self.cfg,
             self.urls,
             members,
@@ -92,6 +92,10 @@ class StreamedTarSource:
         ):
             yield from members.take_errors()
             yield from members.take_text_only()
+            if isinstance(item, DataError):  # a member of a looked-up row is not in its tar
+                yield item
+                continue
+            rec, data = item
             assert isinstance(rec, Record)
             yield rec, data
         yield from members.take_errors()
