@@ -114,7 +114,7 @@ def shar_manifest(cuts: list[str], tars: list[str], cache_dir: str | None = None
     def convert() -> bytes:
         lines: list[bytes] = []
         for path, tar, sid in zip(cuts, tars, shard_ids(tars), strict=True):
-            members = _data_members(tar)
+            members = _data_members(tar, cache_dir)
             for cut, where in read_cuts(os.path.expanduser(path), path):
                 lines.append(orjson.dumps(_line(cut, where, members, tar, sid)))
         return b"\n".join(lines) + (b"\n" if lines else b"")
@@ -122,10 +122,11 @@ def shar_manifest(cuts: list[str], tars: list[str], cache_dir: str | None = None
     return converted_manifest("shar", [*cuts, *tars], convert, version=CACHE_VERSION, cache_dir=cache_dir)
 
 
-def _data_members(tar: str) -> dict[str, tuple[str, int, int]]:
-    """``{cut id: (member name, offset, size)}`` of a Shar tar's data members."""
+def _data_members(tar: str, cache_dir: str | None) -> dict[str, tuple[str, int, int]]:
+    """``{cut id: (member name, offset, size)}`` of a Shar tar's data members (its member table
+    cached in ``cache_dir``'s folder, as every table is)."""
     try:
-        table = member_table(os.path.expanduser(tar))
+        table = member_table(os.path.expanduser(tar), cache_dir)
     except DataError as e:
         raise SpeechDataError(f"{tar}: {e.detail}") from None
     out: dict[str, tuple[str, int, int]] = {}
