@@ -158,3 +158,21 @@ def test_counts_differ_or_member_missing_is_one_line(data: dict[str, Any], tmp_p
         skipped = build_dataloader(make_dataset_config({**section, "on_error": "skip"}), data["tok"])
         assert sum(len(b["sample_ids"]) for b in skipped) == kept
         assert skipped.report() == {"missing_audio": 1}
+
+
+def test_paired_manifest_lines_carry_their_tars_shard_id(tmp_path: Path) -> None:
+    """Each line gets the shard id of its tar (the N of audio_N.tar); a line's own shard_id is
+    kept; the same manifests paired with other tars are another cache entry."""
+    from speechdata.sources.converted import paired_manifest
+
+    for i, lines in enumerate(([{"id": "a"}, {"id": "b", "shard_id": 7}], [{"id": "c"}])):
+        (tmp_path / f"m_{i}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
+    manifests = [str(tmp_path / "m_0.jsonl"), str(tmp_path / "m_1.jsonl")]
+    out = paired_manifest(list(zip(manifests, ["t/audio_10.tar", "t/audio_11.tar"], strict=True)))
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        {"id": "a", "shard_id": 10},
+        {"id": "b", "shard_id": 7},
+        {"id": "c", "shard_id": 11},
+    ]
+    other = paired_manifest(list(zip(manifests, ["t/x_0.tar", "t/x_1.tar"], strict=True)))
+    assert other != out and json.loads(other.read_text().splitlines()[0])["shard_id"] == 0

@@ -46,19 +46,20 @@ def converted_manifest(
     convert: Callable[[], bytes],
     *,
     version: int,
+    settings: str = "",
     cache_dir: str | None = None,
 ) -> Path:
     """The manifest ``convert()`` writes from the files ``inputs`` (existing paths), cached in
-    ``<cache root>/<kind>/`` and bound to their real paths and file stamps: reused while none
-    changed (and no stamp was racy), written again otherwise. ``version`` names the format of
-    the lines (bump it when ``convert`` changes)."""
+    ``<cache root>/<kind>/`` and bound to their real paths and file stamps and to ``settings``
+    (whatever else shapes the lines): reused while none changed (and no stamp was racy),
+    written again otherwise. ``version`` names the format of the lines (bump it when
+    ``convert`` changes)."""
     reals = [os.path.realpath(os.path.expanduser(p)) for p in inputs]
     stamps = [FileStamp.of(r) for r in reals]
     folder = cache_folder(kind, cache_dir)
     source = source_digest(reals[0])
-    bound = json.dumps(
-        [[r, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev] for r, s in zip(reals, stamps, strict=True)]
-    )
+    files = [[r, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev] for r, s in zip(reals, stamps, strict=True)]
+    bound = json.dumps([files, settings])
     out = folder / f"{source}.{hashlib.sha1(bound.encode()).hexdigest()[:16]}.v{version}.jsonl"
     if out.is_file() and not any(s.racy for s in stamps):
         touch(out)
@@ -117,7 +118,9 @@ def paired_manifest(pairs: Sequence[tuple[str, str]], cache_dir: str | None = No
                 out.append(raw)
         return b"\n".join(out) + (b"\n" if out else b"")
 
-    return converted_manifest("paired", manifests, convert, version=PAIRED_VERSION, cache_dir=cache_dir)
+    return converted_manifest(
+        "paired", manifests, convert, version=PAIRED_VERSION, settings=json.dumps(ids), cache_dir=cache_dir
+    )
 
 
 def resolve_paired(cfg: DatasetConfig) -> DatasetConfig:
