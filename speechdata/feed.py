@@ -3,7 +3,10 @@
 * :class:`BatchDataset` turns records into one :class:`~speechdata.collate.Packed` batch (text,
   decoding, packing: the same code for every source); given row ids, it reads the records by row.
 * :class:`PlannedFeed` serves a seekable source: the :class:`~speechdata.sampling.plan.BatchSampler`
-  deals each epoch's planned batches of row ids, and the workers read them by row.
+  deals each epoch's planned batches of row ids, and the workers read them by row. For a source
+  that reads ahead (``read_ahead(rows)``: object storage), each batch also carries the rows of the
+  batch the same worker gets next (:class:`ReadAhead`), so its requests go out while this batch
+  decodes instead of after it.
 * :class:`StreamedFeed` serves a :class:`~speechdata.sources.base.StreamSource`: each worker
   streams its slot's records and groups them with the planner's batch rules
   (:func:`~speechdata.sampling.stream.bucketed_stream`); resuming replays the epoch's
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -39,7 +43,7 @@ from speechdata.text.prompt import PromptBuilder
 
 log = logging.getLogger("speechdata")
 
-__all__ = ["BatchDataset", "PlannedFeed", "StreamDataset", "StreamedFeed"]
+__all__ = ["AheadBatch", "BatchDataset", "PlannedFeed", "ReadAhead", "StreamDataset", "StreamedFeed"]
 
 
 class BatchDataset(torch.utils.data.Dataset[Packed]):
@@ -49,6 +53,8 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
     e.g. to observe reads). A data error under ``on_error: raise`` (or a config error, such as a
     shard the config does not list) travels back inside the batch (``Packed.error``) so that the
     main process re-raises it as the original one-line error, not as a worker traceback.
+    Rows that come with an ``ahead`` list (:class:`AheadBatch`) have the source start loading
+    those rows' audio (``source.read_ahead``) once this batch's records are read.
     """
 
     def __init__(self, source: Source, builder: PromptBuilder, sample_rate: int, on_error: str) -> None:
@@ -80,6 +86,10 @@ class BatchDataset(torch.utils.data.Dataset[Packed]):
                     kept_rows.append(row_of[k])
         except SpeechDataError as err:
             return Packed.empty(error=err)
+        ahead: Sequence[int] | None = getattr(rows, "ahead", None)
+        read_ahead = getattr(self.source, "read_ahead", None)
+        if ahead and read_ahead is not None:
+            read_ahead(ahead)
         return self.pack(records, self.read_audio, drops, kept_rows if row_of is not None else None)
 
     def __getitem__(self, i: int) -> Packed:
@@ -124,17 +134,64 @@ def _loader_options(cfg: DatasetConfig, pin_memory: bool) -> dict[str, Any]:
     }
 
 
+class AheadBatch(list):  # type: ignore[type-arg]
+    """A planned batch (the example ids, a plain ``list``; ``rows`` as in
+    :class:`~speechdata.sampling.packing.RowBatch` for a packed one, else ``None``) with
+    ``ahead``: the ids of the next batch the same reader will get (empty at the end of the
+    epoch). ``ahead`` is a hint for reading ahead only: nothing is delivered or counted from it."""
+
+    def __init__(self, ids: list[int], ahead: list[int], rows: list[int] | None = None) -> None:
+        super().__init__(ids)
+        self.ahead = ahead
+        self.rows = rows
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AheadBatch, (list(self), self.ahead, self.rows))
+
+
+class ReadAhead:
+    """``sampler`` as a DataLoader ``batch_sampler`` whose batches carry the next batch of the
+    same reader (:class:`AheadBatch`). The DataLoader deals batches to its ``readers`` workers
+    in turn (one reader without workers), so batch ``k``'s reader gets batch ``k + readers``
+    next; the sampler is iterated that many batches early. Its position, length and seeking
+    are the sampler's own."""
+
+    def __init__(self, sampler: BatchSampler, readers: int) -> None:
+        self.sampler = sampler
+        self.readers = max(1, readers)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[AheadBatch]:
+        batches = iter(self.sampler)
+        window: deque[list[int]] = deque()
+        for batch in batches:
+            window.append(batch)
+            if len(window) > self.readers:
+                yield self._with_next(window)
+        while window:
+            yield self._with_next(window)
+
+    def _with_next(self, window: deque[list[int]]) -> AheadBatch:
+        batch = window.popleft()
+        after = list(window[self.readers - 1]) if len(window) >= self.readers else []
+        return AheadBatch(list(batch), after, getattr(batch, "rows", None))
+
+
 class PlannedFeed:
-    """Planned batches of row ids (``sampler``), read by row in the workers (persistent)."""
+    """Planned batches of row ids (``sampler``), read by row in the workers (persistent); a
+    source with ``read_ahead`` gets its batches through :class:`ReadAhead`."""
 
     def __init__(
         self, dataset: BatchDataset, sampler: BatchSampler, cfg: DatasetConfig, pin_memory: bool
     ) -> None:
         self.sampler = sampler
         self.where: Callable[[int], str] = dataset.index.where
+        reads_ahead = getattr(dataset.source, "read_ahead", None) is not None
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_sampler=sampler,
+            batch_sampler=ReadAhead(sampler, cfg.num_workers) if reads_ahead else sampler,
             persistent_workers=cfg.num_workers > 0,
             **_loader_options(cfg, pin_memory),
         )

@@ -362,3 +362,69 @@ def test_options_from_env_are_checked() -> None:
         RemoteOptions.from_env({"SPEECHDATA_REMOTE_IN_FLIGHT": "0"})
     with pytest.raises(SpeechDataError, match="SPEECHDATA_REMOTE_BACKOFF: must be a number"):
         RemoteOptions.from_env({"SPEECHDATA_REMOTE_BACKOFF": "soon"})
+
+
+def test_range_reader_reads_ahead_across_batches(
+    tmp_path: Path, s3: tuple[str, FaultProxy], via_proxy: FaultProxy
+) -> None:
+    """Ranges announced ahead (the next batch) are fetched while the current batch is read; the
+    next batch's own announcement confirms them (each use counted once: nothing stays held), and
+    ranges announced ahead but never read are forgotten at the next batch that comes instead."""
+    endpoint, _ = s3
+    blob = os.urandom(200_000)
+    (tmp_path / "blob2").write_bytes(blob)
+    s3_upload(endpoint, BUCKET, {"blob2": tmp_path / "blob2"})
+    url = f"s3://{BUCKET}/blob2"
+    spans = [Span(url, k * 10_000, 3_000, f"m{k}") for k in range(20)]
+    a, b, c, d = spans[:5], spans[5:10], spans[10:15], spans[15:]
+    reader = RangeReader(RemoteOptions(coalesce=0, backoff=0.01))
+    reader.schedule(a)
+    reader.schedule(b[:1] + b, ahead=True)  # b[0] used twice in the next batch
+    assert [reader.read(s) for s in a] == [blob[s.offset : s.offset + s.size] for s in a]
+    deadline = time.monotonic() + 10
+    while reader.requests < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reader.requests == 10  # b went out without being asked for
+    reader.schedule(b[:1] + b)  # the batch itself: confirms the uses announced ahead
+    for s in b[:1] + b:
+        assert reader.read(s) == blob[s.offset : s.offset + s.size]
+    assert reader.requests == 10 and reader.held == 0
+    reader.schedule(c, ahead=True)  # announced, but another batch comes instead
+    reader.schedule(d)
+    assert [reader.read(s) for s in d] == [blob[s.offset : s.offset + s.size] for s in d]
+    assert reader.held == 0  # c forgotten, not pinned
+
+
+def test_loader_requests_next_batch_before_it_is_asked_for(
+    shards: Path, tokenizer: Tokenizer, http: FaultProxy
+) -> None:
+    """While batch k is handed out, the members of batch k + 1 are already requested: the
+    planned feed tells the reader its next batch (no drain at batch boundaries)."""
+    base = f"{http.url}/{shards.name}"
+    reference = build_dataloader(_local(shards, 0), tokenizer)
+    batches = [
+        [
+            (o, n)
+            for m in b["metadata"]
+            for o, n in zip(
+                *(v if isinstance(v, list) else [v] for v in (m["tar_offset"], m["tar_size"])), strict=True
+            )
+        ]
+        for b in reference
+    ]
+    assert len(batches) >= 3
+    loader = build_dataloader(_remote(base, 0, remote={"coalesce": 0}), tokenizer)
+    http.reset_counts()
+    it = iter(loader)
+    next(it)
+    deadline = time.monotonic() + 10
+    wanted = {f"bytes={o}-{o + n - 1}" for o, n in batches[1]}
+    while time.monotonic() < deadline:
+        with http.lock:
+            asked = {rng for method, _, rng in http.requests if method == "GET"}
+        if wanted <= asked:
+            break
+        time.sleep(0.02)
+    assert wanted <= asked  # batch 1's members, before next() asked for batch 1
+    rest = [b["sample_ids"].tolist() for b in it]
+    assert len(rest) == len(batches) - 1

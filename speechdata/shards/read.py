@@ -443,17 +443,18 @@ class TarredDataset:
             )
         return [self.read_member(place) for place in self.member_places(record)]
 
-    def prefetch(self, record: Record) -> None:
+    def prefetch(self, record: Record, ahead: bool = False) -> None:
         """Start reading the remote members of ``record`` ahead of :meth:`read_audio_bytes`
-        (records are announced in the order their audio will be read). Nothing for local shards;
-        an entry whose members cannot be placed is left for :meth:`read_audio_bytes` to report."""
+        (records are announced in the order their audio will be read; ``ahead``: a record of the
+        reader's next batch, see :meth:`RangeReader.schedule`). Nothing for local shards; an entry
+        whose members cannot be placed is left for :meth:`read_audio_bytes` to report."""
         if not self.remote:
             return
         try:
             places = self.member_places(record)
         except DataError:
             return
-        self._reader.schedule([_span(p) for p in places if is_remote(p.tar)])
+        self._reader.schedule([_span(p) for p in places if is_remote(p.tar)], ahead)
 
     def read_member(self, place: MemberPlace) -> bytes:
         """The bytes of one member, read by offset; a range past the end of a local tar is a one-line

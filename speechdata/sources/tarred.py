@@ -45,6 +45,17 @@ class TarredSource:
         self.tarred.prefetch(rec)
         return rec
 
+    def read_ahead(self, rows: Sequence[int]) -> None:
+        """Start loading the remote members of ``rows`` (the reader's next batch) while this
+        batch decodes; a row that does not read back is left for :meth:`record` to report."""
+        if not self.tarred.remote:
+            return
+        for row in rows:
+            try:
+                self.tarred.prefetch(self.index.record(row), ahead=True)
+            except DataError:
+                continue
+
     def audio(self, rec: Record) -> list[bytes]:
         """The bytes of each member of ``rec``, read by offset."""
         return self.tarred.read_audio_bytes(rec)

@@ -6,8 +6,8 @@ through fsspec: see ``docs/object-storage.md``.
 * :mod:`~speechdata.storage.ranges` — :class:`RangeReader`: ranges read ahead, bounded in flight
   and in bytes, neighbours coalesced;
 * :mod:`~speechdata.storage.localcache` — the optional read-through local cache, size-bounded;
-* :mod:`~speechdata.storage.objects` — local copies of remote manifests, objects opened whole, object
-  versions;
+* :mod:`~speechdata.storage.objects` — local copies of remote manifests, objects opened whole or
+  read whole (:func:`read_object`), object versions;
 * :mod:`~speechdata.storage.options` — the knobs (``SPEECHDATA_REMOTE_*``).
 
 Example::
@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from speechdata.storage.fs import filesystem, is_remote, reset_filesystems
 from speechdata.storage.localcache import ReadCache
-from speechdata.storage.objects import ObjectVersion, local_copy, object_version, open_object
+from speechdata.storage.objects import ObjectVersion, local_copy, object_version, open_object, read_object
 from speechdata.storage.options import RemoteOptions
-from speechdata.storage.ranges import RangeReader, Span
+from speechdata.storage.ranges import WHOLE, RangeReader, Span
 from speechdata.storage.retry import backoff_delay, read_range, retryable
 
 __all__ = [
+    "WHOLE",
     "ObjectVersion",
     "RangeReader",
     "ReadCache",
@@ -40,6 +41,7 @@ __all__ = [
     "local_copy",
     "object_version",
     "open_object",
+    "read_object",
     "read_range",
     "reset_filesystems",
     "retryable",

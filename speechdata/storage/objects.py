@@ -9,6 +9,9 @@
 * :func:`open_object` opens an object for sequential reading (streamed shards, member table scans).
 * :func:`object_version` names the version of an object (size and ETag or equivalent), retried
   like a range read.
+* :func:`read_object` reads a whole object of unknown size (an audio file named by URL): one
+  range request of ``max_request`` bytes, which is the whole object when it ends inside it; a
+  larger object's size comes from one metadata request and the rest from further ranges.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +32,7 @@ from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import call_with_retries, read_range
 
-__all__ = ["ObjectVersion", "local_copy", "object_version", "open_object"]
+__all__ = ["ObjectVersion", "local_copy", "object_version", "open_object", "read_object"]
 
 #: Bytes per request when a whole object is downloaded.
 CHUNK = 32 << 20
@@ -118,3 +122,43 @@ def open_object(url: str, options: RemoteOptions | None = None, block_size: int 
     options = options or RemoteOptions.from_env()
     fs, path = filesystem(url, options.timeout)
     return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+
+
+#: Smallest first request of :func:`read_object` (``max_request`` may be set lower for ranges).
+MIN_FIRST = 64 << 10
+
+
+def read_object(
+    url: str,
+    options: RemoteOptions | None = None,
+    *,
+    seed: int = 0,
+    where: str = "",
+    on_attempt: Callable[[int], None] | None = None,
+) -> bytes:
+    """The whole object at ``url`` (see the module docstring), every request retried like a
+    range read (:func:`~speechdata.storage.retry.read_range`): a missing object is a
+    ``missing_audio`` :class:`DataError` naming ``where`` (the URL by default), a failure after
+    the last retry a ``read_error``."""
+    options = options or RemoteOptions.from_env()
+    where = where or url
+    chunk = max(options.max_request, MIN_FIRST)
+    head = read_range(url, 0, chunk, options, seed=seed, where=where, on_attempt=on_attempt, upto=True)
+    if len(head) < chunk:
+        return head
+    try:
+        size = object_version(url, options, seed=seed).size
+    except FileNotFoundError:
+        raise DataError("missing_audio", where, "object not found") from None
+    except Exception as e:  # any library's error, as one line naming the place
+        raise DataError(
+            "read_error", where, f"size not read ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+    parts = [head]
+    for start in range(chunk, size, chunk):
+        parts.append(
+            read_range(
+                url, start, min(chunk, size - start), options, seed=seed, where=where, on_attempt=on_attempt
+            )
+        )
+    return b"".join(parts)

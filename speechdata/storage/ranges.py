@@ -3,16 +3,26 @@ a bounded number of bytes held.
 
 A reader (one per process) is told which ranges will be needed, in the order they will be
 consumed (:meth:`RangeReader.schedule`), and then asked for them in that order
-(:meth:`RangeReader.read`). On the first read after scheduling, the queued ranges are grouped:
+(:meth:`RangeReader.read`). Ranges may be announced *ahead* (``schedule(spans, ahead=True)``:
+the reader's next batch, while the current one decodes); the later plain ``schedule`` of the
+same ranges confirms those uses instead of adding new ones, so requests stay in flight across
+batch boundaries and each use is counted once. A range announced ahead that is never read is
+forgotten like a skipped one. On the first read after scheduling, the queued ranges are grouped:
 ranges of the same object at most ``coalesce`` bytes apart become one request of at most
 ``max_request`` bytes. Requests go out in consumption order, at most ``in_flight`` at a time,
 and only while the bytes in flight plus the bytes fetched but not yet read stay within
-``max_bytes`` (the range being waited for is always sent). A scheduled range that is skipped (its
-example dropped before its audio was read) is forgotten when a later range is read, so skipped
-ranges never pin memory; a range read without being scheduled (or after being forgotten) is
-fetched on its own. Each request is read with :func:`~speechdata.storage.retry.read_range`
+``max_bytes`` (the range being waited for is always sent). Each announcement is one use of its
+range, at its place in the order; a use that is skipped (its example dropped before its audio
+was read) is forgotten when a later use is read, and a range left without uses is dropped, so
+skipped ranges never pin memory; a range read without being scheduled (or after being
+forgotten) is fetched on its own. Each request is read with :func:`~speechdata.storage.retry.read_range`
 (retries with seeded backoff); a failure is the one-line error of every range it held, naming
 its own member.
+
+A span of size :data:`WHOLE` is a whole object of unknown size (an audio file named by URL in a
+plain manifest): never coalesced, read by :func:`~speechdata.storage.objects.read_object`
+(ranges of at most ``max_request`` bytes), counted as ``max_request`` bytes while in flight and
+as its real size once read.
 
 Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what reading cost.
 """
@@ -29,11 +39,14 @@ from typing import Any
 
 from speechdata.errors import DataError
 from speechdata.storage.localcache import ReadCache
-from speechdata.storage.objects import object_version
+from speechdata.storage.objects import object_version, read_object
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import read_range
 
-__all__ = ["RangeReader", "Span"]
+__all__ = ["WHOLE", "RangeReader", "Span"]
+
+#: :attr:`Span.size` of a whole object whose size is not known in advance.
+WHOLE = -1
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,11 @@ class Span:
         """``URL:member`` for messages."""
         return f"{self.url}:{self.name}" if self.name else self.url
 
+    @property
+    def whole(self) -> bool:
+        """The whole object (size :data:`WHOLE`), not a byte range of it."""
+        return self.size == WHOLE
+
 
 @dataclass
 class _Request:
@@ -59,17 +77,19 @@ class _Request:
     end: int
     spans: list[Span]
     seq: int
+    whole: bool = False
 
     @property
     def size(self) -> int:
+        """Bytes this request reads (for a whole object: at most this many per range request)."""
         return self.end - self.start
 
 
 @dataclass
 class _Entry:
     span: Span
-    seq: int
-    count: int = 1
+    uses: deque[int] = field(default_factory=deque)  # the positions of its uses not yet read
+    ahead: int = 0  # uses announced ahead and not yet confirmed by a plain schedule()
     request: _Request | None = None
     done: bool = False
     data: bytes | None = None
@@ -92,7 +112,8 @@ class RangeReader:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition()
-        self._entries: OrderedDict[Span, _Entry] = OrderedDict()
+        self._entries: dict[Span, _Entry] = {}
+        self._uses: OrderedDict[int, _Entry] = OrderedDict()  # every use not yet read, in order
         self._queued: list[_Entry] = []
         self._waiting: deque[_Request] = deque()
         self._running = 0
@@ -124,24 +145,30 @@ class RangeReader:
         """Bytes in flight plus bytes fetched and not yet read."""
         return self._held
 
-    def schedule(self, spans: list[Span]) -> None:
-        """Announce ranges that will be read, in the order they will be read."""
+    def schedule(self, spans: list[Span], ahead: bool = False) -> None:
+        """Announce ranges that will be read, in the order they will be read. ``ahead``: uses
+        announced early (the next batch's); a later plain call for the same range confirms one
+        such use rather than adding one."""
         self._here()
         found = {s: self._cached(s) for s in spans} if self.options.cache_bytes > 0 else {}
         with self._cond:
             for span in spans:
                 entry = self._entries.get(span)
-                if entry is not None:
-                    entry.count += 1
+                if entry is not None and not ahead and entry.ahead > 0:
+                    entry.ahead -= 1  # this use was announced ahead: confirmed, not added
                     continue
                 self._seq += 1
-                entry = self._entries[span] = _Entry(span, self._seq)
-                cached = found.get(span)
-                if cached is not None:
-                    entry.done, entry.data, entry.waiting = True, cached, False
-                    self._held += len(cached)
-                else:
-                    self._queued.append(entry)
+                if entry is None:
+                    entry = self._entries[span] = _Entry(span)
+                    cached = found.get(span)
+                    if cached is not None:
+                        entry.done, entry.data, entry.waiting = True, cached, False
+                        self._held += len(cached)
+                    else:
+                        self._queued.append(entry)
+                entry.uses.append(self._seq)
+                entry.ahead += ahead
+                self._uses[self._seq] = entry
 
     def read(self, span: Span) -> bytes:
         """The bytes of ``span``: from a scheduled read (waiting for it if needed) or fetched now.
@@ -150,8 +177,12 @@ class RangeReader:
         with self._cond:
             entry = self._entries.get(span)
             if entry is not None:
-                self._forget_before(entry)
+                use = entry.uses[0]
+                self._forget_before(use)
                 self._group()
+                del self._uses[use]
+                entry.uses.popleft()
+                entry.ahead = min(entry.ahead, len(entry.uses))
                 if entry.request is not None and entry.waiting:
                     self._issue(entry.request, force=True)
                 self._pump()
@@ -161,8 +192,7 @@ class RangeReader:
         with self._cond:
             if not self._cond.wait_for(lambda: entry.done, timeout=deadline):
                 raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
-            entry.count -= 1
-            if entry.count <= 0 and self._entries.get(span) is entry:
+            if not entry.uses and self._entries.get(span) is entry:
                 del self._entries[span]
                 if entry.data is not None:
                     self._held -= len(entry.data)
@@ -176,6 +206,7 @@ class RangeReader:
         """Forget every scheduled range and stop the threads (they restart on demand)."""
         with self._cond:
             self._entries.clear()
+            self._uses.clear()
             self._queued.clear()
             self._waiting.clear()
             pool, self._pool = self._pool, None
@@ -188,11 +219,18 @@ class RangeReader:
         o = self.options
         return (o.retries + 1) * (o.timeout + o.max_backoff) + 5.0
 
-    def _forget_before(self, entry: _Entry) -> None:
-        """Drop the entries scheduled before ``entry`` (their examples were skipped)."""
-        for old in list(self._entries.values()):
-            if old.seq >= entry.seq:
+    def _forget_before(self, use: int) -> None:
+        """Drop the uses scheduled before ``use`` (their examples were skipped, or announced
+        ahead for a batch that did not come), and the entries left without one."""
+        while self._uses:
+            first, old = next(iter(self._uses.items()))
+            if first >= use:
                 break
+            del self._uses[first]
+            old.uses.popleft()
+            old.ahead = min(old.ahead, len(old.uses))
+            if old.uses:
+                continue
             del self._entries[old.span]
             if old.done and old.data is not None:
                 self._held -= len(old.data)
@@ -212,6 +250,10 @@ class RangeReader:
         cur: _Request | None = None
         for e in sorted(self._queued, key=lambda e: (e.span.url, e.span.offset)):
             s = e.span
+            if s.whole:
+                e.request = _Request(s.url, 0, o.max_request, [s], e.uses[0], whole=True)
+                requests.append(e.request)
+                continue
             end = s.offset + s.size
             if (
                 cur is not None
@@ -221,9 +263,9 @@ class RangeReader:
             ):
                 cur.end = max(cur.end, end)
                 cur.spans.append(s)
-                cur.seq = min(cur.seq, e.seq)
+                cur.seq = min(cur.seq, e.uses[0])
             else:
-                cur = _Request(s.url, s.offset, end, [s], e.seq)
+                cur = _Request(s.url, s.offset, end, [s], e.uses[0])
                 requests.append(cur)
             e.request = cur
         self._queued.clear()
@@ -267,15 +309,7 @@ class RangeReader:
             else f"{req.url}:{req.spans[0].name} (+{len(req.spans) - 1})"
         )
         try:
-            data = read_range(
-                req.url,
-                req.start,
-                req.size,
-                self.options,
-                seed=self.seed,
-                where=where,
-                on_attempt=self._count,
-            )
+            data = self._get(req.url, req.start, req.size, req.whole, where)
         except DataError as e:
             error = e
         except Exception as e:  # reported as the range's error, never lost in a thread
@@ -291,8 +325,10 @@ class RangeReader:
                 if entry is None or entry.request is not req:
                     continue
                 if data is not None:
-                    entry.data = data[s.offset - req.start : s.offset - req.start + s.size]
-                    self._held += s.size
+                    entry.data = (
+                        data if req.whole else data[s.offset - req.start : s.offset - req.start + s.size]
+                    )
+                    self._held += len(entry.data)
                     stored.append((s, entry.data))
                 else:
                     assert error is not None
@@ -307,19 +343,17 @@ class RangeReader:
         cached = self._cached(span)
         if cached is not None:
             return cached
-        data = read_range(
-            span.url,
-            span.offset,
-            span.size,
-            self.options,
-            seed=self.seed,
-            where=span.where,
-            on_attempt=self._count,
-        )
+        data = self._get(span.url, span.offset, span.size, span.whole, span.where)
         with self._cond:
             self.bytes += len(data)
         self._store(span, data)
         return data
+
+    def _get(self, url: str, start: int, size: int, whole: bool, where: str) -> bytes:
+        """One request's bytes (a whole object: its ranges of at most ``max_request``)."""
+        if whole:
+            return read_object(url, self.options, seed=self.seed, where=where, on_attempt=self._count)
+        return read_range(url, start, size, self.options, seed=self.seed, where=where, on_attempt=self._count)
 
     # ---------------------------------------------------------------------------- cache
 
@@ -334,7 +368,7 @@ class RangeReader:
                 ).key()
             except Exception:  # no version, no cache: the range is read from the store
                 return None
-        return f"{span.url}\0{version}\0{span.offset}\0{span.size}"
+        return f"{span.url}\0{version}\0" + ("whole" if span.whole else f"{span.offset}\0{span.size}")
 
     def _cached(self, span: Span) -> bytes | None:
         key = self._cache_key(span)
@@ -343,7 +377,7 @@ class RangeReader:
         if self._cache is None:
             self._cache = ReadCache(self.options.cache_bytes, self.cache_dir)
         data = self._cache.get(key)
-        if data is not None and len(data) == span.size:
+        if data is not None and (span.whole or len(data) == span.size):
             self.cache_hits += 1
             return data
         return None

@@ -148,18 +148,22 @@ def read_range(
     where: str = "",
     on_attempt: Callable[[int], None] | None = None,
     sleep: Callable[[float], Any] = time.sleep,
+    upto: bool = False,
 ) -> bytes:
     """Bytes ``[offset, offset + size)`` of the object at ``url``, retried per the module rules.
 
     ``where`` names what is read in the error (``URL:member``; the URL alone by default);
-    ``on_attempt(k)`` is called before attempt ``k`` (to count requests).
+    ``on_attempt(k)`` is called before attempt ``k`` (to count requests). ``upto``: the object
+    may end inside the range, and a shorter (complete) body is its end, not a short read; a body
+    cut short is still retried, because the client libraries check it against the
+    ``Content-Length`` the server announced.
     """
     fs, path = filesystem(url, options.timeout)
     where = where or url
 
     def once() -> bytes:
         data = fs.cat_file(path, start=offset, end=offset + size)
-        if len(data) < size:
+        if len(data) < size and not upto:
             raise ShortRead(f"{len(data)} of {size} bytes")
         if len(data) > size:
             raise LongRead(f"{len(data)} bytes for a range of {size}: the server does not honour Range")
