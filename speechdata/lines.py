@@ -39,6 +39,7 @@ import orjson
 
 from speechdata.config import DatasetConfig
 from speechdata.errors import SpeechDataError
+from speechdata.storage.fs import is_remote
 
 __all__ = [
     "AUDIO_KEYS",
@@ -486,7 +487,10 @@ def manifest_root(path: str | os.PathLike[str]) -> str:
 
 def resolve_audio(name: str, root: str) -> str:
     """An audio path of a manifest line as a file path: ``~`` expanded, relative ones joined to
-    the manifest's folder ``root`` (see :func:`manifest_root`)."""
+    the manifest's folder ``root`` (see :func:`manifest_root`; a URL's folder for a manifest on
+    object storage); a URL (``s3://...``) stays as it is."""
+    if is_remote(name):
+        return name
     name = os.path.expanduser(name)
     return name if os.path.isabs(name) else os.path.join(root, name)
 
@@ -494,7 +498,7 @@ def resolve_audio(name: str, root: str) -> str:
 def describe_audio(name: str, manifest: str) -> str:
     """How messages name an audio path of a manifest line: as written, and for a relative path
     the folder it was taken relative to (``a.wav (relative to data/manifests/)``)."""
-    if os.path.isabs(os.path.expanduser(name)):
+    if is_remote(name) or os.path.isabs(os.path.expanduser(name)):
         return name
     folder = os.path.dirname(manifest) or "."
     return f"{name} (relative to {folder}/)"

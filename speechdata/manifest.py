@@ -277,12 +277,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_folder: Path | None = None) -> Index:
+def build_one(
+    path: str | Path,
+    keys: ManifestKeys,
+    on_error: str,
+    cache_folder: Path | None = None,
+    root: str | None = None,
+) -> Index:
     """Index one manifest without reading or writing a cache entry (see :func:`load_index`).
 
     Large manifests are split into byte ranges parsed by forked processes, one per core. The
     CRC-32 of the file as read is kept in ``index.datasets[0].crc32`` for the cache. A ``.gz``
-    manifest is decompressed into ``cache_folder`` (reads go there by byte offset).
+    manifest is decompressed into ``cache_folder`` (reads go there by byte offset). ``root``:
+    the folder relative audio paths resolve against, when not the file's own (a URL's).
     """
     path = Path(path)
     data, source, crc = _read_manifest(path, cache_folder)
@@ -296,7 +303,7 @@ def build_one(path: str | Path, keys: ManifestKeys, on_error: str, cache_folder:
         starts[0] = len(_BOM) if data.startswith(_BOM) else 0  # a UTF-8 byte order mark is skipped
         starts[1:] = ends[:-1] + 1
     n = len(ends)
-    root = manifest_root(path)
+    root = root or manifest_root(path)
     procs = min(os.cpu_count() or 1, 8) if n >= PARALLEL_LINES else 1
     bounds = np.linspace(0, n, procs + 1).astype(np.int64)
     jobs = [
@@ -440,6 +447,8 @@ def _measure_cached(
     for a, o in zip(audio, off, strict=True):
         p = resolve_audio(a, root)
         shown = describe_audio(a, manifest)
+        if is_remote(p):
+            raise DataError("bad_line", where, f"{p}: 'duration' is required for audio on object storage")
         total = cache.get(p)
         if total is None:
             info = audio_info(p, where=f"{where}: {shown}")
@@ -552,7 +561,8 @@ def load_index(
                 raise SpeechDataError(f"{cache_dir}: cannot use as cache folder ({e.strerror})") from None
             folder = None  # no writable cache: index every time
         use_cache = cache and folder is not None
-        root = manifest_root(path)
+        # relative audio paths of a manifest on object storage resolve against its URL's folder
+        root = str(m).rsplit("/", 1)[0] if is_remote(str(m)) else manifest_root(path)
         part = None
         if use_cache:
             assert folder is not None
@@ -560,7 +570,7 @@ def load_index(
             part = _load_cached(path, cfile, keys, root)
         if part is None:
             stamp = FileStamp.of(path)
-            part = build_one(path, keys, on_error, folder)
+            part = build_one(path, keys, on_error, folder, root)
             if use_cache and FileStamp.of(path) == stamp:  # not edited while it was being indexed
                 assert part.datasets[0].crc32 is not None
                 _save_cached(path, cfile, part, stamp, part.datasets[0].crc32)

@@ -4,7 +4,7 @@ A :class:`Source` is an Index (the metadata columns), a record by row, and the a
 a :class:`StreamSource` streams records with their audio instead. Three ship with speechdata, and
 :func:`open_source` picks one from a dataset config:
 
-* :class:`ManifestSource` — plain JSONL manifests, clips are files on disk;
+* :class:`ManifestSource` — plain JSONL manifests, clips are files on disk or object-storage URLs;
 * :class:`TarredSource` — NeMo tarred datasets on local (or mounted) storage, members read by
   byte offset;
 * :class:`StreamedTarSource` — tarred datasets behind ``pipe:`` commands or URLs (or
@@ -68,7 +68,7 @@ def open_source(cfg: DatasetConfig, keys: ManifestKeys, *, cache: bool = True) -
     if not cfg.is_tarred:
         if cfg.streaming is True:
             raise ConfigError("streaming: true needs a tarred dataset (is_tarred: true)")
-        return ManifestSource(index)
+        return ManifestSource(index, cfg.remote, seed=cfg.seed, cache_dir=cfg.cache_dir)
     tarred = TarredDataset(cfg, index=index)
     if cfg.streaming is True or (cfg.streaming == "auto" and not tarred.seekable):
         return StreamedTarSource(cfg, tarred)

@@ -1,0 +1,192 @@
+"""Plain manifests whose clips are object-storage URLs (``s3://``, ``http://``), and manifests that
+are URLs themselves, through the public API against the servers of tests/servers.py: each clip
+is read whole through the storage layer (read ahead, retried under the proxy's latency, 503s,
+resets and truncated bodies), giving the same batches and samples as the files on disk; a
+missing object and an object that always fails end in one line naming the manifest line and
+the URL, or in counted drops with ``on_error: skip``."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
+from test_remote import FAST, FAULTS, LOCATOR, _epochs, _ids
+
+from speechdata import build_dataloader
+from speechdata.config import make_dataset_config
+from speechdata.errors import DataError
+from speechdata.storage import reset_filesystems
+from speechdata.synth.corpus import write_manifest
+from speechdata.testing import Corpus, make_corpus
+from speechdata.text.tokenizer import Tokenizer
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+BUCKET = "plain"
+N = 16
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    # offsets into shared files and multi-audio lines: one object serves several clips
+    return make_corpus(
+        tmp_path_factory.mktemp("plain"),
+        n=N,
+        seed=9,
+        min_duration=0.3,
+        max_duration=1.2,
+        multi_audio_fraction=0.2,
+        shared_source_fraction=0.3,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus: Corpus) -> Tokenizer:
+    return corpus.train_tokenizer(vocab_size=100, locator=LOCATOR)
+
+
+def _audio_files(corpus: Corpus) -> list[Path]:
+    names = {a for e in corpus.entries for a in _as_list(e["audio_filepath"])}
+    return [corpus.root / a for a in sorted(names)]
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [v]
+
+
+def _with_urls(corpus: Corpus, base: str, out: Path, extra: list[dict[str, Any]] = ()) -> Path:  # type: ignore[assignment]
+    """The corpus manifest with each clip named by ``base/<relative path>``, plus ``extra`` lines."""
+    entries = []
+    for e in corpus.entries:
+        paths = [f"{base}/{a}" for a in _as_list(e["audio_filepath"])]
+        entries.append({**e, "audio_filepath": paths if len(paths) > 1 else paths[0]})
+    return write_manifest(out, [*entries, *extra])
+
+
+@pytest.fixture(scope="module")
+def s3(corpus: Corpus) -> Iterator[tuple[str, FaultProxy]]:
+    """moto S3 holding the corpus's audio under ``s3://plain/c/`` and its manifest (relative
+    paths) at ``s3://plain/c/manifest.json``, with the fault proxy in front."""
+    saved = dict(os.environ)
+    os.environ.update(fake_aws_env())
+    try:
+        with moto_s3() as endpoint:
+            files = {f"c/{p.relative_to(corpus.root)}": p for p in _audio_files(corpus)}
+            s3_upload(endpoint, BUCKET, {**files, "c/manifest.json": corpus.manifest})
+            with FaultProxy(endpoint, seed=21, **FAULTS) as proxy:
+                yield endpoint, proxy
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def via_proxy(s3: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
+    _, proxy = s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    for k, v in {**fake_aws_env(), **FAST}.items():
+        monkeypatch.setenv(k, v)
+    reset_filesystems()
+    proxy.reset_counts()
+    return proxy
+
+
+def _cfg(manifest: str | Path, workers: int = 0, **kw: Any) -> Any:
+    return make_dataset_config(
+        {
+            "manifest_filepath": str(manifest),
+            "audio_locator": LOCATOR,
+            "prompt_template": "Q: {context}\nA: {answer}",
+            "micro_batch_size": 3,
+            "drop_last": False,
+            "min_duration": None,
+            "max_duration": None,
+            "num_workers": workers,
+            "seed": 4,
+            **kw,
+        }
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_s3_clips_same_batches_as_local_under_faults(
+    corpus: Corpus, tokenizer: Tokenizer, via_proxy: FaultProxy, tmp_path: Path, workers: int
+) -> None:
+    local = _epochs(build_dataloader(_cfg(corpus.manifest, workers), tokenizer), 2)
+    manifest = _with_urls(corpus, f"s3://{BUCKET}/c", tmp_path / "urls.json")
+    remote = _epochs(build_dataloader(_cfg(manifest, workers), tokenizer), 2)
+    assert remote == local  # same batches, same order, same samples
+    flat = [i for b in _ids(remote)[: len(remote) // 2] for i in b]
+    assert len(flat) == len(set(flat)) == N
+    assert sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:")) > 0
+    # each object is read whole by one request (a retry aside), at most once per clip and epoch
+    objects = len(_audio_files(corpus))
+    clips = sum(len(_as_list(e["audio_filepath"])) for e in corpus.entries)
+    faults = sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:"))
+    assert 2 * objects <= via_proxy.counts["requests:GET"] - faults <= 2 * clips
+    assert via_proxy.counts["requests:HEAD"] == 0  # no metadata request per object
+
+
+def test_manifest_on_s3_with_relative_paths_and_exact_resume(
+    corpus: Corpus, tokenizer: Tokenizer, via_proxy: FaultProxy
+) -> None:
+    """A manifest that is itself a URL: relative clip paths resolve against its folder."""
+    cfg = _cfg(f"s3://{BUCKET}/c/manifest.json")
+    reference = _epochs(build_dataloader(cfg, tokenizer), 2)
+    assert reference == _epochs(build_dataloader(_cfg(corpus.manifest), tokenizer), 2)
+    loader = build_dataloader(cfg, tokenizer)
+    head = []
+    for b in loader:
+        head.append(b["sample_ids"].tolist())
+        if len(head) == 2:
+            break
+    resumed = build_dataloader(cfg, tokenizer)
+    resumed.load_state_dict(loader.state_dict())
+    assert head + _ids(_epochs(resumed, 2)) == _ids(reference)
+
+
+def test_http_missing_and_failing_objects_name_line_and_url_or_count(
+    corpus: Corpus, tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in {**FAST, "SPEECHDATA_REMOTE_RETRIES": "2"}.items():
+        monkeypatch.setenv(k, v)
+    failing = sorted(_audio_files(corpus))[0].relative_to(corpus.root)
+    uses = sum(str(failing) in _as_list(e["audio_filepath"]) for e in corpus.entries)
+    with (
+        RangeHTTPServer(corpus.root) as server,
+        FaultProxy(server.url, seed=5, always_fail=(failing.name,), **FAULTS) as proxy,
+    ):
+        base = proxy.url
+        missing = {"audio_filepath": f"{base}/nope.wav", "duration": 0.5, "answer": "gone", "context": "q"}
+        manifest = _with_urls(corpus, base, tmp_path / "http.json", [missing])
+        with pytest.raises(DataError) as err:
+            _epochs(build_dataloader(_cfg(manifest), tokenizer), 1)
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert re.fullmatch(
+            rf"{re.escape(str(manifest))}:\d+: {re.escape(base)}/"
+            rf"(nope\.wav: object not found|{re.escape(str(failing))}: bytes 0-\d+ not read after 3 attempts: .*503.*)",
+            msg,
+        ), msg
+        skipping = build_dataloader(_cfg(manifest, on_error="skip"), tokenizer)
+        got = [i for b in _ids(_epochs(skipping, 1)) for i in b]
+    report = skipping.report()
+    assert report["missing_audio"] == 1
+    assert report["read_error"] == uses > 0
+    assert len(got) == len(set(got)) == N - uses
+
+
+def test_url_clip_without_duration_is_a_one_line_error(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    manifest = tmp_path / "nodur.json"
+    manifest.write_bytes(
+        orjson.dumps({"audio_filepath": "s3://b/a.wav", "answer": "x", "context": "q"}) + b"\n"
+    )
+    with pytest.raises(DataError, match=r"nodur.json:1: s3://b/a.wav: 'duration' is required"):
+        build_dataloader(_cfg(manifest), tokenizer)
