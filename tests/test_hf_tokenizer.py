@@ -30,7 +30,13 @@ from speechdata.testing import make_corpus
 from speechdata.text.chat import ChatTemplate
 from speechdata.text.hf import HFTokenizer, train_hf_tokenizer
 from speechdata.text.prompt import PromptBuilder
-from speechdata.text.tokenizer import Tokenizer, find_tokenizer_json, load_tokenizer, train_tokenizer
+from speechdata.text.tokenizer import (
+    Tokenizer,
+    cut_tokens,
+    find_tokenizer_json,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 LOCATOR = "|audio|"
 CHAT_TOKENS = [
@@ -302,6 +308,19 @@ def test_offsets_contract(pairs, text: str, continuation: bool) -> None:
     tok, _ = pairs["bytelevel"]
     ids, ends = tok.encode_with_offsets("数据 hello")
     assert ends[-1] == 8 and ends[0] in (1, 2)  # the bytes of 数 end where 数 ends
+
+
+@given(text=texts, continuation=st.booleans(), data=st.data())
+def test_encode_cut_is_the_offsets_rule(pairs, text: str, continuation: bool, data: st.DataObject) -> None:
+    """encode_cut (tokenizers' char_to_token, with its fallback) gives the cuts of the offsets
+    rule, cut_tokens(ends), for every tokenizer kind: Metaspace's prefix token and characters
+    split over several byte-level tokens included."""
+    if len(text) < 2:
+        return
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(text) - 1), min_size=1, max_size=4)))
+    for kind, (tok, _) in pairs.items():
+        ids, ends = tok.encode_with_offsets(text, continuation=continuation)
+        assert tok.encode_cut(text, cuts, continuation=continuation) == (ids, cut_tokens(ends, cuts)), kind
 
 
 def test_special_ids_vocab_and_pickle(pairs, tokenizer_files, tmp_path: Path) -> None:

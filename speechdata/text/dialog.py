@@ -50,6 +50,8 @@ __all__ = ["DEFAULT_LOCATOR", "ConversationBuilder", "make_prompt_builder", "rec
 DEFAULT_LOCATOR = "<|audio|>"
 
 _AUDIO, _ID = 0, 1
+#: How many of a format's own texts (turn headers that stand between audios) a builder keeps encoded.
+_FIXED_TEXTS = 256
 
 Mark = tuple[int, int]  # (text number, character offset into that text)
 
@@ -63,12 +65,18 @@ class _Layout:
     texts: list[str] = field(default_factory=lambda: [""])
     atoms: list[tuple[int, int]] = field(default_factory=list)
     turns: list[tuple[Mark, Mark, Mark]] = field(default_factory=list)
+    #: the texts that hold something of the conversation (the others are the format's own)
+    varying: set[int] = field(default_factory=set)
 
     def mark(self) -> Mark:
         return len(self.texts) - 1, len(self.texts[-1])
 
     def text(self, s: str) -> None:
         self.texts[-1] += s
+
+    def content(self, s: str) -> None:
+        self.texts[-1] += s
+        self.varying.add(len(self.texts) - 1)
 
     def atom(self, kind: int, value: int) -> None:
         self.atoms.append((kind, value))
@@ -121,6 +129,7 @@ class ConversationBuilder:
         self._system = cfg.system_prompt
         self._last_only = cfg.loss_turns == "last"
         self._answer_only = cfg.answer_only_loss
+        self._fixed: dict[tuple[str, bool], list[int]] = {}  # the format's own texts, encoded
         self._bos = self._special_id(cfg.add_bos, tokenizer.bos_id, "add_bos is true", "BOS")
         self._format: PromptFormat | None = None
         self._chat = None
@@ -209,7 +218,7 @@ class ConversationBuilder:
                     content = out.mark()
                 for p in parts if item == MESSAGE else system:
                     if type(p) is str:
-                        out.text(p)
+                        out.content(p)
                     else:
                         out.atom(_AUDIO, p)
             elif item == BOS:
@@ -262,6 +271,7 @@ class ConversationBuilder:
             cuts.append(pos)
         out.text(full[pos:])
         base = len(out.texts) - 1 - len(cuts)  # the text number of full's first text
+        out.varying.update(range(base, len(out.texts)))
 
         def mark(c: int) -> Mark:
             k = bisect_right(cuts, c)
@@ -290,19 +300,32 @@ class ConversationBuilder:
     def _tokenize(self, layout: _Layout, where: str) -> Prompt:
         tok = self.tokenizer
         texts, atoms = layout.texts, layout.atoms
-        inside = {m[0] for turn in layout.turns for m in turn if 0 < m[1] < len(texts[m[0]])}
+        cuts: dict[int, list[int]] = {}  # per text, the marks inside it (character offsets)
+        for turn in layout.turns:
+            for k, c in turn:
+                if 0 < c < len(texts[k]):
+                    cuts.setdefault(k, []).append(c)
+        fixed = self._fixed
         input_ids: list[int] = []
         spans: list[tuple[int, int]] = []
-        ends: dict[int, list[int]] = {}
+        at: dict[Mark, int] = {}  # the token index of each mark inside a text
         positions: list[int] = []
         after_start = True  # a text that starts the sequence or follows a BOS is not a continuation
         for k, text in enumerate(texts):
             start = len(input_ids)
             if text:
-                if k in inside:
-                    ids, ends[k] = tok.encode_with_offsets(text, continuation=not after_start)
-                else:
-                    ids = tok.encode(text, continuation=not after_start)
+                cont = not after_start
+                if k in cuts:
+                    ids, found = tok.encode_cut(text, cuts[k], continuation=cont)
+                    at.update(((k, c), start + i) for c, i in zip(cuts[k], found, strict=True))
+                elif k in layout.varying:
+                    ids = tok.encode(text, continuation=cont)
+                else:  # the format's own text (a turn header between audios): encoded once
+                    ids = fixed.get((text, cont))
+                    if ids is None:
+                        ids = tok.encode(text, continuation=cont)
+                        if len(fixed) < _FIXED_TEXTS:
+                            fixed[(text, cont)] = ids
                 input_ids += ids
                 after_start = False
             spans.append((start, len(input_ids)))
@@ -322,7 +345,7 @@ class ConversationBuilder:
                 return start
             if c >= len(texts[k]):
                 return end
-            return start + bisect_right(ends[k], c)
+            return at[mark]
 
         n = len(input_ids)
         if n > self._max:

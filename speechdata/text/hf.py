@@ -40,6 +40,7 @@ from speechdata.text.tokenizer import (
     SEP_PIECE,
     TOKENIZER_JSON,
     _write_atomic,
+    cut_tokens,
     training_inputs,
 )
 
@@ -121,6 +122,34 @@ def _encoders(spec: dict[str, Any]) -> tuple[_RustTokenizer, _RustTokenizer, int
     return enc, cont, int(atom)
 
 
+#: Normalizers and pre-tokenizers that treat the start of a text like the text after a special
+#: token (no prefix space added, no whitespace trimmed): with only these, a continuation is
+#: encoded as plain text.
+_SAME_AT_START = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Split", "Digits", "Punctuation"})
+
+
+def _start_is_continuation(spec: dict[str, Any]) -> bool:
+    """Whether ``spec`` encodes text at the start of a sequence as it encodes it after a special
+    token: its normalizer and pre-tokenizer are built only of :data:`_SAME_AT_START` steps and
+    ``ByteLevel`` without ``add_prefix_space`` (GPT-2, Llama-3 and Qwen tokenizers). Anything
+    else (``Metaspace``, ``Prepend``, ``Strip``, an unknown step) answers False."""
+
+    def plain(step: Any) -> bool:
+        if step is None:
+            return True
+        if not isinstance(step, dict):
+            return False
+        kind = step.get("type")
+        if kind == "Sequence":
+            inner = step.get("normalizers", step.get("pretokenizers"))
+            return isinstance(inner, list) and all(plain(x) for x in inner)
+        if kind == "ByteLevel":
+            return step.get("add_prefix_space") is False
+        return kind in _SAME_AT_START
+
+    return plain(spec.get("normalizer")) and plain(spec.get("pre_tokenizer"))
+
+
 def _ends(offsets: Sequence[tuple[int, int]], shift: int = 0) -> list[int]:
     """Token ends (the contract of ``encode_with_offsets``) from ``(start, end)`` character
     offsets, less ``shift``; a token with ``start == end`` (no character of the text: a prefix
@@ -180,6 +209,7 @@ class HFTokenizer:
             self._enc, self._cont, self._atom = _encoders(spec)
         except Exception as e:  # the tokenizers package raises its own exception type
             raise ConfigError(f"{self.source}: not a Hugging Face tokenizer.json ({e})") from None
+        self._same_at_start = _start_is_continuation(spec)  # continuations need no atom in front
 
         where = self.config_source
         self.special_tokens: dict[str, str] = {}
@@ -263,7 +293,7 @@ class HFTokenizer:
 
     def _encoding(self, text: str, continuation: bool) -> tuple[Any, int]:
         """The ``tokenizers`` Encoding of ``text`` and how many leading tokens are not ``text``'s."""
-        if not continuation:
+        if not continuation or self._same_at_start:
             return self._enc.encode(text, add_special_tokens=False), 0
         e = self._cont.encode(_ATOM + text, add_special_tokens=False)
         if not e.ids or e.ids[0] != self._atom:  # never seen: the atom is split off before anything else
@@ -297,6 +327,29 @@ class HFTokenizer:
         e, skip = self._encoding(text, continuation)
         offsets = e.offsets[skip:] if skip else e.offsets
         return (e.ids[skip:] if skip else e.ids), _ends(offsets, len(_ATOM) if skip else 0)
+
+    def encode_cut(
+        self, text: str, cuts: Sequence[int], *, continuation: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """:meth:`TextTokenizer.encode_cut`: each cut is the token that holds its character
+        (``tokenizers``' own ``char_to_token``), which is the rule of :func:`cut_tokens` when the
+        token before it ends at or before the cut; otherwise (a character no token holds, a
+        token of no character in front) the cut comes from every token's offsets."""
+        e, skip = self._encoding(text, continuation)
+        shift = len(_ATOM) if skip else 0
+        at: list[int] = []
+        ids = e.ids[skip:] if skip else e.ids
+        for c in cuts:
+            t = e.char_to_token(c + shift)
+            if t is not None and t > skip:
+                start, end = e.token_to_chars(t - 1)
+                if not start < end <= c + shift:
+                    t = None
+            if t is None or t < skip:
+                offsets = e.offsets[skip:] if skip else e.offsets
+                return ids, cut_tokens(_ends(offsets, shift), cuts)
+            at.append(t - skip)
+        return ids, at
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; BOS, EOS and the pad token decode to nothing, other added tokens (the

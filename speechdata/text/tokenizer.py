@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -200,6 +201,14 @@ def _fast_encoder(sp: spm.SentencePieceProcessor) -> Callable[[str], list[int]]:
 # ------------------------------------------------------------------------------- interface
 
 
+def cut_tokens(ends: Sequence[int], cuts: Sequence[int]) -> list[int]:
+    """The number of tokens before each character offset of ``cuts``, from the token ``ends`` of
+    :meth:`TextTokenizer.encode_with_offsets`: the tokens that end at or before the cut (a token
+    that holds the character at the cut comes after it). The one rule of every prompt builder's
+    cuts (:meth:`TextTokenizer.encode_cut`)."""
+    return [bisect_right(ends, c) for c in cuts]
+
+
 class TextTokenizer(Protocol):
     """What the prompt builder needs of a tokenizer; :class:`Tokenizer` (SentencePiece) is one.
 
@@ -246,6 +255,16 @@ class TextTokenizer(Protocol):
         For example ``"A: yes"`` as ``▁A``, ``:``, ``▁yes`` has ``ends == [1, 2, 6]``; cut at 2 (the
         space before ``yes``), ``▁yes`` is after the cut.
         """
+        ...
+
+    def encode_cut(
+        self, text: str, cuts: Sequence[int], *, continuation: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """``(ids, at)``: the ids of :meth:`encode` and, for each character offset ``cuts[j]``
+        (``0 < cuts[j] < len(text)``), the number of tokens before that cut: the tokens that
+        end at or before it, ``bisect_right(ends, cuts[j])`` with the ``ends`` of
+        :meth:`encode_with_offsets` (:func:`cut_tokens`). The prompt builders ask for the cuts
+        they need only, so a tokenizer may answer without building every token's offsets."""
         ...
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -377,6 +396,13 @@ class Tokenizer:
         """:meth:`encode` of each text (single-threaded: faster than a thread pool for short texts)."""
         enc = self._enc_cont if continuation else self._enc
         return [enc(t) for t in texts]
+
+    def encode_cut(
+        self, text: str, cuts: Sequence[int], *, continuation: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """:meth:`TextTokenizer.encode_cut`, from :meth:`encode_with_offsets`."""
+        ids, ends = self.encode_with_offsets(text, continuation=continuation)
+        return ids, cut_tokens(ends, cuts)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; control pieces (pad, BOS, EOS) decode to nothing."""
