@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 from speechdata import build_dataloader
 from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
+from speechdata.sampling.position import POSITION_VERSION
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import TINY_MODEL, Corpus, make_corpus, run_speechdata
 from speechdata.train.data import CHECKPOINT_KEY
@@ -153,7 +154,7 @@ def _check_epoch(
     # mid-epoch positions name the earlier deal; the end of the epoch rolls over to a fresh one
     assert steps > 1, "the test wants a position inside the re-dealt part"
     for r, o in enumerate(b):
-        run = {"version": 1, "seed": 11, "rank": r, "world_size": w2}
+        run = {"version": POSITION_VERSION, "seed": 11, "rank": r, "world_size": w2}
         assert o["states"][0] == {**run, "epoch": epoch, "batch": stop + 1, "resized": [[w, stop]]}
         assert o["states"][-1] == {**run, "epoch": epoch + 1, "batch": 0}
     before = [tuple(x) for o in a for x in o["batches"]]
@@ -281,7 +282,7 @@ def test_a_chain_of_world_sizes_delivers_every_example_once(corpus: Corpus, shar
     part2 = [x for ld in second for x in _take(ld, 2)]
     saved2 = [ld.state_dict() for ld in second]
     assert saved2[1] == {
-        "version": 1,
+        "version": POSITION_VERSION,
         "epoch": 0,
         "batch": 5,
         "seed": 11,
@@ -429,7 +430,7 @@ def test_the_trainer_resumes_on_another_number_of_devices(corpus: Corpus, tmp_pa
     saved = torch.load(last, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
     ds = dataset_config(load_config(CONFIGS / "salm_tiny.yaml", two), "train_ds")
     assert saved == [
-        {"version": 1, "epoch": 0, "batch": stop, "seed": ds.seed, "rank": r, "world_size": 2}
+        {"version": POSITION_VERSION, "epoch": 0, "batch": stop, "seed": ds.seed, "rank": r, "world_size": 2}
         for r in range(2)
     ]
     # what the two ranks trained on: their first `stop` batches of epoch 0

@@ -19,6 +19,7 @@ from speechdata import build_dataloader
 from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.sampling import Position
+from speechdata.sampling.position import POSITION_VERSION, V1_DEALS
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import TINY_MODEL, Corpus, make_corpus
 from speechdata.text.tokenizer import Tokenizer
@@ -139,13 +140,14 @@ def test_older_position_formats_keep_loading(corpus: Corpus, shards: Path, token
     reference = _until_epoch(build_dataloader(cfg, tokenizer), EPOCHS)
     per_epoch = len(reference) // EPOCHS
     run = {"seed": 8, "rank": 0, "world_size": 1}
+    v1 = (V1_DEALS,)  # they finish their epoch by the version-1 deal (tests/test_synced_tails.py)
     legacy = [
-        ({"epoch": 1, "batch": 2}, Position(1, 2)),  # the sampler's
-        ({"epoch": 1, "batch": 2, **run}, Position(1, 2, **run)),  # the loader's
+        ({"epoch": 1, "batch": 2}, Position(1, 2, resized=v1)),  # the sampler's
+        ({"epoch": 1, "batch": 2, **run}, Position(1, 2, **run, resized=v1)),  # the loader's
         # the trainer's checkpoint entry (mid-epoch): its loader state is the position
         (
             {"epoch": 1, "batches": 2, "epoch_complete": False, "state": {"epoch": 1, "batch": 2, "seed": 8}},
-            Position(1, 2, seed=8),
+            Position(1, 2, seed=8, resized=v1),
         ),
     ]
     for old, want in legacy:
@@ -177,7 +179,7 @@ def test_older_position_formats_keep_loading(corpus: Corpus, shards: Path, token
         ({"epoch": 0}, "'batch' >= 0"),
         ({"epoch": 0, "batch": 1, "rank": 2, "world_size": 2}, "rank 2 is not below world_size 2"),
         ({"epoch": 0, "batch": 1, "shard": 3}, "unknown key(s) 'shard'"),
-        ({"version": 2, "epoch": 0, "batch": 1}, "newer speechdata"),
+        ({"version": POSITION_VERSION + 1, "epoch": 0, "batch": 1}, "newer speechdata"),
         ([0, 1], "expected a mapping"),
     ],
 )
@@ -244,7 +246,7 @@ def test_the_trainer_resumes_exactly(
     last = next((tmp_path / "run").rglob("*-last.ckpt"))
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     run = {"seed": ds.seed, "rank": 0, "world_size": 1}
-    assert ckpt[CHECKPOINT_KEY] == [{"version": 1, "epoch": 0, "batch": stop, **run}]
+    assert ckpt[CHECKPOINT_KEY] == [{"version": POSITION_VERSION, "epoch": 0, "batch": stop, **run}]
     if legacy:
         state = {"epoch": 0, "batch": stop, **run}
         ckpt[CHECKPOINT_KEY] = [{"epoch": 0, "batches": stop, "epoch_complete": False, "state": state}]

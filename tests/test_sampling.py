@@ -21,6 +21,7 @@ from speechdata.sampling import (
     make_buckets,
     plan_epoch,
 )
+from speechdata.sampling.position import POSITION_VERSION
 
 
 @dataclass
@@ -217,15 +218,22 @@ def test_dynamic_batches_within_budget(durs, mode, strategy, world, shuffle):
     st.booleans(),
 )
 def test_synced_randomized_same_bucket_each_step(durs, mode, world, drop_last, shuffle):
+    """All ranks hold one bucket at every step, except the steps made of the buckets'
+    leftovers (tests/test_synced_tails.py): their buckets rise rank by rank, and each such step
+    spans at least one boundary between the buckets in use, so there are fewer of them."""
     idx = make_index(durs)
     keep = np.ones(len(durs), bool)
     cfg = _cfg_for(mode, "synced_randomized", drop_last, shuffle, 3)
     buckets = make_buckets(idx, keep, cfg)
     plans = all_ranks(idx, keep, cfg, world)
+    mixed = 0
     for k in range(len(plans[0])):
-        assert len({int(p.bucket[k]) for p in plans}) == 1
+        step = [int(p.bucket[k]) for p in plans]
+        assert step == sorted(step)
+        mixed += step[0] != step[-1]
         for p in plans:
             assert np.all(buckets.assignment[p.batch(k)] == p.bucket[k])
+    assert mixed < max(1, np.unique(buckets.assignment).size)
 
 
 def test_fixed_order_and_no_shuffle():
@@ -359,7 +367,7 @@ def test_sampler_len_epochs_and_position():
     assert s.position(0, n) == Position(1, 0, **run)
     assert s.position(0, 3) == Position(0, 3, **run)
     s.set_epoch(5)
-    assert s.state_dict() == {"version": 1, "epoch": 5, "batch": 0, **run}
+    assert s.state_dict() == {"version": POSITION_VERSION, "epoch": 5, "batch": 0, **run}
     assert all(isinstance(i, int) for i in next(iter(s)))
     with pytest.raises(ConfigError, match="past the end"):
         s.load_state_dict({"epoch": 0, "batch": n + 1})

@@ -105,7 +105,11 @@ def test_two_gloo_ranks_equal_steps_disjoint_examples(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["rank"], r0["world"], r1["rank"], r1["world"]) == (0, 2, 1, 2)
     assert r0["steps"] == r1["steps"] == [len(r0["batches"])] * 2
-    assert r0["buckets"] == r1["buckets"]  # synced: same bucket at every step
+    # synced: the same bucket at every step, but for the few steps made of the buckets' leftovers
+    # (adjacent buckets, in bucket order: tests/test_synced_tails.py)
+    steps = list(zip(r0["buckets"], r1["buckets"], strict=True))
+    assert all(b0 <= b1 for b0, b1 in steps)
+    assert sum(b0 != b1 for b0, b1 in steps) < len(set(r0["buckets"]) | set(r1["buckets"]))
     a = [i for b in r0["batches"] for i in b]
     b = [i for b in r1["batches"] for i in b]
     shared = set(a) & set(b)

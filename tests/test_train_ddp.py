@@ -14,6 +14,7 @@ import torch
 
 from speechdata.config import dataset_config, load_config
 from speechdata.loader import build_dataloader
+from speechdata.sampling.position import POSITION_VERSION
 from speechdata.testing import TINY_MODEL, make_corpus, run_speechdata
 from speechdata.text.tokenizer import train_tokenizer
 
@@ -69,5 +70,6 @@ def test_two_rank_cpu_ddp_completes_an_epoch_with_equal_steps(tmp_path: Path) ->
         # position is the last batch trained on), and a finished epoch rolls over to the next
         want = {"epoch": 0, "batch": step} if step < steps else {"epoch": 1, "batch": 0}
         assert positions == [
-            {"version": 1, **want, "seed": ds.seed, "rank": r, "world_size": 2} for r in range(2)
+            {"version": POSITION_VERSION, **want, "seed": ds.seed, "rank": r, "world_size": 2}
+            for r in range(2)
         ], (step, positions)

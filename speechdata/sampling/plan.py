@@ -26,15 +26,23 @@ seeds identically:
    batch of one. With fixed sizes a bucket is cut every ``size`` entries (one bucket and fixed
    sizes: no duration sorting at all, the shuffled or index order is kept).
 3. **Ordering** (``bucketing_strategy``): ``fully_randomized`` puts all batches in one random
-   order; ``synced_randomized`` groups each bucket's batches ``world_size`` at a time and shuffles
-   the groups, so at every step all ranks hold a batch of the same bucket; ``fixed_order`` keeps
-   buckets in increasing duration. ``shuffle: false`` disables every random step (index order
-   within buckets, buckets in order); strategies then only differ in how ranks are dealt.
+   order; ``synced_randomized`` groups each bucket's batches ``world_size`` at a time, so at
+   such a step all ranks hold a batch of the same bucket; the leftovers of all buckets (fewer
+   than ``world_size`` each), concatenated in bucket order, are cut into further groups of
+   ``world_size``, each spanning adjacent buckets (near-equal shapes; rank ``r`` holds the
+   ``r``-th, in bucket order); then all groups are shuffled together (:func:`_synced_groups`).
+   ``fixed_order`` keeps buckets in increasing duration. ``shuffle: false`` disables every
+   random step (index order within buckets, buckets in order, a bucket's whole groups before the
+   groups of leftovers); strategies then only differ in how ranks are dealt.
 4. **Dealing to ranks**. Step ``k`` of rank ``r`` is slot ``k * world_size + r`` of the ordered
    list, so every rank has the same number of batches and no batch (hence, without mixing
    repeats, no example) is on two ranks. When the batches do not divide evenly, ``drop_last``
-   drops the tail, otherwise the first batches are repeated to fill the last step; both are
-   counted in :class:`Plan` (``dropped``, ``repeated``, in examples over all ranks). With fixed
+   drops the tail, otherwise batches are repeated to fill the last step (the first ones; under
+   ``synced_randomized`` those of the last, incomplete group of leftovers); either way fewer
+   than ``world_size`` batches. Both are counted in :class:`Plan` (``dropped``, ``repeated``,
+   in examples over all ranks). A position of version 1 inside an epoch finishes it by version
+   1's ``synced_randomized`` rule, in which each bucket's leftovers were dropped or filled on
+   their own (:func:`_synced_groups_v1`; :mod:`~speechdata.sampling.position`). With fixed
    batch sizes ``drop_last`` also drops the incomplete last batch of each bucket (PyTorch/NeMo
    meaning of the key). The ids ``drop_last`` left out are ``Plan.dropped_ids``: the same on
    every rank, since they come from the global plan (the loader counts them as
@@ -81,7 +89,7 @@ from speechdata.sampling.batching import (
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
 from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost, row_table
-from speechdata.sampling.position import Position, Resized, resolve_rank_world
+from speechdata.sampling.position import Position, Resized, resolve_rank_world, split_deals
 from speechdata.sampling.tokens import Measures
 
 __all__ = [
@@ -311,11 +319,13 @@ def _deal(
     cfg: DatasetConfig,
     world_size: int,
     rng: np.random.Generator,
+    v1: bool = False,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Order the selected batches by strategy and make their number a multiple of ``world_size``.
 
     Returns the slots (batch ids; slot ``k * world_size + r`` is rank ``r``'s step ``k``), the
-    number of repeated examples and the batches ``drop_last`` dropped.
+    number of repeated examples and the batches ``drop_last`` dropped. ``v1``: group
+    ``synced_randomized``'s leftovers by the version-1 rule (:func:`_synced_groups_v1`).
     """
     none = np.zeros(0, dtype=np.int64)
     t = selected.size
@@ -324,20 +334,16 @@ def _deal(
     w = world_size
     lengths = table.length
     if cfg.bucketing_strategy == "synced_randomized":
-        bucket = table.bucket[selected]  # non-decreasing: batches are grouped by bucket
-        counts = np.bincount(bucket).astype(np.int64)
-        starts = np.cumsum(counts) - counts
-        per = (counts // w) * w if cfg.drop_last else -(-counts // w) * w
-        within = np.arange(int(per.sum()), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
-        cnt = np.repeat(counts, per)
-        pos = np.repeat(starts, per) + within % np.maximum(cnt, 1)
-        repeated = int(lengths[selected[pos[within >= cnt]]].sum())
-        rank_of = np.arange(t, dtype=np.int64) - np.repeat(starts, counts)
-        dropped = selected[rank_of >= np.repeat(per, counts)]
-        rows = selected[pos].reshape(-1, w)
+        groups = _synced_groups_v1 if v1 else _synced_groups
+        flat, dropped = groups(table.bucket[selected], w, cfg.drop_last)
+        # every batch not dropped is in flat at least once
+        repeated = int(
+            lengths[selected[flat]].sum() - lengths[selected].sum() + lengths[selected[dropped]].sum()
+        )
+        rows = selected[flat].reshape(-1, w)
         if cfg.shuffle and rows.shape[0] > 1:
             rows = rows[rng.permutation(rows.shape[0])]
-        return rows.ravel(), repeated, dropped
+        return rows.ravel(), repeated, selected[dropped]
     if cfg.bucketing_strategy == "fully_randomized" and cfg.shuffle:
         order = selected[rng.permutation(t)]
     else:
@@ -352,6 +358,47 @@ def _deal(
     return slots, int(lengths[slots[t:]].sum()), none
 
 
+def _synced_groups(bucket: np.ndarray, w: int, drop_last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``synced_randomized``'s groups of ``w`` batches, before shuffling: positions into the
+    batches (whose ``bucket`` is non-decreasing), ``w`` per group, and the positions dropped.
+
+    Each bucket's first ``w * (count // w)`` batches make whole groups of that bucket; the
+    leftovers of all buckets (fewer than ``w`` each), concatenated in bucket order, are cut into
+    further groups of ``w``, each spanning adjacent buckets. Only the last ``len(leftovers) % w``
+    batches remain: ``drop_last`` drops them, otherwise they fill one last group, each repeated
+    in place as evenly as possible (the group stays in bucket order). So fewer than ``w`` batches
+    are dropped, or repeated, per deal.
+    """
+    t = bucket.size
+    counts = np.bincount(bucket).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    within = np.arange(t, dtype=np.int64) - np.repeat(starts, counts)
+    whole = within < np.repeat((counts // w) * w, counts)
+    leftovers = np.flatnonzero(~whole)
+    rest = leftovers.size % w
+    if rest and drop_last:
+        return np.concatenate((np.flatnonzero(whole), leftovers[:-rest])), leftovers[-rest:]
+    if rest:  # the last group: its batches repeated evenly, kept in bucket order
+        leftovers = np.concatenate((leftovers[:-rest], leftovers[-rest:][np.arange(w) * rest // w]))
+    return np.concatenate((np.flatnonzero(whole), leftovers)), np.zeros(0, dtype=np.int64)
+
+
+def _synced_groups_v1(bucket: np.ndarray, w: int, drop_last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_synced_groups` by the version-1 rule, kept to finish an epoch that a version-1
+    position left unfinished (:data:`~speechdata.sampling.position.V1_DEALS`): every group holds
+    one bucket's batches, so each bucket's last ``count % w`` are dropped (``drop_last``) or its
+    last group is filled with its first batches."""
+    t = bucket.size
+    counts = np.bincount(bucket).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    per = (counts // w) * w if drop_last else -(-counts // w) * w
+    within = np.arange(int(per.sum()), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
+    cnt = np.repeat(counts, per)
+    pos = np.repeat(starts, per) + within % np.maximum(cnt, 1)
+    rank_of = np.arange(t, dtype=np.int64) - np.repeat(starts, counts)
+    return pos, np.flatnonzero(rank_of >= np.repeat(per, counts))
+
+
 def _redeal(
     table: BatchTable,
     selected: np.ndarray,
@@ -360,14 +407,15 @@ def _redeal(
     rng: np.random.Generator,
     resized: Resized,
     epoch: int,
+    v1: bool = False,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """The last deal of an epoch whose first steps ran on other world sizes (``resized``, see the
-    module docstring): its slots, the examples repeated over the whole epoch and the batches the
-    last deal drops."""
+    module docstring; every deal by the version-1 rule when ``v1``): its slots, the examples
+    repeated over the whole epoch and the batches the last deal drops."""
     remaining, parts, reached = selected, [], 0
     for hop, (w, step) in enumerate(resized):
         slots = _deal(
-            table, remaining, cfg, w, rng if hop == 0 else _deal_rng(cfg.seed, epoch, resized[:hop])
+            table, remaining, cfg, w, rng if hop == 0 else _deal_rng(cfg.seed, epoch, resized[:hop]), v1
         )[0]
         take = (step - reached) * w
         if take > slots.size:
@@ -377,7 +425,7 @@ def _redeal(
         parts.append(slots[:take])
         remaining = np.setdiff1d(remaining, slots[:take])  # sorted, as selected is: grouped by bucket
         reached = step
-    slots, _, tail = _deal(table, remaining, cfg, world_size, _deal_rng(cfg.seed, epoch, resized))
+    slots, _, tail = _deal(table, remaining, cfg, world_size, _deal_rng(cfg.seed, epoch, resized), v1)
     dealt = np.concatenate([*parts, slots])
     lengths = table.length
     repeated = int(lengths[dealt].sum() - lengths[np.unique(dealt)].sum())
@@ -457,10 +505,11 @@ def plan_epoch(
     cut = cfg.drop_last and (buckets.sizes is not None or cfg.packing)
     selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
     incomplete = np.flatnonzero(~table.full) if cut else np.zeros(0, dtype=np.int64)
-    if resized:
-        slots, repeated, tail = _redeal(table, selected, cfg, world_size, rng, resized, epoch)
+    v1, deals = split_deals(resized)
+    if deals:
+        slots, repeated, tail = _redeal(table, selected, cfg, world_size, rng, deals, epoch, v1)
     else:
-        slots, repeated, tail = _deal(table, selected, cfg, world_size, rng)
+        slots, repeated, tail = _deal(table, selected, cfg, world_size, rng, v1)
     dropped_ids = entries[table.positions(np.concatenate((incomplete, tail)))]
     mine = slots[rank::world_size]
     where = _gather_ranges(table.start[mine], table.length[mine])
@@ -479,7 +528,7 @@ def plan_epoch(
         dropped_ids=dropped_ids,
         formed=len(table),
         fill=_mean_fill(table, key, buckets.sizes, budget, cfg.micro_batch_size, row_label),
-        start=resized[-1][1] if resized else 0,
+        start=deals[-1][1] if deals else 0,
         resized=tuple(resized),
         rows=row_label[where] if row_label is not None else np.zeros(0, dtype=np.int64),
     )

@@ -5,7 +5,7 @@ batches *handed out*, not those prefetched) of epoch ``epoch``, for the run iden
 ``seed``, ``rank`` and ``world_size`` (the plan of an epoch depends on nothing else). Its dict form,
 written by every ``state_dict()`` and stored in checkpoints, is::
 
-    {"version": 1, "epoch": 3, "batch": 117, "seed": 42, "rank": 0, "world_size": 8}
+    {"version": 2, "epoch": 3, "batch": 117, "seed": 42, "rank": 0, "world_size": 8}
 
 ``seed``, ``rank`` and ``world_size`` may be ``None`` (a loader that does not know them); a
 known seed must match the loader that loads the position (:meth:`Position.check`), and so must
@@ -15,7 +15,7 @@ new ranks (:meth:`Position.resized_for`, :func:`speechdata.sampling.plan.plan_ep
 epoch's position carries one more key, ``resized``: the world sizes of its earlier deals and the
 step each one reached, oldest first::
 
-    {"version": 1, "epoch": 3, "batch": 140, "seed": 42, "rank": 0, "world_size": 3,
+    {"version": 2, "epoch": 3, "batch": 140, "seed": 42, "rank": 0, "world_size": 3,
      "resized": [[2, 117]]}
 
 (steps 0..116 of epoch 3 ran on 2 ranks, steps 117.. on 3). A streamed loader's position also
@@ -25,13 +25,20 @@ stream's order depends on. Older formats keep loading
 ``{"epoch", "batch", "seed", "rank", "world_size"}`` without a version, and the trainer's
 checkpoint entry ``{"epoch", "batches", "epoch_complete", "state"}``.
 
+Version 2 changed how ``synced_randomized`` deals each bucket's leftovers to the ranks
+(:mod:`speechdata.sampling.plan`), so a position of version 1 (or of a format before versions)
+inside an epoch names batches of the version-1 deal: such an epoch is finished by the version-1
+rule, marked by :data:`V1_DEALS` as the first entry of :attr:`Position.resized` (see
+:func:`split_deals`), and written back as version 1 until it ends; the next epoch is dealt by the
+current rule. A streamed loader's position (``readers``) has no deal and is read as it is.
+
 Example::
 
     >>> pos = Position(epoch=1, batch=2, seed=42, rank=0, world_size=1)
     >>> Position.from_dict(pos.to_dict()) == pos
     True
-    >>> Position.from_dict({"epoch": 1, "batch": 2})
-    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None, resized=())
+    >>> Position.from_dict({"version": 2, "epoch": 1, "batch": 2})
+    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None, resized=(), readers=None)
     >>> Position(1, 5, world_size=2).resized_for(3)
     ((2, 5),)
 """
@@ -44,16 +51,29 @@ from typing import Any
 
 from speechdata.errors import ConfigError
 
-__all__ = ["POSITION_VERSION", "Position", "resolve_rank_world"]
+__all__ = ["POSITION_VERSION", "V1_DEALS", "Position", "resolve_rank_world", "split_deals"]
 
 #: The version written in :meth:`Position.to_dict`; a higher one is refused (a newer speechdata).
-POSITION_VERSION = 1
+#: 2: ``synced_randomized`` groups the buckets' leftovers together (1: each bucket on its own).
+POSITION_VERSION = 2
 _KEYS = ("epoch", "batch", "seed", "rank", "world_size")
 #: Keys written only when they hold something (so a position without them is the plain format).
 _OPTIONAL = ("resized", "readers")
 
 #: Earlier deals of an epoch: ``(world_size, step reached)`` pairs, oldest first.
 Resized = tuple[tuple[int, int], ...]
+
+#: First entry of :attr:`Position.resized` (before the deals) in an epoch that a version-1
+#: position left unfinished: the epoch is dealt by the version-1 rule (see the module docstring).
+V1_DEALS: tuple[int, int] = (0, 0)
+
+
+def split_deals(resized: Resized) -> tuple[bool, Resized]:
+    """Whether an epoch is dealt by the version-1 rule (``resized`` starts with
+    :data:`V1_DEALS`), and its earlier deals without that mark."""
+    if resized and resized[0] == V1_DEALS:
+        return True, resized[1:]
+    return False, resized
 
 
 def _is_int(v: Any) -> bool:
@@ -64,8 +84,9 @@ def _is_int(v: Any) -> bool:
 class Position:
     """Where the next batch comes from: ``batch`` of ``epoch`` for (``seed``, ``rank``,
     ``world_size``). ``resized`` lists the epoch's earlier deals when it was resumed on another
-    world size (``(world_size, step reached)``, oldest first; steps count over the whole epoch).
-    Immutable; build it from a state dict with :meth:`from_dict`."""
+    world size (``(world_size, step reached)``, oldest first; steps count over the whole epoch),
+    after :data:`V1_DEALS` in an epoch dealt by the version-1 rule. Immutable; build it from a
+    state dict with :meth:`from_dict`."""
 
     epoch: int
     batch: int
@@ -92,7 +113,8 @@ class Position:
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ConfigError(f"position: rank {self.rank} is not below world_size {self.world_size}")
         reached = 0
-        for deal in self.resized if isinstance(self.resized, tuple) else [None]:
+        deals = split_deals(self.resized)[1] if isinstance(self.resized, tuple) else [None]
+        for deal in deals:
             if (
                 not isinstance(deal, tuple)
                 or len(deal) != 2
@@ -102,16 +124,18 @@ class Position:
             ):
                 raise ConfigError(
                     f"position: resized must list [world_size >= 1, batch] pairs with batches rising "
-                    f"from 1 to at most batch {self.batch}, got {_plain(self.resized)!r}"
+                    f"from 1 to at most batch {self.batch}, got {_plain(deals if deal is not None else self.resized)!r}"
                 )
             reached = deal[1]
 
     def to_dict(self) -> dict[str, Any]:
         """The documented dict form (``version`` first, then :data:`_KEYS`, then ``resized`` when
-        the epoch was re-dealt)."""
-        out: dict[str, Any] = {"version": POSITION_VERSION, **{k: getattr(self, k) for k in _KEYS}}
-        if self.resized:
-            out["resized"] = _plain(self.resized)
+        the epoch was re-dealt); version 1 in an epoch dealt by the version-1 rule."""
+        v1, deals = split_deals(self.resized)
+        version = 1 if v1 else POSITION_VERSION
+        out: dict[str, Any] = {"version": version, **{k: getattr(self, k) for k in _KEYS}}
+        if deals:
+            out["resized"] = _plain(deals)
         if self.readers is not None:
             out["readers"] = self.readers
         return out
@@ -130,9 +154,9 @@ class Position:
         if "state" in state and "batches" in state:  # the trainer's checkpoint entry before version 1
             inner = cls.from_dict(state["state"], what)
             if state.get("epoch_complete"):
-                return replace(inner, epoch=_int_of(state, "epoch", what) + 1, batch=0)
+                return replace(inner, epoch=_int_of(state, "epoch", what) + 1, batch=0, resized=())
             return inner
-        version = state.get("version", POSITION_VERSION)
+        version = state.get("version", 1)  # the formats before versions were dealt as version 1's
         if not _is_int(version) or not 1 <= version <= POSITION_VERSION:
             raise ConfigError(
                 f"{what}: version {version!r} is not one this speechdata reads (1..{POSITION_VERSION}); "
@@ -149,8 +173,10 @@ class Position:
         resized = state.get("resized", ())
         if isinstance(resized, (list, tuple)):
             resized = tuple(tuple(d) if isinstance(d, (list, tuple)) else d for d in resized)
-        values["resized"] = resized
         values["readers"] = state.get("readers")
+        if version == 1 and values["batch"] > 0 and values["readers"] is None and isinstance(resized, tuple):
+            resized = (V1_DEALS, *resized)  # finish this epoch by the version-1 deal
+        values["resized"] = resized
         try:
             return cls(**values)
         except ConfigError as e:
@@ -184,7 +210,7 @@ class Position:
             raise mismatch("world_size", self.world_size, fixed_world)  # type: ignore[arg-type]
         if not other_world and self.rank is not None and self.rank != rank:
             raise mismatch("rank", self.rank, "the saved position would not match")
-        if fixed_world is not None and self.resized:
+        if fixed_world is not None and split_deals(self.resized)[1]:
             raise ConfigError(f"{what}: epoch {self.epoch} was re-dealt to another world size; {fixed_world}")
         known = self.readers is not None and readers is not None
         if fixed_world is not None and self.batch > 0 and known and self.readers != readers:
