@@ -8,6 +8,10 @@ faults), both in a separate process. Then, interleaved, ``--repeats`` times, one
 * **local** — ``build_dataloader`` on the shards on local disk (members read with ``os.pread``);
 * **s3** — the same config with ``s3://`` manifest and shards: members read by byte range, read
   ahead with the default knobs (``SPEECHDATA_REMOTE_*``);
+* **http** — the same shards over HTTP (``tests/servers.py``'s ``RangeHTTPServer``);
+* **s3, within batches** and **http, within batches** — read ahead only within a batch (the
+  source's ``read_ahead`` switched off, so the worker does not announce its next batch while
+  the current one decodes): what reading ahead across batch boundaries gains, in the same run;
 * **s3, 1 in flight** (``--serial``) — the same with ``SPEECHDATA_REMOTE_IN_FLIGHT=1``: what the
   latency costs when it is not hidden.
 
@@ -31,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +124,43 @@ def config(base: str, n_shards: int, **kw: Any) -> Any:
     )
 
 
-def one_epoch(cfg: Any, tokenizer: Any) -> dict[str, float]:
-    """Time one epoch: first batch, then steady-state examples and audio per second."""
+def one_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, float]:
+    """Time one epoch: first batch, then steady-state examples and audio per second.
+    ``ahead=False``: the source reads ahead within each batch only (no ``read_ahead``)."""
     from speechdata import build_dataloader
+    from speechdata.sources import TarredSource
 
+    saved = TarredSource.read_ahead
+    if not ahead:
+        TarredSource.read_ahead = None  # type: ignore[assignment,method-assign]
+    try:
+        return _timed_epoch(cfg, tokenizer, build_dataloader)
+    finally:
+        TarredSource.read_ahead = saved  # type: ignore[method-assign]
+
+
+def _workers_cpu(skip: set[int]) -> float:
+    """CPU seconds (user + system) of this process's live child processes other than ``skip``
+    (the DataLoader workers, their range-reading threads included), from ``/proc``."""
+    me, tick, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+#: Child processes that are not DataLoader workers (the server process), for :func:`_workers_cpu`.
+NOT_WORKERS: set[int] = set()
+
+
+def _timed_epoch(cfg: Any, tokenizer: Any, build_dataloader: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     loader = build_dataloader(cfg, tokenizer, device="cpu")
     first = None
@@ -131,10 +169,12 @@ def one_epoch(cfg: Any, tokenizer: Any) -> dict[str, float]:
         now = time.perf_counter()
         if first is None:
             first = now
+            cpu0 = time.process_time() + _workers_cpu(NOT_WORKERS)
             continue
         n += len(batch["sample_ids"])
         audio += float(batch["audio_signal_length"].sum()) / 16000
         last = now
+        cpu1 = time.process_time() + _workers_cpu(NOT_WORKERS)
     assert first is not None
     span = last - first
     del loader
@@ -143,7 +183,45 @@ def one_epoch(cfg: Any, tokenizer: Any) -> dict[str, float]:
         "examples_per_s": n / span,
         "audio_s_per_s": audio / span,
         "examples": n,
+        "loader_cpu_s": cpu1 - cpu0,
+        "steady_s": span,
     }
+
+
+def profile_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, float]:
+    """One epoch without workers (``--profile``): all the loader's work in this process, so
+    its CPU seconds (decoding, collating, and the range reads' threads) and the seconds its
+    range reader waited for bytes can be read beside the wall time of the steady part."""
+    from speechdata import build_dataloader
+    from speechdata.sources import TarredSource
+
+    saved = TarredSource.read_ahead
+    if not ahead:
+        TarredSource.read_ahead = None  # type: ignore[assignment,method-assign]
+    try:
+        loader = build_dataloader(replace(cfg, num_workers=0), tokenizer, device="cpu")
+        source = loader.source
+        # the reader of a tarred source on object storage (its ``waited`` counter)
+        reader = source.tarred._reader if isinstance(source, TarredSource) else None
+        first = None
+        n = 0
+        for batch in loader:
+            now = time.perf_counter()
+            if first is None:
+                first, cpu0 = now, time.process_time()
+                waited0 = reader.waited if reader is not None else 0.0
+                continue
+            n += len(batch["sample_ids"])
+            last, cpu1 = now, time.process_time()
+        assert first is not None
+        return {
+            "examples_per_s": n / (last - first),
+            "steady_s": last - first,
+            "loader_cpu_s": cpu1 - cpu0,
+            "waited_s": (reader.waited if reader is not None else 0.0) - waited0,
+        }
+    finally:
+        TarredSource.read_ahead = saved  # type: ignore[method-assign]
 
 
 def _sizes(v: int | list[int]) -> int:
@@ -158,6 +236,11 @@ def main() -> None:
     ap.add_argument("--serial", action="store_true", help="also run with 1 request in flight")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "speechdata-bench-remote"))
     ap.add_argument("--out", default=str(HERE / "results" / "remote"))
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="where the time goes: each loader without workers, CPU and waiting seconds (<out>_profile.*)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -184,6 +267,7 @@ def main() -> None:
     parent, child = ctx.Pipe()
     server = ctx.Process(target=serve, args=(str(shards), args.latency, child), daemon=True)
     server.start()
+    NOT_WORKERS.add(server.pid)
     s3_url, http_url = parent.recv()
     os.environ.update(fake_aws_env())
     os.environ["AWS_ENDPOINT_URL"] = s3_url
@@ -193,16 +277,29 @@ def main() -> None:
         "local": (config(str(shards), n_shards), {}),
         "s3": (config(f"s3://{BUCKET}/ds", n_shards), {}),
         "http": (config(f"{http_url}/{shards.name}", n_shards), {}),
+        "s3, within batches": (config(f"s3://{BUCKET}/ds", n_shards), {}),
+        "http, within batches": (config(f"{http_url}/{shards.name}", n_shards), {}),
     }
-    if args.serial:
+    if args.serial and not args.profile:
         kinds["s3, 1 in flight"] = (
             config(f"s3://{BUCKET}/ds", n_shards),
             {"SPEECHDATA_REMOTE_IN_FLIGHT": "1"},
         )
+    if args.profile:
+        profile(
+            kinds,
+            tokenizer,
+            parent,
+            args,
+            command="python benchmarks/bench_remote.py " + " ".join(sys.argv[1:]),
+        )
+        parent.send("stop")
+        server.join(10)
+        return
     # warm: the index cache, the manifest's local copy, the page cache
-    for cfg, env in kinds.values():
+    for kind, (cfg, env) in kinds.items():
         os.environ.update(env)
-        one_epoch(cfg, tokenizer)
+        one_epoch(cfg, tokenizer, ahead="within" not in kind)
         for k in env:
             os.environ.pop(k)
     parent.send("counts")
@@ -211,7 +308,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for kind, (cfg, env) in kinds.items():
             os.environ.update(env)
-            r = one_epoch(cfg, tokenizer)
+            r = one_epoch(cfg, tokenizer, ahead="within" not in kind)
             for k in env:
                 os.environ.pop(k)
             parent.send("counts")
@@ -241,6 +338,8 @@ def main() -> None:
                 "requests_per_example": med(kind, "requests_per_example"),
                 "bytes_per_example": med(kind, "bytes_per_example"),
                 "server_cpu_s": med(kind, "server_cpu_s"),
+                "loader_cpu_s": med(kind, "loader_cpu_s"),
+                "steady_s": med(kind, "steady_s"),
                 "epoch_s": med(kind, "epoch_s"),
                 "spread_examples_per_s": [
                     min(r["examples_per_s"] for r in runs[kind]),
@@ -272,14 +371,14 @@ def main() -> None:
         f"{os.cpu_count()} CPUs.",
         "",
         "| loader | examples/s | audio s/s | ratio to local | first batch s | GET requests / example "
-        "| GET bytes / example | server CPU s / steady s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| GET bytes / example | server CPU s / epoch s | loader CPU s / steady s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['loader']} | {r['examples_per_s']:,.1f} | {r['audio_s_per_s']:,.0f} | {r['ratio_to_local']:.2f}× | "
             f"{r['first_batch_s']:.3f} | {r['requests_per_example']:.2f} | {r['bytes_per_example']:,.0f} | "
-            f"{r['server_cpu_s']:.1f} / {r['epoch_s']:.1f} |"
+            f"{r['server_cpu_s']:.1f} / {r['epoch_s']:.1f} | {r['loader_cpu_s']:.1f} / {r['steady_s']:.1f} |"
         )
     lines.append("")
     for r in rows[1:3]:
@@ -290,12 +389,65 @@ def main() -> None:
     lines += [
         "",
         "Server CPU: CPU seconds of the process serving the shards (moto or the HTTP server, and the proxy) "
-        "over the whole epoch, on the same 2 cores as the loader; steady s: the timed part of the epoch.",
+        "over the whole epoch, on the same 2 cores as the loader; epoch s: examples / examples per s. "
+        "Loader CPU: CPU seconds of the loader's process and its DataLoader worker (decoding, and "
+        "the range reads' threads) over the timed part of the epoch (steady s, first batch to last).",
         "",
         f"Command: `{command}`",
         "",
     ]
     Path(args.out + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def profile(
+    kinds: dict[str, tuple[Any, dict[str, str]]], tokenizer: Any, parent: Any, args: Any, command: str
+) -> None:
+    """``--profile``: each loader ``--repeats`` times without workers (:func:`profile_epoch`), the
+    server's CPU seconds per epoch beside them; medians to ``<out>_profile.json`` and ``.md``."""
+    for kind, (cfg, _) in kinds.items():  # warm
+        profile_epoch(cfg, tokenizer, ahead="within" not in kind)
+    parent.send("counts")
+    parent.recv()
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind, (cfg, _) in kinds.items():
+            r = profile_epoch(cfg, tokenizer, ahead="within" not in kind)
+            parent.send("counts")
+            r["server_cpu_s"] = parent.recv()["server_cpu_s"]
+            runs[kind].append(r)
+            print(kind, {k: round(v, 3) for k, v in r.items()}, file=sys.stderr)
+    rows = [
+        {"loader": kind, **{k: statistics.median(r[k] for r in runs[kind]) for k in runs[kind][0]}}
+        for kind in kinds
+    ]
+    local = rows[0]["examples_per_s"]
+    Path(args.out + "_profile.json").write_text(
+        json.dumps({"command": command, "rows": rows, "runs": runs}, indent=1) + "\n"
+    )
+    lines = [
+        "Where the time goes: each loader without DataLoader workers (all its work in one process), "
+        f"the same corpus, {args.latency * 1000:.0f} ms per request, medians of {args.repeats} runs, {os.cpu_count()} CPUs.",
+        "",
+        "| loader | examples/s | ratio to local | steady s | loader CPU s | waiting for bytes s | server CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['loader']} | {r['examples_per_s']:,.1f} | {r['examples_per_s'] / local:.2f}× | {r['steady_s']:.1f} | "
+            f"{r['loader_cpu_s']:.1f} | {r['waited_s']:.2f} | {r['server_cpu_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "Loader CPU: CPU seconds of the loader's process (decoding, collating, the range reads' threads) over "
+        "the steady part; waiting for bytes: seconds the range reader blocked on a range not yet read "
+        "(latency not hidden); server CPU: the serving process (moto or the HTTP server, and the proxy) over "
+        "the whole epoch, on the same cores.",
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    Path(args.out + "_profile.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -24,7 +24,9 @@ plain manifest): never coalesced, read by :func:`~speechdata.storage.objects.rea
 (ranges of at most ``max_request`` bytes), counted as ``max_request`` bytes while in flight and
 as its real size once read.
 
-Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what reading cost.
+Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what reading cost, and
+``waited`` the seconds :meth:`RangeReader.read` spent waiting for bytes not yet there (the
+latency that reading ahead did not hide).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -126,6 +129,7 @@ class RangeReader:
         self.attempts = 0
         self.bytes = 0
         self.cache_hits = 0
+        self.waited = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"options": self.options, "seed": self.seed, "cache_dir": self.cache_dir}
@@ -187,11 +191,19 @@ class RangeReader:
                     self._issue(entry.request, force=True)
                 self._pump()
         if entry is None:
-            return self._fetch_alone(span)
+            t = time.perf_counter()
+            try:
+                return self._fetch_alone(span)
+            finally:
+                self.waited += time.perf_counter() - t
         deadline = self._deadline()
         with self._cond:
-            if not self._cond.wait_for(lambda: entry.done, timeout=deadline):
-                raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
+            if not entry.done:
+                t = time.perf_counter()
+                done = self._cond.wait_for(lambda: entry.done, timeout=deadline)
+                self.waited += time.perf_counter() - t
+                if not done:
+                    raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
             if not entry.uses and self._entries.get(span) is entry:
                 del self._entries[span]
                 if entry.data is not None:
