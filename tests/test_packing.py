@@ -309,6 +309,37 @@ def test_attention_does_not_cross_examples() -> None:
     assert not torch.allclose(a.logits[0, first_two:last], b.logits[0, first_two:last])
 
 
+def test_segment_attention_is_each_example_attended_alone() -> None:
+    """blocks.Segments: causal attention without a mask over each length group's gathered
+    positions gives every example the outputs and gradients of it attended alone (explicit causal
+    mask); row padding attends to nothing (its output is the output projection's bias) and
+    gets no gradient."""
+    from speechdata.train.models.blocks import MultiHeadAttention, Segments, causal_mask
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4).float()
+    # two rows of 40: examples of 3..30 positions (several length groups, padding inside them)
+    lengths = torch.tensor([30, 4, 3, 17, 12, 9])
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])
+    starts = torch.tensor([0, 30, 34, 0, 17, 29])
+    seg = Segments.of(rows, starts, lengths, (2, 40))
+    assert len(seg.groups) > 1 and any(not bool(g.valid.all()) for g in seg.groups)
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    w = torch.randn(2, 40, 16)
+    out = attn(x, mask=seg)
+    (out * w).sum().backward()
+    assert x.grad is not None
+    for r, a, n in zip(rows.tolist(), starts.tolist(), lengths.tolist(), strict=True):
+        xi = x.detach()[r : r + 1, a : a + n].clone().requires_grad_(True)
+        alone = attn(xi, mask=causal_mask(n, xi.device))
+        (alone * w[r : r + 1, a : a + n]).sum().backward()
+        assert torch.allclose(out[r, a : a + n], alone[0], atol=1e-6), (r, a)
+        assert torch.allclose(x.grad[r, a : a + n], xi.grad[0], atol=1e-5), (r, a)
+    assert torch.equal(out[0, 37:], attn.out_proj.bias.detach().expand(3, 16))  # row padding
+    assert torch.equal(x.grad[0, 37:], torch.zeros(3, 16))
+    assert torch.equal(x.grad[1, 38:], torch.zeros(2, 16))
+
+
 def test_each_audio_is_encoded_on_its_own() -> None:
     """An audio's embeddings do not depend on its batch mates (padding, length groups)."""
     torch.manual_seed(0)

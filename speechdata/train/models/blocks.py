@@ -3,9 +3,11 @@
 Pre-norm blocks with ``torch.nn.functional.scaled_dot_product_attention``. Linear layers carry
 stable names (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` in attention; ``fc1``, ``fc2`` in
 the MLP) so that LoRA can target them by name. Masks are boolean with ``True`` = may attend.
-Self-attention over packed rows takes :class:`Segments` instead of a mask: each example's
-projected positions are gathered, attend causally among themselves only, and are scattered back,
-so attention never crosses an example boundary and costs what it costs on the examples alone.
+Causal self-attention takes ``causal=True`` instead of a mask (SDPA's ``is_causal``: no mask
+tensor is built, and the kernel skips the blocks above the diagonal). Self-attention over packed
+rows takes :class:`Segments` instead of a mask: each example's projected positions are gathered,
+attend causally among themselves only, and are scattered back, so attention never crosses an
+example boundary and costs what it costs on the examples alone.
 """
 
 from __future__ import annotations
@@ -72,13 +74,15 @@ def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
 @dataclass(frozen=True)
 class SegmentGroup:
     """Examples of similar length in packed rows: ``index`` ``[N, W]`` the flat position (``row * S
-    + column``) of each example's positions (0 beyond its length), ``valid`` ``[N, W]``, ``mask``
-    ``[N, 1, W, W]`` causal within the example over its valid keys (key 0 always, so no attention
-    row is empty)."""
+    + column``) of each example's positions (0 beyond its length), ``valid`` ``[N, W]``.
+
+    The group attends causally with no mask: a valid position ``j`` of an example sees its
+    positions ``0..j``, all valid (an example's positions come first in its row of the group);
+    what a padding position computes is never picked, so neither it nor the padding keys it sees
+    receive any gradient."""
 
     index: torch.Tensor
     valid: torch.Tensor
-    mask: torch.Tensor
     places: torch.Tensor  # index[valid]: the flat place of every valid position
     picks: torch.Tensor  # where those positions are in the flattened [N * W] group
 
@@ -106,11 +110,8 @@ class Segments:
             valid = col[None, :] < length[:, None]
             flat = (rows[idx] * shape[1] + starts[idx])[:, None] + col[None, :]
             index = torch.where(valid, flat, torch.zeros_like(flat))
-            keys = valid.clone()
-            keys[:, 0] = True
-            mask = causal_mask(width, lengths.device)[None, None] & keys[:, None, None, :]
             picks = valid.reshape(-1).nonzero().squeeze(1)
-            groups.append(SegmentGroup(index, valid, mask, index.reshape(-1)[picks], picks))
+            groups.append(SegmentGroup(index, valid, index.reshape(-1)[picks], picks))
         places = torch.cat([g.places for g in groups]) if groups else lengths.new_zeros(0)
         return cls(tuple(groups), (int(shape[0]), int(shape[1])), places)
 
@@ -124,18 +125,18 @@ class Segments:
 
     def attend(
         self,
-        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
     ) -> torch.Tensor:
-        """``fn(q, k, v, mask)`` on each group's gathered positions of ``[R, S, D]`` rows; the
-        results scattered back into ``[R, S, D]`` (0 on row padding)."""
+        """``fn(q, k, v)``, causal attention over ``[N, W, D]``, on each group's gathered positions
+        of ``[R, S, D]`` rows; the results scattered back into ``[R, S, D]`` (0 on row padding)."""
         r, s = self.shape
         flat = [t.reshape(r * s, -1) for t in (q, k, v)]
         parts = []
         for g in self.groups:
-            y = fn(flat[0][g.index], flat[1][g.index], flat[2][g.index], g.mask)
+            y = fn(flat[0][g.index], flat[1][g.index], flat[2][g.index])
             parts.append(y.reshape(-1, y.shape[-1])[g.picks])
         out = q.new_zeros((r * s, q.shape[-1])).index_copy(0, self.places, torch.cat(parts))
         return out.view(r, s, -1)
@@ -165,20 +166,35 @@ class MultiHeadAttention(nn.Module):
         x: torch.Tensor,
         memory: torch.Tensor | None = None,
         mask: torch.Tensor | Segments | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         """``x`` ``[B, N, D]``; ``memory`` ``[B, M, Dkv]`` (default ``x``); ``mask`` broadcastable
         to ``[B, heads, N, M]``, ``True`` where a query may attend to a key, or, for self-attention
-        over packed rows, their :class:`Segments`."""
+        over packed rows, their :class:`Segments`; ``causal``: self-attention where query ``i``
+        sees keys ``<= i`` (no ``mask`` then)."""
         src = x if memory is None else memory
         q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
         if isinstance(mask, Segments):
             if memory is not None:
                 raise ValueError("Segments are for self-attention; cross-attention takes a mask")
-            return self.out_proj(mask.attend(self._attend, q, k, v))
+            return self.out_proj(mask.attend(self._causal, q, k, v))
+        if causal:
+            if memory is not None or mask is not None:
+                raise ValueError("causal is for self-attention without a mask")
+            return self.out_proj(self._causal(q, k, v))
         return self.out_proj(self._attend(q, k, v, mask))
 
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of projected ``q``, ``k``, ``v`` ``[B, N, D]``: ``[B, N, D]``."""
+        return self._attend(q, k, v, None, causal=True)
+
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool = False,
     ) -> torch.Tensor:
         """Attention of projected ``q`` ``[B, N, D]`` over ``k``, ``v`` ``[B, M, D]``: ``[B, N, D]``."""
         out = F.scaled_dot_product_attention(
@@ -187,6 +203,7 @@ class MultiHeadAttention(nn.Module):
             self._heads(v),
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
         )
         b, h, n, d = out.shape  # explicit sizes: a batch with no audio has b == 0
         return out.transpose(1, 2).reshape(b, n, h * d)
@@ -236,10 +253,11 @@ class TransformerBlock(nn.Module):
         mask: torch.Tensor | Segments | None = None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         """``mask`` is the self-attention mask (or the :class:`Segments` of packed rows),
-        ``memory_mask`` the cross-attention mask."""
-        x = x + self.drop(self.self_attn(self.norm1(x), mask=mask))
+        ``causal`` causal self-attention without a mask, ``memory_mask`` the cross-attention mask."""
+        x = x + self.drop(self.self_attn(self.norm1(x), mask=mask, causal=causal))
         if self.cross_attn is not None:
             if memory is None:
                 raise ValueError("a cross-attention block needs a memory")

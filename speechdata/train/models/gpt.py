@@ -2,8 +2,8 @@
 
 The LM is driven by *embeddings* (``forward_embeddings``) so that SALM can splice audio frames into
 the input sequence and BESTOW can add its cross-attention output to the text embeddings. Sequences
-are right-padded: with a causal mask every valid query only sees valid keys, so padding needs no
-extra mask. Packed rows (several examples per row, docs/packing.md) pass each position's index
+are right-padded: with causal attention every valid query only sees valid keys, so padding needs no
+mask. Packed rows (several examples per row, docs/packing.md) pass each position's index
 within its example and the examples' :class:`~speechdata.train.models.blocks.Segments`.
 """
 
@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from speechdata.train.models.blocks import Segments, TransformerBlock, causal_mask, sinusoidal_positions
+from speechdata.train.models.blocks import Segments, TransformerBlock, sinusoidal_positions
 from speechdata.train.models.config import LLMConfig
 
 
@@ -67,9 +67,8 @@ class TinyGPT(nn.Module):
         table = sinusoidal_positions(width, self.hidden_size, x.device).to(x.dtype)
         x = x + (table if positions is None else table[positions])
         x = self.drop(x)
-        mask: torch.Tensor | Segments = causal_mask(x.shape[1], x.device) if segments is None else segments
         for layer in self.layers:
-            x = layer(x, mask=mask)
+            x = layer(x, mask=segments, causal=segments is None)
         return self.lm_head(self.final_norm(x))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
