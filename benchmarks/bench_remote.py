@@ -18,9 +18,15 @@ faults), both in a separate process. Then, interleaved, ``--repeats`` times, one
 Throughput is steady state (examples after the first batch over the time from the first batch to
 the last); each figure is the median of the repeats and ratios are quotients of medians. Requests
 and bytes per example are counted by the proxy (GETs and their body bytes during the epoch), with
-the members' own bytes per example beside them. Writes ``<out>.json`` and ``<out>.md``.
+the members' own bytes per example beside them; the loader's CPU seconds (its process and
+worker, from ``/proc``) and the server's beside the time. Writes ``<out>.json`` and ``<out>.md``.
 
-    python benchmarks/bench_remote.py [--hours 2] [--repeats 3] [--latency 0.03] [--serial]
+``--profile`` instead runs each loader (not the 1-in-flight one) without workers, so one process
+does all of its work, and reports its CPU seconds and the seconds its range reader waited for
+bytes (``RangeReader.waited``: the latency reading ahead did not hide) beside the wall time of the
+steady part: ``<out>_profile.json`` and ``<out>_profile.md``.
+
+    python benchmarks/bench_remote.py [--hours 2] [--repeats 3] [--latency 0.03] [--serial | --profile]
 """
 
 from __future__ import annotations
