@@ -14,7 +14,10 @@ synthetic Index of ``--n`` LibriSpeech-like examples (durations as in ``bench_sa
    CPU time depends less on other processes' load), peak memory the
    planning allocates (tracemalloc, which numpy reports to; a separate run, not timed), the
    rank's batches and examples; the simulated ranks' plans must not share an example; the
-   examples ``drop_last`` leaves out of the epoch, and the same for ``fully_randomized``;
+   examples ``drop_last`` leaves out of the epoch, the steps made of the buckets' leftovers
+   (their ranks hold adjacent buckets: rank 0's and the last rank's differ), and the same
+   epoch's drops by the version-1 ``synced_randomized`` rule (each bucket's leftovers on their
+   own) and under ``fully_randomized``;
 4. ``--workers`` forked worker processes per rank, each reading the Index rows of its share of
    the rank's batches (every ``workers``-th batch, as a DataLoader deals them) as
    ``Index.record`` does: the memory each worker holds of its own (private) after that, from
@@ -42,6 +45,7 @@ from speechdata.config import make_dataset_config
 from speechdata.errors import DropCounter
 from speechdata.manifest import DatasetInfo, Index, ManifestKeys
 from speechdata.sampling import make_buckets, plan_epoch
+from speechdata.sampling.position import V1_DEALS
 
 
 def synthetic_index(n: int, seed: int) -> Index:
@@ -167,6 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     # the same epoch under fully_randomized: how much of the drop_last tail is synced_randomized's
     other = make_dataset_config({**cfg_keys, "bucketing_strategy": "fully_randomized"})
     full = plan_epoch(index, keep, other, epoch=0, rank=0, world_size=args.world_size, buckets=buckets)
+    # the version-1 rule (what a version-1 position finishes its epoch with): the baseline
+    v1 = plan_epoch(
+        index, keep, cfg, epoch=0, rank=0, world_size=args.world_size, buckets=buckets, resized=(V1_DEALS,)
+    )
+    first, last = plans.get(0), plans.get(args.world_size - 1)
+    if first is not None and last is not None and args.world_size > 1:
+        apart = last.bucket.astype(np.int64) - first.bucket.astype(np.int64)
+        mixed = (
+            f"{int(np.count_nonzero(apart)):,} of its {len(first):,} steps are groups of the buckets' "
+            f"leftovers (there rank 0's bucket differs from rank {args.world_size - 1}'s; the widest "
+            f"spans {int(apart.max()) + 1 if apart.size else 1} adjacent buckets)"
+        )
+    else:
+        mixed = f"(plan ranks 0 and {args.world_size - 1} to count the steps of leftovers)"
     seen = np.concatenate([p.ids for p in plans.values()])
     disjoint = np.unique(seen).size == seen.size  # no mixing weights: each example at most once
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
@@ -196,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         f"simulated ranks' plans share no example: {disjoint}; over all {args.world_size:,} ranks the "
         f"epoch holds {len(plan) * args.world_size:,} batches ({plan.formed:,} formed), "
         f"{plan.dropped:,} examples dropped by drop_last (the uneven tail), {plan.repeated:,} repeated; "
-        f"the same epoch under fully_randomized: {len(full) * args.world_size:,} batches, "
-        f"{full.dropped:,} examples dropped",
+        f"{mixed}",
+        f"the same epoch by the version-1 synced_randomized rule (each bucket's leftovers dropped on "
+        f"their own): {len(v1) * args.world_size:,} batches, {v1.dropped:,} examples dropped; "
+        f"under fully_randomized: {len(full) * args.world_size:,} batches, {full.dropped:,} examples dropped",
         f"peak RSS of this process (Index + planning + interpreter): {rss_peak:.0f} MB",
         "",
         f"{args.workers} forked workers of rank {ranks[0]}, each reading the Index rows of its "
