@@ -21,7 +21,7 @@ from test_remote import FAST, FAULTS, LOCATOR, _epochs, _ids
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import DataError
-from speechdata.storage import reset_filesystems
+from speechdata.storage import WHOLE, RangeReader, RemoteOptions, Span, read_object, reset_filesystems
 from speechdata.synth.corpus import write_manifest
 from speechdata.testing import Corpus, make_corpus
 from speechdata.text.tokenizer import Tokenizer
@@ -190,3 +190,31 @@ def test_url_clip_without_duration_is_a_one_line_error(tmp_path: Path, tokenizer
     )
     with pytest.raises(DataError, match=r"nodur.json:1: s3://b/a.wav: 'duration' is required"):
         build_dataloader(_cfg(manifest), tokenizer)
+
+
+def test_whole_objects_small_in_one_request_large_in_ranges(
+    s3: tuple[str, FaultProxy], via_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    endpoint, _ = s3
+    small, large = os.urandom(40_000), os.urandom(200_000)
+    (tmp_path / "small").write_bytes(small)
+    (tmp_path / "large").write_bytes(large)
+    s3_upload(endpoint, BUCKET, {"w/small": tmp_path / "small", "w/large": tmp_path / "large"})
+    options = RemoteOptions(max_request=64 << 10, backoff=0.01)
+
+    def cost() -> tuple[int, int]:
+        faults = sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:"))
+        return via_proxy.counts["requests:GET"] - faults, via_proxy.counts["requests:HEAD"]
+
+    via_proxy.reset_counts()
+    assert read_object(f"s3://{BUCKET}/w/small", options) == small
+    assert cost() == (1, 0)  # ends inside the first range: one request, no metadata request
+    via_proxy.reset_counts()
+    assert read_object(f"s3://{BUCKET}/w/large", options) == large
+    assert cost() == (4, 1)  # 64 KiB, then its size, then three more ranges of at most 64 KiB
+    # through the range reader: announced, read once for both uses, nothing held afterwards
+    reader = RangeReader(options)
+    span = Span(f"s3://{BUCKET}/w/large", 0, WHOLE)
+    reader.schedule([span, span])
+    assert reader.read(span) == large and reader.read(span) == large
+    assert reader.requests == 4 and reader.held == 0

@@ -10,8 +10,9 @@
 * :func:`object_version` names the version of an object (size and ETag or equivalent), retried
   like a range read.
 * :func:`read_object` reads a whole object of unknown size (an audio file named by URL): one
-  range request of ``max_request`` bytes, which is the whole object when it ends inside it; a
-  larger object's size comes from one metadata request and the rest from further ranges.
+  range request of :func:`first_request` bytes (1 MiB), which is the whole object when it ends
+  inside it; a larger object's size comes from one metadata request and the rest from further
+  ranges of at most ``max_request`` bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import call_with_retries, read_range
 
-__all__ = ["ObjectVersion", "local_copy", "object_version", "open_object", "read_object"]
+__all__ = ["ObjectVersion", "first_request", "local_copy", "object_version", "open_object", "read_object"]
 
 #: Bytes per request when a whole object is downloaded.
 CHUNK = 32 << 20
@@ -124,8 +125,17 @@ def open_object(url: str, options: RemoteOptions | None = None, block_size: int 
     return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
 
 
-#: Smallest first request of :func:`read_object` (``max_request`` may be set lower for ranges).
+#: Bytes of the first request of :func:`read_object` at most: most single utterances fit (30 s of
+#: 16 kHz 16-bit WAV is 0.96 MB), and reads ahead are bounded by it while the size is unknown.
+FIRST = 1 << 20
+#: ... and at least (``max_request`` may be set lower for ranges of tars).
 MIN_FIRST = 64 << 10
+
+
+def first_request(options: RemoteOptions) -> int:
+    """Bytes of the first range request of a whole object (:func:`read_object`): ``max_request``
+    within ``[MIN_FIRST, FIRST]``."""
+    return min(max(options.max_request, MIN_FIRST), FIRST)
 
 
 def read_object(
@@ -142,9 +152,9 @@ def read_object(
     the last retry a ``read_error``."""
     options = options or RemoteOptions.from_env()
     where = where or url
-    chunk = max(options.max_request, MIN_FIRST)
-    head = read_range(url, 0, chunk, options, seed=seed, where=where, on_attempt=on_attempt, upto=True)
-    if len(head) < chunk:
+    first = first_request(options)
+    head = read_range(url, 0, first, options, seed=seed, where=where, on_attempt=on_attempt, upto=True)
+    if len(head) < first:
         return head
     try:
         size = object_version(url, options, seed=seed).size
@@ -155,7 +165,8 @@ def read_object(
             "read_error", where, f"size not read ({type(e).__name__}: {' '.join(str(e).split())})"
         ) from None
     parts = [head]
-    for start in range(chunk, size, chunk):
+    chunk = max(options.max_request, MIN_FIRST)
+    for start in range(first, size, chunk):
         parts.append(
             read_range(
                 url, start, min(chunk, size - start), options, seed=seed, where=where, on_attempt=on_attempt

@@ -20,9 +20,9 @@ forgotten) is fetched on its own. Each request is read with :func:`~speechdata.s
 its own member.
 
 A span of size :data:`WHOLE` is a whole object of unknown size (an audio file named by URL in a
-plain manifest): never coalesced, read by :func:`~speechdata.storage.objects.read_object`
-(ranges of at most ``max_request`` bytes), counted as ``max_request`` bytes while in flight and
-as its real size once read.
+plain manifest): never coalesced, read by :func:`~speechdata.storage.objects.read_object`,
+counted while in flight as the bytes of its first request
+(:func:`~speechdata.storage.objects.first_request`, 1 MiB) and as its real size once read.
 
 Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what reading cost, and
 ``waited`` the seconds :meth:`RangeReader.read` spent waiting for bytes not yet there (the
@@ -42,7 +42,7 @@ from typing import Any
 
 from speechdata.errors import DataError
 from speechdata.storage.localcache import ReadCache
-from speechdata.storage.objects import object_version, read_object
+from speechdata.storage.objects import first_request, object_version, read_object
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import read_range
 
@@ -263,7 +263,7 @@ class RangeReader:
         for e in sorted(self._queued, key=lambda e: (e.span.url, e.span.offset)):
             s = e.span
             if s.whole:
-                e.request = _Request(s.url, 0, o.max_request, [s], e.uses[0], whole=True)
+                e.request = _Request(s.url, 0, first_request(o), [s], e.uses[0], whole=True)
                 requests.append(e.request)
                 continue
             end = s.offset + s.size
