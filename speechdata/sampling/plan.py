@@ -457,7 +457,9 @@ def plan_epoch(
     ``resized`` are the epoch's earlier deals after an elastic resume (``(world_size, step
     reached)`` pairs, :attr:`Position.resized <speechdata.sampling.position.Position.resized>`):
     the plan then holds the steps from the last one reached on, the rest of the epoch dealt to
-    ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal).
+    ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal);
+    led by :data:`~speechdata.sampling.position.V1_DEALS`, the epoch is dealt by the version-1
+    rule (a version-1 position's unfinished epoch).
     ``measures`` are the token counts per row (:class:`~speechdata.sampling.tokens.Measures`),
     needed by ``batch_tokens``, 2D bins, ``use_multimodal_sampling`` and ``packing`` (then each
     batch is ``micro_batch_size`` rows of examples packed by :mod:`~speechdata.sampling.packing`).
