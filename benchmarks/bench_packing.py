@@ -1,7 +1,7 @@
 """Sequence packing against padded batches: tokens per second of the tiny SALM training step.
 
 Run: ``python benchmarks/bench_packing.py [--n 1200] [--repeats 3] [--row-tokens 1024] [--rows 2]
-[--speech auto] [--out benchmarks/results/packing.md]``
+[--speech auto] [--no-llm-dominant] [--out benchmarks/results/packing.md]``
 
 The corpus is built by the benchmark (:func:`speechdata.testing.make_corpus`: espeak-ng speech
 when installed, else the tone alphabet; 16 kHz WAV, 0.5-12 s clips, 15% of the examples with 2-3
@@ -18,12 +18,22 @@ tiny SALM's 80 ms encoder frames; ``drop_last: false``, so every example is in e
 
 Each loader's epoch is built once (``num_workers: 0``). Then the tiny SALM (the config's model,
 float32, one torch thread, the same initial weights for every run) trains one pass over each
-epoch's batches: forward, backward, AdamW step, timed with ``time.perf_counter``; the passes are
-interleaved (fixed, bucketed, packed, fixed, ...) ``--repeats`` times. Reported per loader: the
-median tokens per second (the LLM's real positions, text tokens plus spliced audio frames, over
-the step time), the ratio to ``bucketed`` per repeat (median, min, max), steps, and the padding
-fractions of the LLM input (positions the model computes that hold no example), of the text
-tokens (``tokens``) and of the audio (``audio_signal``).
+epoch's batches: forward, backward, AdamW step, timed in CPU seconds of the process
+(``time.process_time``: with one torch thread it is the step's own work, which a machine shared
+with other jobs does not stretch as it stretches wall time; wall time is reported beside it);
+the passes are interleaved (fixed, bucketed, packed, fixed, ...) ``--repeats`` times. Reported
+per loader: the median tokens per CPU second (the LLM's real positions, text tokens plus spliced
+audio frames, over the step time), the ratio to ``bucketed`` per repeat (median, min, max),
+steps, and the padding fractions of the LLM input (positions the model computes that hold no
+example), of the text tokens (``tokens``), of the audio (``audio_signal``) and of what the
+encoder computes (it encodes each batch's audios in groups of similar length,
+:func:`~speechdata.train.models.blocks.length_groups`).
+
+A second model proportion, labelled ``LLM-dominant`` (skipped with ``--no-llm-dominant``): the
+same encoder with a larger LLM (:data:`LLM_DOMINANT`: 256 wide, 4 layers, about 3.3 M parameters
+against the encoder's 0.3 M), so that the LLM is about three quarters of the step, as in speech
+LLMs whose LLM outweighs the encoder (NeMo's Canary-Qwen-2.5B: a FastConformer encoder of about
+0.6 B parameters and Qwen3-1.7B); whole steps only, bucketed and packed.
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOCATOR = "|audio|"
 NAMES = ("fixed", "bucketed", "packed")
+#: The LLM-dominant proportion's ``model.llm`` keys (the encoder is the tiny config's).
+LLM_DOMINANT = {"hidden_size": 256, "num_layers": 4, "num_attention_heads": 4, "ffn_hidden_size": 1024}
+#: The loaders timed with the LLM-dominant model.
+DOMINANT_NAMES = ("bucketed", "packed")
 
 
 def build_corpus(work: Path, n: int, speech: str, seed: int) -> tuple[str, str, int]:
@@ -115,13 +129,16 @@ def bins_2d(manifest: str, tokenizer: str, ds: dict[str, Any]) -> list[list[floa
 
 
 def figures(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
-    """Real LLM positions, LLM slots, text tokens and slots, audio samples and slots."""
+    """Real LLM positions, LLM slots, text tokens and slots, audio samples and slots (in the batch,
+    and those the encoder computes: each length group cut to its longest audio)."""
     from speechdata.batch import is_packed
     from speechdata.train.models.base import RowLayout
+    from speechdata.train.models.blocks import length_groups
     from speechdata.train.models.encoder import subsampled_lengths
 
     hop = round(model.cfg.features.window_stride * model.cfg.sample_rate)
-    out = dict.fromkeys(("llm", "llm_slots", "text", "text_slots", "audio", "audio_slots", "examples"), 0.0)
+    keys = ("llm", "llm_slots", "text", "text_slots", "audio", "audio_slots", "encoder_slots", "examples")
+    out = dict.fromkeys(keys, 0.0)
     for b in batches:
         frames = subsampled_lengths(1 + b["audio_signal_length"] // hop)
         per_example = model.example_lengths(b["tokens_length"], frames, b["num_audios"])
@@ -138,6 +155,10 @@ def figures(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
         out["text_slots"] += float(b["tokens"].numel())
         out["audio"] += float(b["audio_signal_length"].sum())
         out["audio_slots"] += float(b["audio_signal"].numel())
+        lengths = b["audio_signal_length"]
+        out["encoder_slots"] += float(
+            sum(idx.numel() * int(lengths[idx].max()) for idx in length_groups(lengths))
+        )
         out["examples"] += float(b["sample_ids"].numel())
     return out
 
@@ -147,15 +168,16 @@ def train_pass(
     state: dict[str, Any],
     batches: list[dict[str, Any]],
     audio: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> float:
-    """Seconds of one training pass over ``batches`` from the initial weights ``state``. With
+) -> tuple[float, float]:
+    """CPU seconds of the process and wall seconds of one training pass over ``batches`` from the
+    initial weights ``state``. With
     ``audio`` (each batch's audio embeddings, computed beforehand) the encoder is left out: the
     pass trains the LLM side only (embeddings spliced in, LLM, loss, AdamW on the LLM)."""
     model.load_state_dict(state)
     model.train()
     params = model.llm.parameters() if audio is not None else model.parameters()
     opt = torch.optim.AdamW(params, lr=1e-3)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for k, b in enumerate(batches):
         if audio is not None:
             model.encode_audio = lambda _batch, k=k: audio[k]  # this pass: precomputed
@@ -163,15 +185,38 @@ def train_pass(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - started
     if audio is not None:
         del model.encode_audio  # the class's method again
-    return time.perf_counter() - started
+    return cpu, wall
 
 
 def audio_embeddings(model: Any, batches: list[dict[str, Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch's audio embeddings and lengths (no gradient), for the LLM-only passes."""
     with torch.no_grad():
         return [tuple(t.detach() for t in model.encode_audio(b)) for b in batches]  # type: ignore[misc]
+
+
+Times = dict[str, list[tuple[float, float]]]  # per loader: (CPU seconds, wall seconds) per repeat
+
+
+def build(cfg: Any, tok: Any, vocab: int, llm: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The config's model (``llm``: other ``model.llm`` keys), float32, dropout off, and its
+    initial weights (every pass starts from them)."""
+    from omegaconf import OmegaConf
+
+    from speechdata.train.models import build_model, model_config
+
+    section = cfg.model if llm is None else OmegaConf.merge(cfg.model, {"llm": llm})
+    mcfg = model_config(section, vocab_size=vocab, pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id)
+    torch.manual_seed(0)
+    model = build_model(mcfg).float()
+    for m in model.modules():  # dropout off: every run computes the same thing per example
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):  # attention dropout
+            m.dropout = 0.0
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,12 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=2)
     p.add_argument("--speech", default="auto", choices=("auto", "espeak", "tones"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-llm-dominant", action="store_true", help="time the tiny model only")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from omegaconf import OmegaConf
-
-    from speechdata.train.models import build_model, model_config
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -206,32 +250,34 @@ def main(argv: list[str] | None = None) -> int:
         batches = {k: epoch_batches(v, tokenizer) for k, v in sections.items()}
 
         cfg = OmegaConf.load(ROOT / "configs" / "salm_tiny.yaml")
-        tok = loader.tokenizer
-        mcfg = model_config(
-            cfg.model, vocab_size=vocab, pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id
-        )
-        torch.manual_seed(0)
-        model = build_model(mcfg).float()
-        for m in model.modules():  # dropout off: every run computes the same thing per example
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+        model, state = build(cfg, loader.tokenizer, vocab)
         figs = {k: figures(model, v) for k, v in batches.items()}
         ids = {k: sorted(int(i) for b in v for i in b["sample_ids"].tolist()) for k, v in batches.items()}
         if not ids["fixed"] == ids["bucketed"] == ids["packed"]:
             raise SystemExit("the three loaders did not read the same examples")
         train_pass(model, state, batches["packed"][:2])  # warm-up
         embeddings = {k: audio_embeddings(model, v) for k, v in batches.items()}
-        times: dict[str, list[float]] = {k: [] for k in NAMES}
-        llm_times: dict[str, list[float]] = {k: [] for k in NAMES}
+        big = None if args.no_llm_dominant else build(cfg, loader.tokenizer, vocab, LLM_DOMINANT)
+        if big is not None:
+            train_pass(*big, batches["packed"][:2])
+        times: Times = {k: [] for k in NAMES}
+        llm_times: Times = {k: [] for k in NAMES}
+        big_times: Times = {k: [] for k in DOMINANT_NAMES}
         for _ in range(args.repeats):
             for k in NAMES:
                 times[k].append(train_pass(model, state, batches[k]))
             for k in NAMES:
                 llm_times[k].append(train_pass(model, state, batches[k], embeddings[k]))
+            for k in DOMINANT_NAMES if big is not None else ():
+                big_times[k].append(train_pass(*big, batches[k]))
+        params = {
+            "encoder": sum(p.numel() for p in model.perception.parameters()),
+            "llm": sum(p.numel() for p in model.llm.parameters()),
+            "big_llm": sum(p.numel() for p in big[0].llm.parameters()) if big is not None else 0,
+        }
 
     steps = {k: len(v) for k, v in batches.items()}
-    lines = report(args, figs, times, llm_times, steps, micro, corpus_s, mean_tokens)
+    lines = report(args, figs, times, llm_times, big_times, steps, micro, corpus_s, mean_tokens, params)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
@@ -246,15 +292,46 @@ def _speech(option: str) -> str:
     return "espeak-ng speech" if option == "espeak" or (option == "auto" and available()) else "tones"
 
 
+def _cells(f: dict[str, float], t: Times, k: str) -> str:
+    """Median tokens per CPU second and the per-repeat ratio to ``bucketed`` (median, min-max)."""
+    rates = [f["llm"] / cpu for cpu, _ in t[k]]
+    ratios = [b[0] / x[0] for b, x in zip(t["bucketed"], t[k], strict=True)]
+    return (
+        f"{statistics.median(rates):,.0f} | {statistics.median(ratios):.2f}x "
+        f"({min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
+def _wall_ratios(t: Times, names: tuple[str, ...]) -> str:
+    """Each loader's median wall-time ratio to ``bucketed`` (min-max)."""
+    parts = []
+    for k in names:
+        ratios = [b[1] / x[1] for b, x in zip(t["bucketed"], t[k], strict=True)]
+        parts.append(f"{k} {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+    return ", ".join(parts)
+
+
+def _passes(t: Times, names: tuple[str, ...]) -> str:
+    """Pass times per loader in run order: CPU seconds (wall seconds)."""
+    return "; ".join(k + " " + ", ".join(f"{c:.2f} ({w:.2f})" for c, w in t[k]) for k in names)
+
+
+def _share(whole: Times, part: Times) -> float:
+    """Median over loaders and repeats of ``1 - part / whole`` (CPU seconds)."""
+    return statistics.median(1 - p[0] / w[0] for k in part for p, w in zip(part[k], whole[k], strict=True))
+
+
 def report(
     args: argparse.Namespace,
     figs: dict[str, dict[str, float]],
-    times: dict[str, list[float]],
-    llm_times: dict[str, list[float]],
+    times: Times,
+    llm_times: Times,
+    big_times: Times,
     steps: dict[str, int],
     micro: int,
     corpus_s: float,
     mean_tokens: float,
+    params: dict[str, int],
 ) -> list[str]:
     """The results file's lines (markdown)."""
     cmd = " ".join(["python benchmarks/bench_packing.py", *sys.argv[1:]])
@@ -270,46 +347,69 @@ def report(
         f"Budgets: packed = {args.rows} rows of {args.row_tokens} tokens; bucketed = batch_tokens "
         f"{args.rows * args.row_tokens} over 2D bins; fixed = {micro} examples per batch.",
         "",
-        "| loader | steps | examples | LLM padding | text padding | audio padding | whole step: LLM tokens/s | vs bucketed | LLM side only: tokens/s | vs bucketed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Tiny SALM (`configs/salm_tiny.yaml`: encoder {params['encoder'] / 1e6:.2f} M parameters, "
+        f"LLM {params['llm'] / 1e6:.2f} M):",
+        "",
+        "| loader | steps | examples | LLM padding | text padding | audio padding | encoder padding | whole step: LLM tokens/s | vs bucketed | LLM side only: tokens/s | vs bucketed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in NAMES:
         f = figs[k]
-        cells = []
-        for t in (times, llm_times):
-            rates = [f["llm"] / x for x in t[k]]
-            ratios = [b / x for b, x in zip(t["bucketed"], t[k], strict=True)]
-            cells.append(
-                f"{statistics.median(rates):,.0f} | {statistics.median(ratios):.2f}x "
-                f"({min(ratios):.2f}-{max(ratios):.2f})"
-            )
         lines.append(
             f"| {k} | {steps[k]} | {int(f['examples'])} | {1 - f['llm'] / f['llm_slots']:.1%} | "
             f"{1 - f['text'] / f['text_slots']:.1%} | {1 - f['audio'] / f['audio_slots']:.1%} | "
-            f"{cells[0]} | {cells[1]} |"
+            f"{1 - f['audio'] / f['encoder_slots']:.1%} | {_cells(f, times, k)} | {_cells(f, llm_times, k)} |"
         )
-    share = statistics.median(1 - lt / t for k in NAMES for lt, t in zip(llm_times[k], times[k], strict=True))
     lines += [
         "",
-        "Ratios: the median over repeats of the bucketed pass time over the loader's pass time in "
-        "the same repeat (min-max in brackets). Whole step: encoder (log-mel, convolutions, "
-        "transformer, adapter), LLM, loss, backward, AdamW. LLM side only: the same passes with "
-        "each batch's audio embeddings computed beforehand (no encoder, AdamW on the LLM).",
-        f"The encoder's share of the whole step (1 - LLM-side time / whole time, median): {share:.0%}.",
+        "Tokens/s: per CPU second of the process (one torch thread). Ratios: the median over "
+        "repeats of the bucketed pass's CPU time over the loader's in the same repeat (min-max in "
+        "brackets). Whole step: encoder (log-mel, convolutions, transformer, adapter), LLM, loss, "
+        "backward, AdamW. LLM side only: the same passes with each batch's audio embeddings "
+        "computed beforehand (no encoder, AdamW on the LLM).",
+        f"The encoder's share of the whole step (1 - LLM-side time / whole time, median): "
+        f"{_share(times, llm_times):.0%}.",
         "",
-        "Pass times in seconds, in run order per loader (whole step; LLM side only): "
-        + "; ".join(
-            f"{k} "
-            + ", ".join(f"{t:.2f}" for t in times[k])
-            + " / "
-            + ", ".join(f"{t:.2f}" for t in llm_times[k])
-            for k in NAMES
-        )
+        f"The same ratios in wall time (whole step): {_wall_ratios(times, NAMES)}; LLM side only: "
+        f"{_wall_ratios(llm_times, NAMES)}.",
+        "",
+        "Pass times, CPU seconds (wall seconds), in run order per loader: whole step: "
+        + _passes(times, NAMES)
+        + "; LLM side only: "
+        + _passes(llm_times, NAMES)
         + ".",
+        "",
+        "Work computed, relative to bucketed (the same examples): LLM input positions "
+        + ", ".join(f"{k} {figs[k]['llm_slots'] / figs['bucketed']['llm_slots']:.3f}" for k in NAMES)
+        + "; encoder audio samples "
+        + ", ".join(f"{k} {figs[k]['encoder_slots'] / figs['bucketed']['encoder_slots']:.3f}" for k in NAMES)
+        + ".",
+    ]
+    if big_times["bucketed"]:
+        llm = LLM_DOMINANT
+        lines += [
+            "",
+            f"LLM-dominant (the same encoder; LLM {llm['hidden_size']} wide, {llm['num_layers']} layers, "
+            f"{llm['num_attention_heads']} heads, feed-forward {llm['ffn_hidden_size']}: "
+            f"{params['big_llm'] / 1e6:.2f} M parameters), whole step:",
+            "",
+            "| loader | steps | whole step: LLM tokens/s | vs bucketed |",
+            "|---|---|---|---|",
+        ]
+        for k in DOMINANT_NAMES:
+            lines.append(f"| {k} | {steps[k]} | {_cells(figs[k], big_times, k)} |")
+        lines += [
+            "",
+            f"Wall-time ratios: {_wall_ratios(big_times, DOMINANT_NAMES)}. Pass times, CPU seconds (wall "
+            f"seconds): {_passes(big_times, DOMINANT_NAMES)}.",
+        ]
+    lines += [
         "",
         "LLM padding: positions of the LLM input (rows x longest spliced row, text tokens and 80 ms "
         "audio frames) that hold no example. Text padding: `tokens` slots without a token. Audio "
-        "padding: `audio_signal` samples beyond each clip (the encoder sees each audio on its own row).",
+        "padding: `audio_signal` samples beyond each clip. Encoder padding: samples beyond each clip "
+        "that the encoder computes (it encodes each audio on its own, in groups of similar length, "
+        "each group cut to its longest audio).",
     ]
     return lines
 
