@@ -21,12 +21,16 @@ and bytes per example are counted by the proxy (GETs and their body bytes during
 the members' own bytes per example beside them; the loader's CPU seconds (its process and
 worker, from ``/proc``) and the server's beside the time. Writes ``<out>.json`` and ``<out>.md``.
 
+``--plain`` measures plain manifests instead of shards: the corpus's own FLAC files and
+manifest, on local disk, on S3 (``s3://.../corpus/manifest.jsonl``, clips by relative path) and
+over HTTP, each clip read whole through the storage layer (results in ``<out>_plain.*``).
+
 ``--profile`` instead runs each loader (not the 1-in-flight one) without workers, so one process
 does all of its work, and reports its CPU seconds and the seconds its range reader waited for
 bytes (``RangeReader.waited``: the latency reading ahead did not hide) beside the wall time of the
 steady part: ``<out>_profile.json`` and ``<out>_profile.md``.
 
-    python benchmarks/bench_remote.py [--hours 2] [--repeats 3] [--latency 0.03] [--serial | --profile]
+    python benchmarks/bench_remote.py [--hours 2] [--repeats 3] [--latency 0.03] [--serial | --profile | --plain]
 """
 
 from __future__ import annotations
@@ -80,10 +84,11 @@ def build_corpus(root: Path, hours: float) -> tuple[Path, int]:
     return shards, num_shards
 
 
-def serve(shards: str, latency: float, conn: Any) -> None:
-    """Child process: moto S3 holding the shards and an HTTP server of the shards' folder, each
-    behind a proxy adding ``latency``; sends both proxies' URLs, then answers ``counts`` (GETs,
-    bytes and this process's CPU seconds since the last ``counts``) until ``stop``."""
+def serve(shards: str, latency: float, conn: Any, plain: bool = False) -> None:
+    """Child process: moto S3 holding the shards (with ``plain``, the corpus's files and manifest
+    under ``corpus/`` too) and an HTTP server of the shards' parent folder, each behind a proxy
+    adding ``latency``; sends both proxies' URLs, then answers ``counts`` (GETs, bytes and this
+    process's CPU seconds since the last ``counts``) until ``stop``."""
     import logging
 
     from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
@@ -91,6 +96,9 @@ def serve(shards: str, latency: float, conn: Any) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.update(fake_aws_env())
     files = {f"ds/{p.name}": p for p in Path(shards).iterdir() if p.is_file()}
+    if plain:
+        root = Path(shards).parent
+        files.update({str(p.relative_to(root)): p for p in (root / "corpus").rglob("*") if p.is_file()})
     with moto_s3() as endpoint, RangeHTTPServer(Path(shards).parent) as http:
         s3_upload(endpoint, BUCKET, files)
         with FaultProxy(endpoint, latency=latency) as s3p, FaultProxy(http.url, latency=latency) as httpp:
@@ -109,8 +117,20 @@ def serve(shards: str, latency: float, conn: Any) -> None:
                     return
 
 
+#: What every run's dataset config sets besides its data (600 s dynamic batches, 1 worker).
+RUN: dict[str, Any] = {
+    "batch_duration": 600.0,
+    "num_buckets": 10,
+    "max_duration": 40.0,
+    "min_duration": 0.1,
+    "num_workers": 1,
+    "drop_last": False,
+    "seed": 0,
+}
+
+
 def config(base: str, n_shards: int, **kw: Any) -> Any:
-    """The dataset config of one run (600 s dynamic batches, 1 worker)."""
+    """The dataset config of one run over the shards at ``base``."""
     from speechdata.config import make_dataset_config
 
     return make_dataset_config(
@@ -118,31 +138,44 @@ def config(base: str, n_shards: int, **kw: Any) -> Any:
             "manifest_filepath": f"{base}/tarred_audio_manifest.json",
             "is_tarred": True,
             "tarred_audio_filepaths": f"{base}/audio_{{0..{n_shards - 1}}}.tar",
-            "batch_duration": 600.0,
-            "num_buckets": 10,
-            "max_duration": 40.0,
-            "min_duration": 0.1,
-            "num_workers": 1,
-            "drop_last": False,
-            "seed": 0,
+            **RUN,
             **kw,
         }
     )
+
+
+def plain_config(manifest: str) -> Any:
+    """The dataset config of one ``--plain`` run over a plain manifest."""
+    from speechdata.config import make_dataset_config
+
+    return make_dataset_config({"manifest_filepath": manifest, **RUN})
+
+
+def _no_read_ahead() -> Any:
+    """Switch reading ahead across batches off for every source (``within batches`` rows);
+    returns what puts it back."""
+    from speechdata.sources import ManifestSource, TarredSource
+
+    saved = (TarredSource.read_ahead, ManifestSource.read_ahead)
+    TarredSource.read_ahead = ManifestSource.read_ahead = None  # type: ignore[assignment,method-assign]
+
+    def undo() -> None:
+        TarredSource.read_ahead, ManifestSource.read_ahead = saved  # type: ignore[method-assign]
+
+    return undo
 
 
 def one_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, float]:
     """Time one epoch: first batch, then steady-state examples and audio per second.
     ``ahead=False``: the source reads ahead within each batch only (no ``read_ahead``)."""
     from speechdata import build_dataloader
-    from speechdata.sources import TarredSource
 
-    saved = TarredSource.read_ahead
-    if not ahead:
-        TarredSource.read_ahead = None  # type: ignore[assignment,method-assign]
+    undo = _no_read_ahead() if not ahead else None
     try:
         return _timed_epoch(cfg, tokenizer, build_dataloader)
     finally:
-        TarredSource.read_ahead = saved  # type: ignore[method-assign]
+        if undo is not None:
+            undo()
 
 
 def _workers_cpu(skip: set[int]) -> float:
@@ -201,9 +234,7 @@ def profile_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, flo
     from speechdata import build_dataloader
     from speechdata.sources import TarredSource
 
-    saved = TarredSource.read_ahead
-    if not ahead:
-        TarredSource.read_ahead = None  # type: ignore[assignment,method-assign]
+    undo = _no_read_ahead() if not ahead else None
     try:
         loader = build_dataloader(replace(cfg, num_workers=0), tokenizer, device="cpu")
         source = loader.source
@@ -227,7 +258,8 @@ def profile_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, flo
             "waited_s": (reader.waited if reader is not None else 0.0) - waited0,
         }
     finally:
-        TarredSource.read_ahead = saved  # type: ignore[method-assign]
+        if undo is not None:
+            undo()
 
 
 def _sizes(v: int | list[int]) -> int:
@@ -247,7 +279,14 @@ def main() -> None:
         action="store_true",
         help="where the time goes: each loader without workers, CPU and waiting seconds (<out>_profile.*)",
     )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain manifests of the FLAC files instead of shards (<out>_plain.*)",
+    )
     args = ap.parse_args()
+    if args.plain:
+        args.out += "_plain"
 
     import torch
     from servers import fake_aws_env
@@ -268,10 +307,14 @@ def main() -> None:
         train_tokenizer(texts, tok_dir, 256, byte_fallback=False)
     tokenizer = load_tokenizer(tok_dir / "tokenizer.model")
     member_bytes = sum(_sizes(index.record(i).extra["tar_size"]) for i in range(len(index)))
+    corpus_manifest = shards.parent / "corpus" / "manifest.jsonl"
+    if args.plain:  # bytes of each example's files (a file shared by examples counted for each)
+        plain = load_index([corpus_manifest])
+        member_bytes = sum(os.path.getsize(a) for i in range(len(plain)) for a in plain.record(i).audio)
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=serve, args=(str(shards), args.latency, child), daemon=True)
+    server = ctx.Process(target=serve, args=(str(shards), args.latency, child, args.plain), daemon=True)
     server.start()
     NOT_WORKERS.add(server.pid)
     s3_url, http_url = parent.recv()
@@ -286,7 +329,12 @@ def main() -> None:
         "s3, within batches": (config(f"s3://{BUCKET}/ds", n_shards), {}),
         "http, within batches": (config(f"{http_url}/{shards.name}", n_shards), {}),
     }
-    if args.serial and not args.profile:
+    if args.plain:
+        remote = {"s3": f"s3://{BUCKET}/corpus/manifest.jsonl", "http": f"{http_url}/corpus/manifest.jsonl"}
+        kinds = {"local": (plain_config(str(corpus_manifest)), {})}
+        kinds.update({k: (plain_config(m), {}) for k, m in remote.items()})
+        kinds.update({f"{k}, within batches": (plain_config(m), {}) for k, m in remote.items()})
+    if args.serial and not args.profile and not args.plain:
         kinds["s3, 1 in flight"] = (
             config(f"s3://{BUCKET}/ds", n_shards),
             {"SPEECHDATA_REMOTE_IN_FLIGHT": "1"},
@@ -371,8 +419,14 @@ def main() -> None:
     }
     Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"Corpus: {len(index)} FLAC examples, {result['corpus']['hours']:.2f} h, {n_shards} shards, "
-        f"{member_bytes / len(index):,.0f} member bytes per example; 1 worker, 600 s batches; "
+        f"Corpus: {len(index)} FLAC examples, {result['corpus']['hours']:.2f} h, "
+        + (
+            "a plain manifest of the FLAC files (clips read whole), "
+            f"{member_bytes / len(index):,.0f} file bytes per example; "
+            if args.plain
+            else f"{n_shards} shards, {member_bytes / len(index):,.0f} member bytes per example; "
+        )
+        + "1 worker, 600 s batches; "
         f"S3 (moto) or an HTTP server (tests/servers.py) behind a proxy adding {args.latency * 1000:.0f} ms per request; medians of {args.repeats} runs, "
         f"{os.cpu_count()} CPUs.",
         "",
