@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
@@ -218,3 +219,31 @@ def test_whole_objects_small_in_one_request_large_in_ranges(
     reader.schedule([span, span])
     assert reader.read(span) == large and reader.read(span) == large
     assert reader.requests == 4 and reader.held == 0
+
+
+def test_long_wav_clips_fetch_only_their_samples(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """Segments of a long 16-bit WAV (offset/duration): after its head and size, each clip is one
+    byte range of its own samples, decoded to the same samples as the local file."""
+    import soundfile as sf
+
+    rate = 16000
+    wave = (np.random.default_rng(3).standard_normal(90 * rate) * 3000).astype(np.int16)
+    sf.write(tmp_path / "long.wav", wave, rate, subtype="PCM_16")
+    size = (tmp_path / "long.wav").stat().st_size
+    segments = [(0.0, 1.5), (5.0, 2.0), (42.25, 1.0), (60.0, 3.0), (73.5, 1.25), (88.0, 2.0), (7.0, 1.0)]
+    lines = [
+        {"audio_filepath": "long.wav", "offset": o, "duration": d, "answer": f"seg {k}", "context": "q"}
+        for k, (o, d) in enumerate(segments)
+    ]
+    local = _epochs(build_dataloader(_cfg(write_manifest(tmp_path / "local.json", lines)), tokenizer), 1)
+    with RangeHTTPServer(tmp_path) as server, FaultProxy(server.url, latency=0.01) as proxy:
+        manifest = write_manifest(
+            tmp_path / "remote.json", [{**e, "audio_filepath": f"{proxy.url}/long.wav"} for e in lines]
+        )
+        remote = _epochs(build_dataloader(_cfg(manifest), tokenizer), 1)
+        got = proxy.counts["bytes:GET"]
+        heads = proxy.counts["requests:HEAD"]
+    assert remote == local
+    clip_bytes = sum(round(d * rate) * 2 for _, d in segments)
+    assert heads == 1  # the object's size, once
+    assert got == (1 << 20) + clip_bytes < size  # its head, then each clip's samples once

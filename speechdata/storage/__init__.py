@@ -23,12 +23,20 @@ from __future__ import annotations
 
 from speechdata.storage.fs import filesystem, is_remote, reset_filesystems
 from speechdata.storage.localcache import ReadCache
-from speechdata.storage.objects import ObjectVersion, local_copy, object_version, open_object, read_object
+from speechdata.storage.objects import (
+    ObjectVersion,
+    first_request,
+    local_copy,
+    object_version,
+    open_object,
+    read_object,
+)
 from speechdata.storage.options import RemoteOptions
-from speechdata.storage.ranges import WHOLE, RangeReader, Span
+from speechdata.storage.ranges import HEAD, WHOLE, RangeReader, Span
 from speechdata.storage.retry import backoff_delay, read_range, retryable
 
 __all__ = [
+    "HEAD",
     "WHOLE",
     "ObjectVersion",
     "RangeReader",
@@ -37,6 +45,7 @@ __all__ = [
     "Span",
     "backoff_delay",
     "filesystem",
+    "first_request",
     "is_remote",
     "local_copy",
     "object_version",

@@ -20,9 +20,11 @@ forgotten) is fetched on its own. Each request is read with :func:`~speechdata.s
 its own member.
 
 A span of size :data:`WHOLE` is a whole object of unknown size (an audio file named by URL in a
-plain manifest): never coalesced, read by :func:`~speechdata.storage.objects.read_object`,
-counted while in flight as the bytes of its first request
-(:func:`~speechdata.storage.objects.first_request`, 1 MiB) and as its real size once read.
+plain manifest), read by :func:`~speechdata.storage.objects.read_object`; a span of size
+:data:`HEAD` is the object's first :func:`~speechdata.storage.objects.first_request` bytes (1
+MiB), or all of it when it is smaller (a WAV's header, to find where a clip's samples lie). Both
+are never coalesced, and count while in flight as the bytes of that first request and as their
+real size once read.
 
 Counters (``requests``, ``attempts``, ``bytes``, ``cache_hits``) say what reading cost, and
 ``waited`` the seconds :meth:`RangeReader.read` spent waiting for bytes not yet there (the
@@ -46,16 +48,19 @@ from speechdata.storage.objects import first_request, object_version, read_objec
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import read_range
 
-__all__ = ["WHOLE", "RangeReader", "Span"]
+__all__ = ["HEAD", "WHOLE", "RangeReader", "Span"]
 
 #: :attr:`Span.size` of a whole object whose size is not known in advance.
 WHOLE = -1
+#: :attr:`Span.size` of an object's first bytes (all of it when it is smaller), see the module docstring.
+HEAD = -2
 
 
 @dataclass(frozen=True)
 class Span:
-    """``size`` bytes at ``offset`` of the object at ``url``; ``name`` (the tar member) is for
-    messages (``URL:name``)."""
+    """``size`` bytes at ``offset`` of the object at ``url`` (or, with ``size`` :data:`WHOLE` or
+    :data:`HEAD`, the whole object or its head); ``name`` (the tar member) is for messages
+    (``URL:name``)."""
 
     url: str
     offset: int
@@ -67,11 +72,6 @@ class Span:
         """``URL:member`` for messages."""
         return f"{self.url}:{self.name}" if self.name else self.url
 
-    @property
-    def whole(self) -> bool:
-        """The whole object (size :data:`WHOLE`), not a byte range of it."""
-        return self.size == WHOLE
-
 
 @dataclass
 class _Request:
@@ -80,7 +80,7 @@ class _Request:
     end: int
     spans: list[Span]
     seq: int
-    whole: bool = False
+    kind: int = 0  # WHOLE or HEAD for those spans' requests, 0 for a byte range
 
     @property
     def size(self) -> int:
@@ -262,8 +262,8 @@ class RangeReader:
         cur: _Request | None = None
         for e in sorted(self._queued, key=lambda e: (e.span.url, e.span.offset)):
             s = e.span
-            if s.whole:
-                e.request = _Request(s.url, 0, first_request(o), [s], e.uses[0], whole=True)
+            if s.size < 0:
+                e.request = _Request(s.url, 0, first_request(o), [s], e.uses[0], kind=s.size)
                 requests.append(e.request)
                 continue
             end = s.offset + s.size
@@ -321,7 +321,7 @@ class RangeReader:
             else f"{req.url}:{req.spans[0].name} (+{len(req.spans) - 1})"
         )
         try:
-            data = self._get(req.url, req.start, req.size, req.whole, where)
+            data = self._get(req.url, req.start, req.size, req.kind, where)
         except DataError as e:
             error = e
         except Exception as e:  # reported as the range's error, never lost in a thread
@@ -338,7 +338,7 @@ class RangeReader:
                     continue
                 if data is not None:
                     entry.data = (
-                        data if req.whole else data[s.offset - req.start : s.offset - req.start + s.size]
+                        data if req.kind else data[s.offset - req.start : s.offset - req.start + s.size]
                     )
                     self._held += len(entry.data)
                     stored.append((s, entry.data))
@@ -355,15 +355,27 @@ class RangeReader:
         cached = self._cached(span)
         if cached is not None:
             return cached
-        data = self._get(span.url, span.offset, span.size, span.whole, span.where)
+        data = self._get(span.url, span.offset, span.size, min(span.size, 0), span.where)
         with self._cond:
             self.bytes += len(data)
         self._store(span, data)
         return data
 
-    def _get(self, url: str, start: int, size: int, whole: bool, where: str) -> bytes:
-        """One request's bytes (a whole object: its ranges of at most ``max_request``)."""
-        if whole:
+    def _get(self, url: str, start: int, size: int, kind: int, where: str) -> bytes:
+        """One request's bytes (a whole object: its ranges of at most ``max_request``; a head:
+        up to its first request's bytes)."""
+        if kind == HEAD:
+            return read_range(
+                url,
+                0,
+                first_request(self.options),
+                self.options,
+                seed=self.seed,
+                where=where,
+                on_attempt=self._count,
+                upto=True,
+            )
+        if kind == WHOLE:
             return read_object(url, self.options, seed=self.seed, where=where, on_attempt=self._count)
         return read_range(url, start, size, self.options, seed=self.seed, where=where, on_attempt=self._count)
 
@@ -380,7 +392,8 @@ class RangeReader:
                 ).key()
             except Exception:  # no version, no cache: the range is read from the store
                 return None
-        return f"{span.url}\0{version}\0" + ("whole" if span.whole else f"{span.offset}\0{span.size}")
+        kind = {WHOLE: "whole", HEAD: "head"}.get(span.size, f"{span.offset}\0{span.size}")
+        return f"{span.url}\0{version}\0{kind}"
 
     def _cached(self, span: Span) -> bytes | None:
         key = self._cache_key(span)
@@ -389,7 +402,7 @@ class RangeReader:
         if self._cache is None:
             self._cache = ReadCache(self.options.cache_bytes, self.cache_dir)
         data = self._cache.get(key)
-        if data is not None and (span.whole or len(data) == span.size):
+        if data is not None and (span.size < 0 or len(data) == span.size):
             self.cache_hits += 1
             return data
         return None
