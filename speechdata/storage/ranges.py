@@ -200,15 +200,15 @@ class RangeReader:
         with self._cond:
             if not entry.done:
                 t = time.perf_counter()
-                done = self._cond.wait_for(lambda: entry.done, timeout=deadline)
+                self._cond.wait_for(lambda: entry.done, timeout=deadline)
                 self.waited += time.perf_counter() - t
-                if not done:
-                    raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
             if not entry.uses and self._entries.get(span) is entry:
                 del self._entries[span]
                 if entry.data is not None:
                     self._held -= len(entry.data)
                 self._pump()
+            if not entry.done:  # forgotten above (no use left): it never pins memory
+                raise DataError("read_error", span.where, f"no answer within {deadline:.0f} s")
             if entry.error is not None:
                 raise entry.error
             assert entry.data is not None
