@@ -18,6 +18,7 @@ from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import DataError
 from speechdata.manifest import Index, Record, pack_sample_id
+from speechdata.sampling.position import POSITION_VERSION
 from speechdata.sources import Source, StreamSlot, StreamSource, index_from_clips
 from speechdata.text.tokenizer import Tokenizer, train_tokenizer
 
@@ -189,7 +190,7 @@ def test_in_memory_source_batches_drops_and_resume(
         if len(head) == 2:
             break
     state = stopped.state_dict()
-    plain = {"version": 1, "epoch": 1, "batch": 2, "seed": 3, "rank": 0, "world_size": 1}
+    plain = {"version": POSITION_VERSION, "epoch": 1, "batch": 2, "seed": 3, "rank": 0, "world_size": 1}
     # a stream also records its readers per rank (num_workers, 0 counting as 1)
     assert state == (plain if seekable else {**plain, "readers": max(1, workers)})
     resumed = build_dataloader(cfg, tokenizer, source=MemorySource(EXAMPLES, seekable=seekable))
