@@ -31,9 +31,9 @@ encoder computes (it encodes each batch's audios in groups of similar length,
 
 A second model proportion, labelled ``LLM-dominant`` (skipped with ``--no-llm-dominant``): the
 same encoder with a larger LLM (:data:`LLM_DOMINANT`: 256 wide, 4 layers, about 3.3 M parameters
-against the encoder's 0.3 M), so that the LLM is about three quarters of the step, as in speech
-LLMs whose LLM outweighs the encoder (NeMo's Canary-Qwen-2.5B: a FastConformer encoder of about
-0.6 B parameters and Qwen3-1.7B); whole steps only, bucketed and packed.
+against the encoder's 0.3 M), so that the LLM is most of the step (about 70% on the CPU), as in
+speech LLMs whose LLM outweighs the encoder (NeMo's Canary-Qwen-2.5B: Qwen3-1.7B as its LLM, most
+of the rest its FastConformer encoder); whole steps only, bucketed and packed.
 """
 
 from __future__ import annotations

@@ -489,6 +489,6 @@ def test_the_packing_page_quotes_its_results_file() -> None:
     assert "benchmarks/results/packing.md" in doc
     results = (REPO / "benchmarks" / "results" / "packing.md").read_text(encoding="utf-8").splitlines()
     rows = [line for line in results if line.startswith(("| fixed |", "| bucketed |", "| packed |"))]
-    assert len(rows) == 3
+    assert len(rows) in (3, 5)  # the tiny SALM's table, and the LLM-dominant one's unless skipped
     for row in rows:
         assert row in doc.splitlines(), f"docs/packing.md lacks the results row {row!r}"
