@@ -84,6 +84,10 @@ def test_json_has_every_figure(report: Report) -> None:
             assert key in peer["runs"][0]
     # the floor decodes clip by clip: no batches, no padding, no first batch
     assert data["peers"]["floor"]["figures"]["padding_pct"] is None
+    # token rows: speechdata's only
+    assert 0.0 <= data["peers"]["speechdata"]["figures"]["token_padding_pct"] < 100.0
+    for name in ("floor", "lhotse", "webdataset"):
+        assert data["peers"][name]["figures"]["token_padding_pct"] is None
     assert data["peers"]["floor"]["figures"]["first_batch_s"] is None
     for name in ("speechdata", "lhotse", "webdataset"):
         assert 0.0 <= data["peers"][name]["figures"]["padding_pct"] < 100.0

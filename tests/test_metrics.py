@@ -144,6 +144,17 @@ def test_single_batch_rate_is_the_whole_run() -> None:
     assert f.examples_per_s == pytest.approx(0.5)
     assert f.first_batch_s == pytest.approx(2.0)
     assert f.padding_fraction == pytest.approx(1.0 - 4 / 6)
+    assert f.token_padding_fraction is None  # no token rows recorded
+
+
+def test_token_padding_sums_over_batches() -> None:
+    meter = Meter("cpu", clock=FakeClock(0.0, 1.0, 2.0))
+    meter.start()
+    meter.tensor_batch(torch.tensor([2]), torch.zeros(1, 2), sample_rate=2, examples=1)
+    meter.token_rows(torch.tensor([5, 2]), torch.zeros(2, 5))  # 7 of 10 slots
+    meter.tensor_batch(torch.tensor([2]), torch.zeros(1, 2), sample_rate=2, examples=1)
+    meter.token_rows(torch.tensor([3]), torch.zeros(1, 4))  # 3 of 4
+    assert meter.figures().token_padding_fraction == pytest.approx(1.0 - 10 / 14)
 
 
 def test_batches_at_one_instant_fall_back_to_the_whole_run() -> None:

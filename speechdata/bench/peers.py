@@ -140,6 +140,9 @@ class RunFigures:
     cpu_s: float | None = None
     #: the part of ``cpu_s`` spent in child processes (the DataLoader workers)
     child_cpu_s: float | None = None
+    #: ``1 - tokens / (B × L)`` summed over batches, for a loader that delivers token rows
+    #: (speechdata); ``None`` for the audio-only peers
+    token_padding_fraction: float | None = None
 
 
 class Meter:
@@ -160,6 +163,8 @@ class Meter:
         self.audios = 0
         self.valid = 0
         self.cells = 0
+        self.token_valid = 0
+        self.token_cells = 0
 
     def start(self) -> None:
         """Start the clock (the run's time zero)."""
@@ -183,6 +188,12 @@ class Meter:
         """Record a padded ``[A, T]`` batch with its valid ``lengths``."""
         valid = int(lengths.sum())
         self.batch(valid / sample_rate, examples, int(lengths.numel()), valid, int(padded.numel()))
+
+    def token_rows(self, lengths: torch.Tensor, rows: torch.Tensor) -> None:
+        """Record a batch's padded ``[B, L]`` token rows with their ``lengths`` (after
+        :meth:`batch` or :meth:`tensor_batch` of the same batch)."""
+        self.token_valid += int(lengths.sum())
+        self.token_cells += int(rows.numel())
 
     def figures(self, *, batched: bool = True, drops: dict[str, int] | None = None) -> RunFigures:
         """The run's figures; call after the loader's workers are gone (peak RSS includes them).
@@ -214,6 +225,7 @@ class Meter:
             drops=dict(drops or {}),
             cpu_s=cpu_seconds() - self.cpu0,
             child_cpu_s=cpu_seconds(children_only=True) - self.child_cpu0,
+            token_padding_fraction=(1.0 - self.token_valid / self.token_cells) if self.token_cells else None,
         )
 
 
@@ -313,6 +325,7 @@ def run_speechdata(job: Job, meter: Meter) -> RunFigures:
             meter.tensor_batch(
                 batch["audio_signal_length"], batch["audio_signal"], cfg.sample_rate, len(batch["num_audios"])
             )
+            meter.token_rows(batch["tokens_length"], batch["tokens"])
             n += 1
             if job.max_batches is not None and n >= job.max_batches:
                 break

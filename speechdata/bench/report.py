@@ -32,6 +32,7 @@ FIGURES = (
     "ratio_to_floor",
     "ratio_to_lhotse",
     "padding_pct",
+    "token_padding_pct",
     "first_batch_s",
     "peak_rss_mb",
     "overhead_us",
@@ -43,6 +44,7 @@ _HEADERS = (
     "ratio to floor",
     "ratio to lhotse",
     "padding %",
+    "token padding %",
     "first batch s",
     "peak RSS MB",
     "µs/example over floor",
@@ -52,6 +54,7 @@ _DIGITS = {
     "audio_s_per_s": 0,
     "examples_per_s": 1,
     "padding_pct": 1,
+    "token_padding_pct": 1,
     "first_batch_s": 3,
     "peak_rss_mb": 0,
     "overhead_us": 0,
@@ -168,10 +171,12 @@ def summarize(peers: dict[str, PeerResult]) -> None:
             continue
         runs = peer.runs
         pad = _median([r["padding_fraction"] for r in runs])
+        token_pad = _median([r.get("token_padding_fraction") for r in runs])
         peer.figures = {
             "audio_s_per_s": _median([r["audio_s_per_s"] for r in runs]),
             "examples_per_s": _median([r["examples_per_s"] for r in runs]),
             "padding_pct": None if pad is None else 100.0 * pad,
+            "token_padding_pct": None if token_pad is None else 100.0 * token_pad,
             "first_batch_s": _median([r["first_batch_s"] for r in runs]),
             "peak_rss_mb": _median([r["peak_rss_mb"] for r in runs]),
             "cpu_us_per_example": _median(
