@@ -91,30 +91,32 @@ def serve(shards: str, latency: float, conn: Any, plain: bool = False) -> None:
     process's CPU seconds since the last ``counts``) until ``stop``."""
     import logging
 
-    from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
+    from servers import FaultProxy, RangeHTTPServer, s3_serving
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    os.environ.update(fake_aws_env())
-    files = {f"ds/{p.name}": p for p in Path(shards).iterdir() if p.is_file()}
+    files: dict[str, Path | bytes] = {f"ds/{p.name}": p for p in Path(shards).iterdir() if p.is_file()}
     if plain:
         root = Path(shards).parent
         files.update({str(p.relative_to(root)): p for p in (root / "corpus").rglob("*") if p.is_file()})
-    with moto_s3() as endpoint, RangeHTTPServer(Path(shards).parent) as http:
-        s3_upload(endpoint, BUCKET, files)
-        with FaultProxy(endpoint, latency=latency) as s3p, FaultProxy(http.url, latency=latency) as httpp:
-            conn.send((s3p.url, httpp.url))
-            cpu = time.process_time()
-            while True:
-                msg = conn.recv()
-                if msg == "counts":
-                    counts = {k: s3p.counts[k] + httpp.counts[k] for k in ("requests:GET", "bytes:GET")}
-                    now = time.process_time()
-                    conn.send({**counts, "server_cpu_s": now - cpu})
-                    cpu = now
-                    s3p.reset_counts()
-                    httpp.reset_counts()
-                elif msg == "stop":
-                    return
+    with (
+        s3_serving(BUCKET, files) as endpoint,
+        RangeHTTPServer(Path(shards).parent) as http,
+        FaultProxy(endpoint, latency=latency) as s3p,
+        FaultProxy(http.url, latency=latency) as httpp,
+    ):
+        conn.send((s3p.url, httpp.url))
+        cpu = time.process_time()
+        while True:
+            msg = conn.recv()
+            if msg == "counts":
+                counts = {k: s3p.counts[k] + httpp.counts[k] for k in ("requests:GET", "bytes:GET")}
+                now = time.process_time()
+                conn.send({**counts, "server_cpu_s": now - cpu})
+                cpu = now
+                s3p.reset_counts()
+                httpp.reset_counts()
+            elif msg == "stop":
+                return
 
 
 #: What every run's dataset config sets besides its data (600 s dynamic batches, 1 worker).
@@ -262,6 +264,47 @@ def profile_epoch(cfg: Any, tokenizer: Any, ahead: bool = True) -> dict[str, flo
             undo()
 
 
+def measure(
+    kinds: dict[str, tuple[Any, dict[str, str]]], epoch: Any, tokenizer: Any, parent: Any, repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Each loader of ``kinds`` (config, environment set for its runs) once to warm (the index
+    cache, the manifest's local copy, the page cache), then ``repeats`` rounds of all of them,
+    interleaved: ``epoch(cfg, tokenizer, ahead=...)`` (reading ahead across batches except for
+    the ``within batches`` rows), each result with the server's counts of that epoch beside it
+    (``requests:GET``, ``bytes:GET``, ``server_cpu_s``). Returns the results per loader."""
+
+    def run(kind: str, cfg: Any, env: dict[str, str]) -> dict[str, float]:
+        os.environ.update(env)
+        try:
+            return epoch(cfg, tokenizer, ahead="within" not in kind)
+        finally:
+            for k in env:
+                os.environ.pop(k)
+
+    for kind, (cfg, env) in kinds.items():
+        run(kind, cfg, env)
+    parent.send("counts")
+    parent.recv()
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for kind, (cfg, env) in kinds.items():
+            r = run(kind, cfg, env)
+            parent.send("counts")
+            r.update(parent.recv())
+            runs[kind].append(r)
+            print(kind, {k: round(v, 3) for k, v in r.items()}, file=sys.stderr)
+    return runs
+
+
+def write_results(out: str, result: dict[str, Any], lines: list[str]) -> None:
+    """``result`` to ``<out>.json`` and the report ``lines``, closed by the command that made
+    them (``result["command"]``), to ``<out>.md``; prints the report."""
+    lines = [*lines, "", f"Command: `{result['command']}`", ""]
+    Path(out + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(out + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def _sizes(v: int | list[int]) -> int:
     return sum(v) if isinstance(v, list) else int(v)
 
@@ -339,42 +382,17 @@ def main() -> None:
             config(f"s3://{BUCKET}/ds", n_shards),
             {"SPEECHDATA_REMOTE_IN_FLIGHT": "1"},
         )
-    if args.profile:
-        profile(
-            kinds,
-            tokenizer,
-            parent,
-            args,
-            command="python benchmarks/bench_remote.py " + " ".join(sys.argv[1:]),
-        )
-        parent.send("stop")
-        server.join(10)
-        return
-    # warm: the index cache, the manifest's local copy, the page cache
-    for kind, (cfg, env) in kinds.items():
-        os.environ.update(env)
-        one_epoch(cfg, tokenizer, ahead="within" not in kind)
-        for k in env:
-            os.environ.pop(k)
-    parent.send("counts")
-    parent.recv()
-    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    for _ in range(args.repeats):
-        for kind, (cfg, env) in kinds.items():
-            os.environ.update(env)
-            r = one_epoch(cfg, tokenizer, ahead="within" not in kind)
-            for k in env:
-                os.environ.pop(k)
-            parent.send("counts")
-            counts = parent.recv()
-            r["requests_per_example"] = counts.get("requests:GET", 0) / len(index)
-            r["bytes_per_example"] = counts.get("bytes:GET", 0) / len(index)
-            r["server_cpu_s"] = counts["server_cpu_s"]
-            r["epoch_s"] = r["examples"] / r["examples_per_s"]
-            runs[kind].append(r)
-            print(kind, {k: round(v, 3) for k, v in r.items()}, file=sys.stderr)
+    command = "python benchmarks/bench_remote.py " + " ".join(sys.argv[1:])
+    runs = measure(kinds, profile_epoch if args.profile else one_epoch, tokenizer, parent, args.repeats)
     parent.send("stop")
     server.join(10)
+    if args.profile:
+        profile(runs, args, command)
+        return
+    for r in (r for kind_runs in runs.values() for r in kind_runs):
+        r["requests_per_example"] = r.pop("requests:GET", 0) / len(index)
+        r["bytes_per_example"] = r.pop("bytes:GET", 0) / len(index)
+        r["epoch_s"] = r["examples"] / r["examples_per_s"]
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[kind])
@@ -401,7 +419,6 @@ def main() -> None:
                 ],
             }
         )
-    command = "python benchmarks/bench_remote.py " + " ".join(sys.argv[1:])
     result = {
         "command": command,
         "corpus": {
@@ -417,7 +434,6 @@ def main() -> None:
         "runs": runs,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }
-    Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         f"Corpus: {len(index)} FLAC examples, {result['corpus']['hours']:.2f} h, "
         + (
@@ -452,39 +468,22 @@ def main() -> None:
         "over the whole epoch, on the same 2 cores as the loader; epoch s: examples / examples per s. "
         "Loader CPU: CPU seconds of the loader's process and its DataLoader worker (decoding, and "
         "the range reads' threads) over the timed part of the epoch (steady s, first batch to last).",
-        "",
-        f"Command: `{command}`",
-        "",
     ]
-    Path(args.out + ".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, result, lines)
 
 
-def profile(
-    kinds: dict[str, tuple[Any, dict[str, str]]], tokenizer: Any, parent: Any, args: Any, command: str
-) -> None:
-    """``--profile``: each loader ``--repeats`` times without workers (:func:`profile_epoch`), the
+def profile(runs: dict[str, list[dict[str, float]]], args: Any, command: str) -> None:
+    """``--profile``: the runs of :func:`profile_epoch` (each loader without workers) with the
     server's CPU seconds per epoch beside them; medians to ``<out>_profile.json`` and ``.md``."""
-    for kind, (cfg, _) in kinds.items():  # warm
-        profile_epoch(cfg, tokenizer, ahead="within" not in kind)
-    parent.send("counts")
-    parent.recv()
-    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    for _ in range(args.repeats):
-        for kind, (cfg, _) in kinds.items():
-            r = profile_epoch(cfg, tokenizer, ahead="within" not in kind)
-            parent.send("counts")
-            r["server_cpu_s"] = parent.recv()["server_cpu_s"]
-            runs[kind].append(r)
-            print(kind, {k: round(v, 3) for k, v in r.items()}, file=sys.stderr)
+    for r in (r for kind_runs in runs.values() for r in kind_runs):
+        for k in ("requests:GET", "bytes:GET"):
+            r.pop(k, None)
+    kinds = list(runs)
     rows = [
         {"loader": kind, **{k: statistics.median(r[k] for r in runs[kind]) for k in runs[kind][0]}}
         for kind in kinds
     ]
     local = rows[0]["examples_per_s"]
-    Path(args.out + "_profile.json").write_text(
-        json.dumps({"command": command, "rows": rows, "runs": runs}, indent=1) + "\n"
-    )
     lines = [
         "Where the time goes: each loader without DataLoader workers (all its work in one process), "
         f"the same corpus, {args.latency * 1000:.0f} ms per request, medians of {args.repeats} runs, {os.cpu_count()} CPUs.",
@@ -503,12 +502,8 @@ def profile(
         "the steady part; waiting for bytes: seconds the range reader blocked on a range not yet read "
         "(latency not hidden); server CPU: the serving process (moto or the HTTP server, and the proxy) over "
         "the whole epoch, on the same cores.",
-        "",
-        f"Command: `{command}`",
-        "",
     ]
-    Path(args.out + "_profile.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out + "_profile", {"command": command, "rows": rows, "runs": runs}, lines)
 
 
 if __name__ == "__main__":

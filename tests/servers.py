@@ -1,6 +1,7 @@
 """Servers for the object-storage tests and benchmark, on 127.0.0.1, started and stopped by them.
 
-* :func:`moto_s3` — an S3 API server (moto's ``ThreadedMotoServer``) with fake credentials;
+* :func:`moto_s3` — an S3 API server (moto's ``ThreadedMotoServer``) with fake credentials
+  (:func:`s3_serving`: one holding given files, the credentials set for the block);
 * :class:`RangeHTTPServer` — a static HTTP server of a folder that honours ``Range`` (the
   standard library's does not), with ``ETag`` and ``Content-Length`` on ``HEAD``;
 * :class:`FaultProxy` — a reverse proxy of our own in front of either: a latency per request
@@ -29,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FaultProxy", "RangeHTTPServer", "fake_aws_env", "moto_s3"]
+__all__ = ["FaultProxy", "RangeHTTPServer", "fake_aws_env", "moto_s3", "s3_serving", "s3_upload"]
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -78,15 +79,34 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
-def s3_upload(endpoint: str, bucket: str, files: dict[str, Path]) -> None:
-    """Create ``bucket`` on the server at ``endpoint`` and upload ``{key: local file}``."""
+def s3_upload(endpoint: str, bucket: str, files: dict[str, Path | bytes]) -> None:
+    """Create ``bucket`` on the server at ``endpoint`` and upload ``{key: local file or bytes}``."""
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
-    for key, path in files.items():
-        client.upload_file(str(path), bucket, key)
+    for key, data in files.items():
+        if isinstance(data, bytes):
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        else:
+            client.upload_file(str(data), bucket, key)
+
+
+@contextlib.contextmanager
+def s3_serving(bucket: str, files: dict[str, Path | bytes]) -> Iterator[str]:
+    """:func:`moto_s3` holding ``files`` (:func:`s3_upload`) in ``bucket``, with
+    :func:`fake_aws_env` in ``os.environ`` for the block (the environment is restored after it);
+    yields the endpoint URL."""
+    saved = dict(os.environ)
+    os.environ.update(fake_aws_env())
+    try:
+        with moto_s3() as endpoint:
+            s3_upload(endpoint, bucket, files)
+            yield endpoint
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 # ------------------------------------------------------------------------- HTTP + Range

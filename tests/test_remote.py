@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
+from helpers_remote import FAULTS, LOCATOR, epochs, faults, remote_cfg, resumed_ids, sample_ids, through_proxy
+from servers import FaultProxy, RangeHTTPServer, s3_serving, s3_upload
 
 from speechdata import build_dataloader
-from speechdata.config import make_dataset_config
 from speechdata.errors import DataError, SpeechDataError
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.storage import (
@@ -28,7 +28,6 @@ from speechdata.storage import (
     backoff_delay,
     local_copy,
     read_range,
-    reset_filesystems,
     retryable,
 )
 from speechdata.storage.retry import ShortRead
@@ -38,16 +37,8 @@ from speechdata.text.tokenizer import Tokenizer
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-LOCATOR = "|audio|"
 N_SHARDS = 3
 BUCKET = "speech"
-#: Latency and faults of the proxy in front of the servers (the issue's 20-50 ms, 503s, resets,
-#: truncated bodies); each request is faulted at most twice in a row, readers retry 5 times.
-FAULTS: dict[str, Any] = {"latency": (0.02, 0.05), "p_503": 0.06, "p_reset": 0.04, "p_truncate": 0.04}
-FAST = {
-    "SPEECHDATA_REMOTE_BACKOFF": "0.01",
-    "SPEECHDATA_REMOTE_TIMEOUT": "10",
-}
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +72,9 @@ def _files(shards: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def s3(shards: Path) -> Iterator[tuple[str, FaultProxy]]:
     """moto S3 holding the shards under ``s3://speech/ds/``, and the fault proxy in front of it."""
-    saved = dict(os.environ)
-    os.environ.update(fake_aws_env())
-    try:
-        with moto_s3() as endpoint:
-            s3_upload(endpoint, BUCKET, {f"ds/{k}": p for k, p in _files(shards).items()})
-            with FaultProxy(endpoint, seed=11, **FAULTS) as proxy:
-                yield endpoint, proxy
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    files: dict[str, Path | bytes] = {f"ds/{k}": p for k, p in _files(shards).items()}
+    with s3_serving(BUCKET, files) as endpoint, FaultProxy(endpoint, seed=11, **FAULTS) as proxy:
+        yield endpoint, proxy
 
 
 @pytest.fixture(scope="module")
@@ -103,31 +87,11 @@ def http(shards: Path) -> Iterator[FaultProxy]:
 @pytest.fixture
 def via_proxy(s3: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
     """Clients in this test (and its DataLoader workers) reach S3 through the proxy."""
-    _, proxy = s3
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    for k, v in {**fake_aws_env(), **FAST}.items():
-        monkeypatch.setenv(k, v)
-    reset_filesystems()
-    proxy.reset_counts()
-    return proxy
+    return through_proxy(s3[1], monkeypatch)
 
 
 def _cfg(manifest: str, tars: str, workers: int, **kw: Any) -> Any:
-    values: dict[str, Any] = {
-        "manifest_filepath": manifest,
-        "is_tarred": True,
-        "tarred_audio_filepaths": tars,
-        "audio_locator": LOCATOR,
-        "prompt_template": "Q: {context}\nA: {answer}",
-        "micro_batch_size": 3,
-        "drop_last": False,
-        "min_duration": None,
-        "max_duration": None,
-        "num_workers": workers,
-        "seed": 4,
-        **kw,
-    }
-    return make_dataset_config(values)
+    return remote_cfg(manifest, workers, is_tarred=True, tarred_audio_filepaths=tars, **kw)
 
 
 def _local(shards: Path, workers: int, **kw: Any) -> Any:
@@ -138,66 +102,39 @@ def _remote(base: str, workers: int, **kw: Any) -> Any:
     return _cfg(f"{base}/tarred_audio_manifest.json", f"{base}/audio_{{0..2}}.tar", workers, **kw)
 
 
-def _epochs(loader: Any, n: int) -> list[list[tuple[int, bytes]]]:
-    """Per batch: (sample_id, the example's audio bytes) for every example, over ``n`` epochs."""
-    out = []
-    while loader.epoch < n:
-        for b in loader:
-            sig, lens = b["audio_signal"], b["audio_signal_length"]
-            out.append(
-                [
-                    (int(sid), sig[k, : int(lens[k])].numpy().tobytes())
-                    for k, sid in enumerate(b["sample_ids"].tolist())
-                ]
-            )
-    return out
-
-
-def _ids(batches: list[list[tuple[int, bytes]]]) -> list[list[int]]:
-    return [[sid for sid, _ in b] for b in batches]
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_s3_by_range_same_batches_as_local_under_faults(
     shards: Path, tokenizer: Tokenizer, via_proxy: FaultProxy, workers: int
 ) -> None:
-    local = _epochs(build_dataloader(_local(shards, workers), tokenizer), 2)
+    local = epochs(build_dataloader(_local(shards, workers), tokenizer), 2)
     loader = build_dataloader(_remote(f"s3://{BUCKET}/ds", workers), tokenizer)
     assert not loader.streaming  # random access stays the default on object storage
-    remote = _epochs(loader, 2)
+    remote = epochs(loader, 2)
     assert remote == local  # same batches, same order, same audio samples
-    ids = _ids(remote)
+    ids = sample_ids(remote)
     per_epoch = len(ids) // 2
     for epoch in (ids[:per_epoch], ids[per_epoch:]):
         flat = [i for b in epoch for i in b]
         assert len(flat) == len(set(flat)) == 24  # every example exactly once per epoch
     assert ids[:per_epoch] != ids[per_epoch:]  # and reshuffled
-    assert sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:")) > 0
+    assert faults(via_proxy) > 0
 
 
 def test_s3_resume_is_exact(shards: Path, tokenizer: Tokenizer, via_proxy: FaultProxy) -> None:
     cfg = _remote(f"s3://{BUCKET}/ds", 0)
-    reference = _ids(_epochs(build_dataloader(cfg, tokenizer), 2))
-    loader = build_dataloader(cfg, tokenizer)
-    head = []
-    for b in loader:
-        head.append(b["sample_ids"].tolist())
-        if len(head) == 3:
-            break
-    resumed = build_dataloader(cfg, tokenizer)
-    resumed.load_state_dict(loader.state_dict())
-    assert head + _ids(_epochs(resumed, 2)) == reference
+    reference = sample_ids(epochs(build_dataloader(cfg, tokenizer), 2))
+    assert resumed_ids(cfg, tokenizer, after=3, n=2) == reference
 
 
 def test_http_by_range_and_streamed(shards: Path, tokenizer: Tokenizer, http: FaultProxy) -> None:
     base = f"{http.url}/{shards.name}"
-    local = _epochs(build_dataloader(_local(shards, 0), tokenizer), 1)
-    assert _epochs(build_dataloader(_remote(base, 0), tokenizer), 1) == local
+    local = epochs(build_dataloader(_local(shards, 0), tokenizer), 1)
+    assert epochs(build_dataloader(_remote(base, 0), tokenizer), 1) == local
     # streaming stays available: whole objects front to back, every example once
     streamed = build_dataloader(_remote(base, 0, streaming=True, shuffle_n=4), tokenizer)
     assert streamed.streaming
-    got = _ids(_epochs(streamed, 1))
-    assert sorted(i for b in got for i in b) == sorted(i for b in _ids(local) for i in b)
+    got = sample_ids(epochs(streamed, 1))
+    assert sorted(i for b in got for i in b) == sorted(i for b in sample_ids(local) for i in b)
 
 
 def test_last_retry_names_url_and_member_or_counts_drops(
@@ -205,12 +142,12 @@ def test_last_retry_names_url_and_member_or_counts_drops(
 ) -> None:
     cfg = _remote(f"s3://{BUCKET}/ds", 0)
     with pytest.raises(DataError) as err:
-        _epochs(build_dataloader(cfg, tokenizer), 1)
+        epochs(build_dataloader(cfg, tokenizer), 1)
     msg = str(err.value)
     assert "\n" not in msg and f"s3://{BUCKET}/ds/audio_1.tar:" in msg
     assert "after 3 attempts" in msg and "503" in msg
     skipping = build_dataloader(_remote(f"s3://{BUCKET}/ds", 0, on_error="skip"), tokenizer)
-    got = [i for b in _ids(_epochs(skipping, 1)) for i in b]
+    got = [i for b in sample_ids(epochs(skipping, 1)) for i in b]
     in_shard_1 = int((skipping.source.index.shard_id == 1).sum())  # type: ignore[attr-defined]
     assert in_shard_1 > 0
     assert skipping.report()["read_error"] == in_shard_1
@@ -222,11 +159,7 @@ def shards_s3_failing(s3: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatc
     """A second proxy on the same S3 that answers 503 to every read of audio_1.tar."""
     endpoint, _ = s3
     with FaultProxy(endpoint, seed=3, always_fail=("audio_1.tar",)) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        for k, v in {**fake_aws_env(), **FAST, "SPEECHDATA_REMOTE_RETRIES": "2"}.items():
-            monkeypatch.setenv(k, v)
-        reset_filesystems()
-        yield proxy
+        yield through_proxy(proxy, monkeypatch, SPEECHDATA_REMOTE_RETRIES="2")
 
 
 def test_nemo_layout_without_offsets_scans_remote_headers(
@@ -259,12 +192,11 @@ def test_nemo_layout_without_offsets_scans_remote_headers(
 
 
 def test_range_reader_bounds_in_flight_and_bytes_and_coalesces(
-    tmp_path: Path, s3: tuple[str, FaultProxy], via_proxy: FaultProxy
+    s3: tuple[str, FaultProxy], via_proxy: FaultProxy
 ) -> None:
     endpoint, _ = s3
     blob = os.urandom(400_000)
-    (tmp_path / "blob").write_bytes(blob)
-    s3_upload(endpoint, BUCKET, {"blob": tmp_path / "blob"})
+    s3_upload(endpoint, BUCKET, {"blob": blob})
     url = f"s3://{BUCKET}/blob"
     far = [Span(url, k * 20_000, 4_000, f"far{k}") for k in range(20)]  # 16 KB apart
     # not coalesced (gap 0), at most 3 in flight, at most 10 KB held
@@ -322,8 +254,7 @@ def test_missing_object_and_timeout_do_not_hang(
         local_copy(f"s3://{BUCKET}/nope.json")
     endpoint, _ = s3
     with FaultProxy(endpoint, latency=3.0) as slow:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", slow.url)
-        reset_filesystems()
+        through_proxy(slow, monkeypatch)
         t = time.monotonic()
         with pytest.raises(DataError, match="not read after 2 attempts"):
             read_range(
@@ -338,12 +269,14 @@ def test_read_cache_serves_second_epoch_and_stays_bounded(
     monkeypatch.setenv("SPEECHDATA_REMOTE_CACHE_BYTES", str(50 << 20))
     cfg = _remote(f"s3://{BUCKET}/ds", 0)
     first = build_dataloader(cfg, tokenizer)
-    _epochs(first, 1)
+    epochs(first, 1)
     gets = via_proxy.counts["requests:GET"]
     assert gets > 0
     via_proxy.reset_counts()
     again = build_dataloader(cfg, tokenizer)
-    assert _ids(_epochs(again, 1)) == _ids(_epochs(build_dataloader(_local(shards, 0), tokenizer), 1))
+    assert sample_ids(epochs(again, 1)) == sample_ids(
+        epochs(build_dataloader(_local(shards, 0), tokenizer), 1)
+    )
     assert via_proxy.counts["requests:GET"] == 0, (
         via_proxy.requests
     )  # every member from the cache (HEADs only)
@@ -364,16 +297,13 @@ def test_options_from_env_are_checked() -> None:
         RemoteOptions.from_env({"SPEECHDATA_REMOTE_BACKOFF": "soon"})
 
 
-def test_range_reader_reads_ahead_across_batches(
-    tmp_path: Path, s3: tuple[str, FaultProxy], via_proxy: FaultProxy
-) -> None:
+def test_range_reader_reads_ahead_across_batches(s3: tuple[str, FaultProxy], via_proxy: FaultProxy) -> None:
     """Ranges announced ahead (the next batch) are fetched while the current batch is read; the
     next batch's own announcement confirms them (each use counted once: nothing stays held), and
     ranges announced ahead but never read are forgotten at the next batch that comes instead."""
     endpoint, _ = s3
     blob = os.urandom(200_000)
-    (tmp_path / "blob2").write_bytes(blob)
-    s3_upload(endpoint, BUCKET, {"blob2": tmp_path / "blob2"})
+    s3_upload(endpoint, BUCKET, {"blob2": blob})
     url = f"s3://{BUCKET}/blob2"
     spans = [Span(url, k * 10_000, 3_000, f"m{k}") for k in range(20)]
     a, b, c, d = spans[:5], spans[5:10], spans[10:15], spans[15:]

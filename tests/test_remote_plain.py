@@ -11,18 +11,28 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from servers import FaultProxy, RangeHTTPServer, fake_aws_env, moto_s3, s3_upload
-from test_remote import FAST, FAULTS, LOCATOR, _epochs, _ids
+from helpers_remote import (
+    FAST,
+    FAULTS,
+    LOCATOR,
+    as_list,
+    epochs,
+    faults,
+    remote_cfg,
+    resumed_ids,
+    sample_ids,
+    through_proxy,
+    url_manifest,
+)
+from servers import FaultProxy, RangeHTTPServer, s3_serving, s3_upload
 
 from speechdata import build_dataloader
-from speechdata.config import make_dataset_config
 from speechdata.errors import DataError
-from speechdata.storage import WHOLE, RangeReader, RemoteOptions, Span, read_object, reset_filesystems
+from speechdata.storage import WHOLE, RangeReader, RemoteOptions, Span, read_object
 from speechdata.synth.corpus import write_manifest
 from speechdata.testing import Corpus, make_corpus
 from speechdata.text.tokenizer import Tokenizer
@@ -54,84 +64,40 @@ def tokenizer(corpus: Corpus) -> Tokenizer:
 
 
 def _audio_files(corpus: Corpus) -> list[Path]:
-    names = {a for e in corpus.entries for a in _as_list(e["audio_filepath"])}
+    names = {a for e in corpus.entries for a in as_list(e["audio_filepath"])}
     return [corpus.root / a for a in sorted(names)]
-
-
-def _as_list(v: Any) -> list[Any]:
-    return v if isinstance(v, list) else [v]
-
-
-def _with_urls(corpus: Corpus, base: str, out: Path, extra: list[dict[str, Any]] = ()) -> Path:  # type: ignore[assignment]
-    """The corpus manifest with each clip named by ``base/<relative path>``, plus ``extra`` lines."""
-    entries = []
-    for e in corpus.entries:
-        paths = [f"{base}/{a}" for a in _as_list(e["audio_filepath"])]
-        entries.append({**e, "audio_filepath": paths if len(paths) > 1 else paths[0]})
-    return write_manifest(out, [*entries, *extra])
 
 
 @pytest.fixture(scope="module")
 def s3(corpus: Corpus) -> Iterator[tuple[str, FaultProxy]]:
     """moto S3 holding the corpus's audio under ``s3://plain/c/`` and its manifest (relative
     paths) at ``s3://plain/c/manifest.json``, with the fault proxy in front."""
-    saved = dict(os.environ)
-    os.environ.update(fake_aws_env())
-    try:
-        with moto_s3() as endpoint:
-            files = {f"c/{p.relative_to(corpus.root)}": p for p in _audio_files(corpus)}
-            s3_upload(endpoint, BUCKET, {**files, "c/manifest.json": corpus.manifest})
-            with FaultProxy(endpoint, seed=21, **FAULTS) as proxy:
-                yield endpoint, proxy
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    files: dict[str, Path | bytes] = {f"c/{p.relative_to(corpus.root)}": p for p in _audio_files(corpus)}
+    files["c/manifest.json"] = corpus.manifest
+    with s3_serving(BUCKET, files) as endpoint, FaultProxy(endpoint, seed=21, **FAULTS) as proxy:
+        yield endpoint, proxy
 
 
 @pytest.fixture
 def via_proxy(s3: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
-    _, proxy = s3
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    for k, v in {**fake_aws_env(), **FAST}.items():
-        monkeypatch.setenv(k, v)
-    reset_filesystems()
-    proxy.reset_counts()
-    return proxy
-
-
-def _cfg(manifest: str | Path, workers: int = 0, **kw: Any) -> Any:
-    return make_dataset_config(
-        {
-            "manifest_filepath": str(manifest),
-            "audio_locator": LOCATOR,
-            "prompt_template": "Q: {context}\nA: {answer}",
-            "micro_batch_size": 3,
-            "drop_last": False,
-            "min_duration": None,
-            "max_duration": None,
-            "num_workers": workers,
-            "seed": 4,
-            **kw,
-        }
-    )
+    return through_proxy(s3[1], monkeypatch)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_s3_clips_same_batches_as_local_under_faults(
     corpus: Corpus, tokenizer: Tokenizer, via_proxy: FaultProxy, tmp_path: Path, workers: int
 ) -> None:
-    local = _epochs(build_dataloader(_cfg(corpus.manifest, workers), tokenizer), 2)
-    manifest = _with_urls(corpus, f"s3://{BUCKET}/c", tmp_path / "urls.json")
-    remote = _epochs(build_dataloader(_cfg(manifest, workers), tokenizer), 2)
+    local = epochs(build_dataloader(remote_cfg(corpus.manifest, workers), tokenizer), 2)
+    manifest = url_manifest(corpus.entries, f"s3://{BUCKET}/c", tmp_path / "urls.json")
+    remote = epochs(build_dataloader(remote_cfg(manifest, workers), tokenizer), 2)
     assert remote == local  # same batches, same order, same samples
-    flat = [i for b in _ids(remote)[: len(remote) // 2] for i in b]
+    flat = [i for b in sample_ids(remote)[: len(remote) // 2] for i in b]
     assert len(flat) == len(set(flat)) == N
-    assert sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:")) > 0
+    assert faults(via_proxy) > 0
     # each object is read whole by one request (a retry aside), at most once per clip and epoch
     objects = len(_audio_files(corpus))
-    clips = sum(len(_as_list(e["audio_filepath"])) for e in corpus.entries)
-    faults = sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:"))
-    assert 2 * objects <= via_proxy.counts["requests:GET"] - faults <= 2 * clips
+    clips = sum(len(as_list(e["audio_filepath"])) for e in corpus.entries)
+    assert 2 * objects <= via_proxy.counts["requests:GET"] - faults(via_proxy) <= 2 * clips
     assert via_proxy.counts["requests:HEAD"] == 0  # no metadata request per object
 
 
@@ -139,18 +105,10 @@ def test_manifest_on_s3_with_relative_paths_and_exact_resume(
     corpus: Corpus, tokenizer: Tokenizer, via_proxy: FaultProxy
 ) -> None:
     """A manifest that is itself a URL: relative clip paths resolve against its folder."""
-    cfg = _cfg(f"s3://{BUCKET}/c/manifest.json")
-    reference = _epochs(build_dataloader(cfg, tokenizer), 2)
-    assert reference == _epochs(build_dataloader(_cfg(corpus.manifest), tokenizer), 2)
-    loader = build_dataloader(cfg, tokenizer)
-    head = []
-    for b in loader:
-        head.append(b["sample_ids"].tolist())
-        if len(head) == 2:
-            break
-    resumed = build_dataloader(cfg, tokenizer)
-    resumed.load_state_dict(loader.state_dict())
-    assert head + _ids(_epochs(resumed, 2)) == _ids(reference)
+    cfg = remote_cfg(f"s3://{BUCKET}/c/manifest.json")
+    reference = epochs(build_dataloader(cfg, tokenizer), 2)
+    assert reference == epochs(build_dataloader(remote_cfg(corpus.manifest), tokenizer), 2)
+    assert resumed_ids(cfg, tokenizer, after=2, n=2) == sample_ids(reference)
 
 
 def test_http_missing_and_failing_objects_name_line_and_url_or_count(
@@ -159,16 +117,16 @@ def test_http_missing_and_failing_objects_name_line_and_url_or_count(
     for k, v in {**FAST, "SPEECHDATA_REMOTE_RETRIES": "2"}.items():
         monkeypatch.setenv(k, v)
     failing = sorted(_audio_files(corpus))[0].relative_to(corpus.root)
-    uses = sum(str(failing) in _as_list(e["audio_filepath"]) for e in corpus.entries)
+    uses = sum(str(failing) in as_list(e["audio_filepath"]) for e in corpus.entries)
     with (
         RangeHTTPServer(corpus.root) as server,
         FaultProxy(server.url, seed=5, always_fail=(failing.name,), **FAULTS) as proxy,
     ):
         base = proxy.url
         missing = {"audio_filepath": f"{base}/nope.wav", "duration": 0.5, "answer": "gone", "context": "q"}
-        manifest = _with_urls(corpus, base, tmp_path / "http.json", [missing])
+        manifest = url_manifest(corpus.entries, base, tmp_path / "http.json", [missing])
         with pytest.raises(DataError) as err:
-            _epochs(build_dataloader(_cfg(manifest), tokenizer), 1)
+            epochs(build_dataloader(remote_cfg(manifest), tokenizer), 1)
         msg = str(err.value)
         assert "\n" not in msg
         assert re.fullmatch(
@@ -176,8 +134,8 @@ def test_http_missing_and_failing_objects_name_line_and_url_or_count(
             rf"(nope\.wav: object not found|{re.escape(str(failing))}: bytes 0-\d+ not read after 3 attempts: .*503.*)",
             msg,
         ), msg
-        skipping = build_dataloader(_cfg(manifest, on_error="skip"), tokenizer)
-        got = [i for b in _ids(_epochs(skipping, 1)) for i in b]
+        skipping = build_dataloader(remote_cfg(manifest, on_error="skip"), tokenizer)
+        got = [i for b in sample_ids(epochs(skipping, 1)) for i in b]
     report = skipping.report()
     assert report["missing_audio"] == 1
     assert report["read_error"] == uses > 0
@@ -190,22 +148,19 @@ def test_url_clip_without_duration_is_a_one_line_error(tmp_path: Path, tokenizer
         orjson.dumps({"audio_filepath": "s3://b/a.wav", "answer": "x", "context": "q"}) + b"\n"
     )
     with pytest.raises(DataError, match=r"nodur.json:1: s3://b/a.wav: 'duration' is required"):
-        build_dataloader(_cfg(manifest), tokenizer)
+        build_dataloader(remote_cfg(manifest), tokenizer)
 
 
 def test_whole_objects_small_in_one_request_large_in_ranges(
-    s3: tuple[str, FaultProxy], via_proxy: FaultProxy, tmp_path: Path
+    s3: tuple[str, FaultProxy], via_proxy: FaultProxy
 ) -> None:
     endpoint, _ = s3
     small, large = os.urandom(40_000), os.urandom(200_000)
-    (tmp_path / "small").write_bytes(small)
-    (tmp_path / "large").write_bytes(large)
-    s3_upload(endpoint, BUCKET, {"w/small": tmp_path / "small", "w/large": tmp_path / "large"})
+    s3_upload(endpoint, BUCKET, {"w/small": small, "w/large": large})
     options = RemoteOptions(max_request=64 << 10, backoff=0.01)
 
     def cost() -> tuple[int, int]:
-        faults = sum(v for k, v in via_proxy.counts.items() if k.startswith("fault:"))
-        return via_proxy.counts["requests:GET"] - faults, via_proxy.counts["requests:HEAD"]
+        return via_proxy.counts["requests:GET"] - faults(via_proxy), via_proxy.counts["requests:HEAD"]
 
     via_proxy.reset_counts()
     assert read_object(f"s3://{BUCKET}/w/small", options) == small
@@ -235,12 +190,10 @@ def test_long_wav_clips_fetch_only_their_samples(tmp_path: Path, tokenizer: Toke
         {"audio_filepath": "long.wav", "offset": o, "duration": d, "answer": f"seg {k}", "context": "q"}
         for k, (o, d) in enumerate(segments)
     ]
-    local = _epochs(build_dataloader(_cfg(write_manifest(tmp_path / "local.json", lines)), tokenizer), 1)
+    local = epochs(build_dataloader(remote_cfg(write_manifest(tmp_path / "local.json", lines)), tokenizer), 1)
     with RangeHTTPServer(tmp_path) as server, FaultProxy(server.url, latency=0.01) as proxy:
-        manifest = write_manifest(
-            tmp_path / "remote.json", [{**e, "audio_filepath": f"{proxy.url}/long.wav"} for e in lines]
-        )
-        remote = _epochs(build_dataloader(_cfg(manifest), tokenizer), 1)
+        manifest = url_manifest(lines, proxy.url, tmp_path / "remote.json")
+        remote = epochs(build_dataloader(remote_cfg(manifest), tokenizer), 1)
         got = proxy.counts["bytes:GET"]
         heads = proxy.counts["requests:HEAD"]
     assert remote == local
