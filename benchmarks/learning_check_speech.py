@@ -20,7 +20,7 @@ costs), stopped by a callback after the first step past the budget. Runs go two 
 
 Usage::
 
-    python benchmarks/learning_check_speech.py --cpu-minutes 20 --out benchmarks/results/learning_speech_salm.json
+    python benchmarks/learning_check_speech.py --config configs/salm_speech.yaml --out results.json
 
 writes the JSON and, beside it, the same table with a few held-out transcripts as Markdown (``.md``).
 """
