@@ -43,7 +43,9 @@ from speechdata.storage.fs import is_remote
 
 __all__ = [
     "AUDIO_KEYS",
+    "INVALID_KEY",
     "MAX_SECONDS",
+    "ORIGIN_KEY",
     "Line",
     "ManifestKeys",
     "Message",
@@ -54,6 +56,7 @@ __all__ = [
     "extra_fields",
     "is_number",
     "json_error",
+    "line_where",
     "manifest_keys",
     "manifest_root",
     "parse_conversation",
@@ -63,7 +66,14 @@ __all__ = [
 ]
 
 AUDIO_KEYS = ("audio_filepath", "audio_filename", "audio_file")
-_RESERVED = {*AUDIO_KEYS, "duration", "offset"}
+#: In a manifest that speechdata writes from other files (``speechdata.sources.converted``):
+#: where the line came from (``manifest_3.jsonl:17``, ``cuts.jsonl.gz:5: cut 'c1'``), named by
+#: messages instead of the written file's line (:func:`line_where`); never data.
+ORIGIN_KEY = "speechdata_origin"
+#: In such a manifest: why the original line is no manifest line (not JSON, not an object); the
+#: line is then a ``bad_line`` with this message (:func:`parse_line`).
+INVALID_KEY = "speechdata_invalid"
+_RESERVED = {*AUDIO_KEYS, "duration", "offset", ORIGIN_KEY}
 #: Largest duration or offset accepted (about 116 days): larger values are typos or garbage, and
 #: would overflow the float32 columns to infinity.
 MAX_SECONDS = 1e7
@@ -210,6 +220,8 @@ def parse_line(obj: Any, keys: ManifestKeys) -> Line:
     """
     if type(obj) is not dict:
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if INVALID_KEY in obj:
+        raise ValueError(str(obj[INVALID_KEY]))
     if "conversations" in obj:
         return parse_conversation(obj)
     audio_val = None
@@ -445,6 +457,17 @@ def extra_fields(obj: dict[str, Any], keys: ManifestKeys) -> dict[str, Any]:
         keys.context_key if keys.context_key in obj else "question",
     }
     return {k: v for k, v in obj.items() if k not in _RESERVED and k not in used}
+
+
+def line_where(manifest: str, line_no: int, obj: Any) -> str:
+    """How messages name line ``line_no`` of ``manifest``, decoded as ``obj`` (``None`` when it
+    is not JSON): ``manifest:line_no``, or for a line speechdata converted from another file the
+    place it came from (its :data:`ORIGIN_KEY`)."""
+    if type(obj) is dict:
+        origin = obj.get(ORIGIN_KEY)
+        if type(origin) is str:
+            return origin
+    return f"{manifest}:{line_no}"
 
 
 # ------------------------------------------------------------------------------- a whole file

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import json
@@ -49,6 +50,7 @@ from speechdata.lines import (
     describe_audio,
     extra_fields,
     json_error,
+    line_where,
     manifest_keys,
     manifest_root,
     parse_line,
@@ -180,20 +182,28 @@ class Index:
         return self._files.pread(source, int(self.line_length[i]), int(self.line_offset[i]))
 
     def where(self, i: int) -> str:
-        """``path:line`` of row ``i``, for messages."""
-        return f"{self.datasets[int(self.dataset[i])].path}:{int(self.line_no[i])}"
+        """``path:line`` of row ``i``, for messages; for a line converted from another file, the
+        place it came from (:func:`~speechdata.lines.line_where`: the line is read again)."""
+        info = self.datasets[int(self.dataset[i])]
+        obj: Any = None
+        if info.source:  # an Index of examples held in memory has no file to read
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                obj = orjson.loads(self.line(i))
+        return line_where(info.path, int(self.line_no[i]), obj)
 
     def record(self, i: int) -> Record:
         """Read row ``i`` back from its manifest and resolve its keys."""
         i = int(i)
         ds = int(self.dataset[i])
         info = self.datasets[ds]
-        where = self.where(i)
+        obj: Any = None
         try:
             obj = orjson.loads(self.line(i))
             audio, dur, off, context, answer, messages = parse_line(obj, self.keys)
         except (orjson.JSONDecodeError, ValueError) as e:  # the file changed under us
+            where = line_where(info.path, int(self.line_no[i]), obj)
             raise DataError("bad_line", where, f"{e} (was the manifest modified after indexing?)") from None
+        where = line_where(info.path, int(self.line_no[i]), obj)
         names = [] if self.keys.tarred else list(audio)  # tar members are named as they are
         if dur is None:
             d = float(self.duration[i])
@@ -355,7 +365,7 @@ def _index_range(
             if not bytes(line).strip():
                 continue  # blank line
             handle(
-                DataError("bad_line", f"{name}:{first + j + 1}", json_error(line, err)),
+                DataError("bad_line", line_where(name, first + j + 1, None), json_error(line, err)),
                 on_error,
                 drops,
             )
@@ -372,7 +382,7 @@ def _index_range(
                 except ValueError:
                     pass  # parse_line says what is wrong, or reads a shape this path does not
         if total is None:
-            where = f"{name}:{first + j + 1}"
+            where = line_where(name, first + j + 1, obj)
             try:
                 audio, ds, offs, context, answer, _ = parse_line(obj, keys)
                 shard = shard_id_of(obj)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DataError
+from speechdata.lines import ORIGIN_KEY
 from speechdata.testing import make_corpus
 
 #: Shards (4: dealt to 1 or 2 stream readers evenly, so a streamed epoch repeats none).
@@ -72,6 +74,7 @@ def _examples(section: dict[str, Any], tok: Any) -> dict[str, list[tuple[list[in
     for batch in build_dataloader(make_dataset_config({**COMMON, **section}), tok):
         starts = torch.cumsum(batch["num_audios"], 0) - batch["num_audios"]
         for b, meta in enumerate(batch["metadata"]):
+            assert ORIGIN_KEY not in meta  # the origin of a paired line is for messages only
             clips = range(int(starts[b]), int(starts[b] + batch["num_audios"][b]))
             sums = [float(batch["audio_signal"][c, : batch["audio_signal_length"][c]].sum()) for c in clips]
             n = int(batch["tokens_length"][b])
@@ -152,7 +155,9 @@ def test_counts_differ_or_member_missing_is_one_line(data: dict[str, Any], tmp_p
             "tarred_audio_filepaths": str(root / "audio_{0..3}.tar"),
             "streaming": streaming,
         }
-        with pytest.raises(DataError, match=rf"member 'nowhere\.wav' not found in {root}/audio_1\.tar$"):
+        # the error names the user's manifest shard and line, not the paired manifest's
+        want = rf"^{tmp_path}/manifest_1\.jsonl:1: member 'nowhere\.wav' not found in {root}/audio_1\.tar$"
+        with pytest.raises(DataError, match=want):
             for _ in build_dataloader(make_dataset_config(section), data["tok"]):
                 pass
         skipped = build_dataloader(make_dataset_config({**section, "on_error": "skip"}), data["tok"])
@@ -170,9 +175,71 @@ def test_paired_manifest_lines_carry_their_tars_shard_id(tmp_path: Path) -> None
     manifests = [str(tmp_path / "m_0.jsonl"), str(tmp_path / "m_1.jsonl")]
     out = paired_manifest(list(zip(manifests, ["t/audio_10.tar", "t/audio_11.tar"], strict=True)))
     assert [json.loads(x) for x in out.read_text().splitlines()] == [
-        {"id": "a", "shard_id": 10},
-        {"id": "b", "shard_id": 7},
-        {"id": "c", "shard_id": 11},
+        {"id": "a", "shard_id": 10, ORIGIN_KEY: f"{manifests[0]}:1"},
+        {"id": "b", "shard_id": 7, ORIGIN_KEY: f"{manifests[0]}:2"},
+        {"id": "c", "shard_id": 11, ORIGIN_KEY: f"{manifests[1]}:1"},
     ]
     other = paired_manifest(list(zip(manifests, ["t/x_0.tar", "t/x_1.tar"], strict=True)))
     assert other != out and json.loads(other.read_text().splitlines()[0])["shard_id"] == 0
+
+
+def _edited_shards(data: dict[str, Any], folder: Path, edits: dict[tuple[int, int], str]) -> dict[str, Any]:
+    """The shards copied into ``folder`` with line ``k`` of manifest shard ``i`` replaced by
+    ``edits[i, k]`` (1-based), as a dataset section."""
+    root = data["root"]
+    for i in range(SHARDS):
+        lines = (root / f"manifest_{i}.jsonl").read_text().splitlines()
+        for (shard, k), text in edits.items():
+            if shard == i:
+                lines[k - 1] = text
+        (folder / f"manifest_{i}.jsonl").write_text("".join(x + "\n" for x in lines))
+    return {
+        **COMMON,
+        "manifest_filepath": str(folder / "manifest__OP_0..3_CL_.jsonl"),
+        "is_tarred": True,
+        "tarred_audio_filepaths": str(root / "audio_{0..3}.tar"),
+    }
+
+
+def _drop_line(loader: Any, caplog: pytest.LogCaptureFixture) -> str:
+    """The epoch's drop warning of ``loader`` (after reading the epoch)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speechdata"):
+        for _ in loader:
+            pass
+    (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    return line
+
+
+def test_messages_name_the_manifest_shard_and_line(
+    data: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages about a paired line name the user's manifest shard and line: a bad turn and a
+    line that is not JSON at indexing (raised, and the drop warning with on_error: skip), and
+    a too_long_text drop (max_seq_length in the worker, max_tokens in the filters)."""
+    lines = (data["root"] / "manifest_3.jsonl").read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["conversations"][0]["type"] = "video"
+    section = _edited_shards(data, tmp_path, {(3, 2): json.dumps(bad), (0, 3): "{oops"})
+    with pytest.raises(DataError, match=rf"^{tmp_path}/manifest_0\.jsonl:3: not valid JSON"):
+        build_dataloader(make_dataset_config(section), data["tok"])
+    (tmp_path / "one").mkdir()
+    only_turn = _edited_shards(data, tmp_path / "one", {(3, 2): json.dumps(bad)})
+    with pytest.raises(DataError, match=rf"^{tmp_path}/one/manifest_3\.jsonl:2: turn 1: 'type' must be"):
+        build_dataloader(make_dataset_config(only_turn), data["tok"])
+    skipped = build_dataloader(make_dataset_config({**section, "on_error": "skip"}), data["tok"])
+    line = _drop_line(skipped, caplog)
+    assert f"e.g. {tmp_path}/manifest_0.jsonl:3, {tmp_path}/manifest_3.jsonl:2" in line, line
+    assert skipped.report() == {"bad_line": 2}
+
+    # a conversation far longer than the others (shard 2, line 3)
+    long = json.loads((data["root"] / "manifest_2.jsonl").read_text().splitlines()[2])
+    long["conversations"][-1]["value"] = " ".join(["the cat sat on the mat"] * 40)
+    (tmp_path / "long").mkdir()
+    section = _edited_shards(data, tmp_path / "long", {(2, 3): json.dumps(long)})
+    place = f"{tmp_path}/long/manifest_2.jsonl:3"
+    for limits in ({"max_seq_length": 150}, {"max_tokens": 150}):
+        loader = build_dataloader(make_dataset_config({**section, **limits}), data["tok"])
+        line = _drop_line(loader, caplog)
+        assert "too_long_text=1 " in line and f"e.g. {place}" in line, line
+        assert loader.report() == {"too_long_text": 1}

@@ -17,6 +17,7 @@ from lhotse.audio import AudioSource
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, SpeechDataError
+from speechdata.lines import ORIGIN_KEY
 from speechdata.sources.cuts import cuts_manifest, resolve_cuts
 from speechdata.testing import make_corpus
 
@@ -155,3 +156,26 @@ def test_cuts_a_manifest_cannot_hold_are_one_line_errors(tmp_path: Path, cuts: d
         ConfigError, match=r"input_cfg\[0\]\.shar_path: only sources of type lhotse_shar read Shar datasets"
     ):
         make_dataset_config({"input_cfg": [{"type": "lhotse", "cuts_path": "c", "shar_path": "s"}]}, "ds")
+
+
+def test_messages_name_the_cuts_line_and_cut(cuts: dict[str, Any]) -> None:
+    """Messages about a converted line name the cuts file's line and the cut, never the cached
+    manifest: a duration filter's drop and each example's place in the batch metadata; the
+    origin itself never reaches a batch."""
+    made, path = cuts["cuts"], cuts["path"]
+    bound = sorted(c.duration for c in made)[-3] + 1e-3  # those longer than the third longest
+    section = {
+        "manifest_filepath": f"lhotse:{path}",
+        "max_duration": float(bound),
+        "min_duration": None,
+        "micro_batch_size": 4,
+        "drop_last": False,
+    }
+    places = {f"{path}:{j + 1}: cut {c.id!r}": c.duration > bound for j, c in enumerate(made)}
+    loader = build_dataloader(make_dataset_config(section), cuts["tok"])
+    dropped = [p for p, long in places.items() if long]
+    assert 0 < len(dropped) == loader.report()["too_long_audio"]
+    assert loader.filter_drops.places["too_long_audio"] == dropped[:5]
+    metadata = [m for batch in loader for m in batch["metadata"]]
+    assert {m["where"] for m in metadata} == {p for p, long in places.items() if not long}
+    assert all(ORIGIN_KEY not in m for m in metadata)

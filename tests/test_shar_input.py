@@ -21,6 +21,7 @@ from lhotse import CutSet, Recording, SupervisionSegment
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, SpeechDataError
+from speechdata.lines import ORIGIN_KEY
 from speechdata.testing import make_corpus
 
 #: Cuts per Shar shard (30 cuts: 4 shards, the last one short).
@@ -168,3 +169,18 @@ def test_shar_sources_mix_by_weight(shar: dict[str, Any]) -> None:
     datasets = [sid >> 32 for batch in loader for sid in batch["sample_ids"].tolist()]
     total = len(shar["corpus"].entries) + 2 * SHARD_SIZE  # the epoch has as many entries as examples
     assert len(datasets) == total and abs(datasets.count(0) - 0.75 * total) < 1  # within one example
+
+
+def test_messages_name_the_cuts_shard_line_and_cut(shar: dict[str, Any]) -> None:
+    """A Shar example's place (batch metadata, messages) is its cuts shard's line and the cut
+    (cut k: shard k // SHARD_SIZE, line k % SHARD_SIZE + 1), never the cached manifest's line;
+    the origin itself never reaches a batch."""
+    loader = build_dataloader(make_dataset_config({**COMMON, "shar_path": str(shar["dir"])}), shar["tok"])
+    metadata = [m for batch in loader for m in batch["metadata"]]
+    assert len(metadata) == 30 and all(ORIGIN_KEY not in m for m in metadata)
+    want = {
+        f"{shar['dir']}/cuts.{k // SHARD_SIZE:06d}.jsonl.gz:{k % SHARD_SIZE + 1}: cut 'rec{k}'"
+        for k in range(30)
+    }
+    assert {m["where"] for m in metadata} == want
+    assert loader.index.where(0) == f"{shar['dir']}/cuts.000000.jsonl.gz:1: cut 'rec0'"

@@ -12,6 +12,11 @@ and manifest shard ``i`` goes with tar ``i`` of ``tarred_audio_filepaths``, by p
 shards are written as one manifest whose lines carry the ``shard_id`` of their tar, so each
 audio turn (its ``value`` is a member name) is looked up in its own tar only.
 
+Every line speechdata writes into a converted manifest names where it came from under
+:data:`~speechdata.lines.ORIGIN_KEY` (``manifest_3.jsonl:17``; the converters of lhotse cuts name
+the cuts file's line and the cut), so messages about it name the user's file and line
+(:func:`~speechdata.lines.line_where`), never the cached manifest's.
+
 Example::
 
     >>> cfg = resolve_paired(cfg)   # manifest__OP_0..3_CL_.jsonl -> ~/.cache/speechdata/paired/....jsonl
@@ -32,12 +37,14 @@ import orjson
 from speechdata.cache import FileStamp, cache_folder, prune, source_digest, touch
 from speechdata.config import DatasetConfig
 from speechdata.errors import SpeechDataError
+from speechdata.lines import INVALID_KEY, ORIGIN_KEY, ManifestKeys, json_error, parse_line
 from speechdata.shards.read import paired_shards, shard_ids
 
 __all__ = ["converted_manifest", "paired_manifest", "resolve_paired"]
 
 #: Bump when the lines written for paired shards change.
-PAIRED_VERSION = 1
+PAIRED_VERSION = 2
+_BOM = b"\xef\xbb\xbf"
 
 
 def converted_manifest(
@@ -76,8 +83,9 @@ def converted_manifest(
 
 
 def read_lines(path: str) -> list[bytes]:
-    """The lines of a JSONL file (``.gz`` decompressed); a missing or unreadable file is a
-    one-line :class:`SpeechDataError` naming it."""
+    """The lines of a JSONL file (``.gz`` decompressed), split at ``\\n`` only and numbered as
+    the indexer numbers them (line ``k`` is item ``k - 1``; a UTF-8 byte order mark at the start
+    is skipped); a missing or unreadable file is a one-line :class:`SpeechDataError` naming it."""
     if not os.path.isfile(path):
         raise SpeechDataError(f"{path}: manifest not found")
     try:
@@ -89,13 +97,16 @@ def read_lines(path: str) -> list[bytes]:
         raise SpeechDataError(
             f"{path}: cannot read ({' '.join(str(e).split()) or type(e).__name__})"
         ) from None
-    return data.splitlines()
+    lines = data.removeprefix(_BOM).split(b"\n")
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 def paired_manifest(pairs: Sequence[tuple[str, str]], cache_dir: str | None = None) -> Path:
     """One manifest of the manifest shards of ``pairs`` (``(manifest i, tar i)``), in order, each
-    line given the ``shard_id`` of its tar (a line with its own ``shard_id`` keeps it). A line
-    that is not a JSON object is written as it is, for the indexer to report."""
+    line given the ``shard_id`` of its tar (a line with its own ``shard_id`` keeps it) and its
+    origin (``manifest:line``, :data:`~speechdata.lines.ORIGIN_KEY`). A line that is not a JSON
+    object is written as its origin and why (:data:`~speechdata.lines.INVALID_KEY`), for the
+    indexer to report as a ``bad_line`` of the manifest shard; blank lines are left out."""
     ids = shard_ids([tar for _, tar in pairs])
     manifests = [m for m, _ in pairs]
     for m in manifests:
@@ -105,21 +116,26 @@ def paired_manifest(pairs: Sequence[tuple[str, str]], cache_dir: str | None = No
     def convert() -> bytes:
         out: list[bytes] = []
         for m, sid in zip(manifests, ids, strict=True):
-            for raw in read_lines(os.path.expanduser(m)):
+            for number, raw in enumerate(read_lines(os.path.expanduser(m)), start=1):
                 if not raw.strip():
                     continue
                 try:
                     obj = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if isinstance(obj, dict):
+                    if type(obj) is not dict:
+                        parse_line(obj, ManifestKeys())  # raises the rule's message
                     obj.setdefault("shard_id", sid)
-                    raw = orjson.dumps(obj)
-                out.append(raw)
+                except orjson.JSONDecodeError as e:
+                    obj = {INVALID_KEY: json_error(raw, e)}
+                except ValueError as e:
+                    obj = {INVALID_KEY: str(e)}
+                obj[ORIGIN_KEY] = f"{m}:{number}"
+                out.append(orjson.dumps(obj))
         return b"\n".join(out) + (b"\n" if out else b"")
 
+    # the manifests as named are part of the binding: the lines name them so
+    settings = json.dumps([ids, manifests])
     return converted_manifest(
-        "paired", manifests, convert, version=PAIRED_VERSION, settings=json.dumps(ids), cache_dir=cache_dir
+        "paired", manifests, convert, version=PAIRED_VERSION, settings=settings, cache_dir=cache_dir
     )
 
 

@@ -13,7 +13,10 @@ cut:
 * ``text``: the texts of its supervisions, joined by a space (the answer; with
   ``lhotse_as_conversation`` the user turn is the ``context`` tag, as in NeMo's SALM recipe);
 * the cut's custom fields that are plain values (a ``context`` custom field is the line's context);
-  a supervision's ``language`` becomes ``lang``.
+  a supervision's ``language`` becomes ``lang``;
+* its place (``cuts.jsonl.gz:5: cut 'c1'``, :func:`cut_place`) under
+  :data:`~speechdata.lines.ORIGIN_KEY`: later messages about the line name the cut, not the
+  converted manifest's line.
 
 Only what a NeMo manifest can say is accepted; anything else is a one-line error naming
 ``path:line`` and the cut: a cut that is not a ``MonoCut`` (mixed or padding cuts), a recording
@@ -39,13 +42,14 @@ import orjson
 
 from speechdata.config import CUTS_PREFIX, DatasetConfig
 from speechdata.errors import ConfigError, SpeechDataError
+from speechdata.lines import ORIGIN_KEY
 from speechdata.sources.converted import converted_manifest
 
-__all__ = ["cut_text_fields", "cuts_manifest", "read_cuts", "resolve_cuts"]
+__all__ = ["cut_place", "cut_text_fields", "cuts_manifest", "read_cuts", "resolve_cuts"]
 
 #: Bump when the lines written for a cut change.
-CACHE_VERSION = 1
-_RESERVED = ("audio_filepath", "duration", "offset", "text")
+CACHE_VERSION = 2
+_RESERVED = ("audio_filepath", "duration", "offset", "text", ORIGIN_KEY)
 
 
 def resolve_cuts(cfg: DatasetConfig) -> DatasetConfig:
@@ -67,8 +71,14 @@ def cuts_manifest(path: str, cache_dir: str | None = None) -> Path:
     real = os.path.realpath(os.path.expanduser(path))
     if not os.path.isfile(real):
         raise SpeechDataError(f"{path}: cuts manifest not found")
+    # the path as named is part of the binding: the lines name it so
     return converted_manifest(
-        "cuts", [real], lambda: _convert(real, path), version=CACHE_VERSION, cache_dir=cache_dir
+        "cuts",
+        [real],
+        lambda: _convert(real, path),
+        version=CACHE_VERSION,
+        settings=path,
+        cache_dir=cache_dir,
     )
 
 
@@ -110,15 +120,23 @@ def read_cuts(real: str, shown: str) -> Iterator[tuple[Any, str]]:
         raise SpeechDataError(f"{shown}: cannot read after line {number} ({detail})") from None
 
 
-def _line(cut: Any, where: str, folder: str) -> dict[str, Any]:
-    """One cut as a NeMo manifest line (see the module docstring)."""
+def cut_place(cut: Any, where: str) -> str:
+    """How messages name ``cut``, read at ``where`` (``cuts.jsonl.gz:5``): ``cuts.jsonl.gz:5: cut
+    'c1'``. A cut that is not a ``MonoCut`` with a recording is a one-line
+    :class:`SpeechDataError` naming it."""
     kind = type(cut).__name__
     name = f"{where}: cut {getattr(cut, 'id', '?')!r}"
     if kind != "MonoCut":
         raise SpeechDataError(f"{name}: a {kind} is not supported (only single-recording MonoCuts)")
-    rec = cut.recording
-    if rec is None:
+    if cut.recording is None:
         raise SpeechDataError(f"{name}: has no recording (cuts without audio are not supported)")
+    return name
+
+
+def _line(cut: Any, where: str, folder: str) -> dict[str, Any]:
+    """One cut as a NeMo manifest line (see the module docstring)."""
+    name = cut_place(cut, where)
+    rec = cut.recording
     if len(rec.sources) != 1 or rec.sources[0].type != "file":
         types = ", ".join(s.type for s in rec.sources)
         raise SpeechDataError(
@@ -136,7 +154,9 @@ def _line(cut: Any, where: str, folder: str) -> dict[str, Any]:
     line: dict[str, Any] = {"audio_filepath": path, "duration": round(float(cut.duration), 6)}
     if cut.start:
         line["offset"] = round(float(cut.start), 6)
-    return cut_text_fields(cut, line)
+    line = cut_text_fields(cut, line)
+    line[ORIGIN_KEY] = name
+    return line
 
 
 def cut_text_fields(cut: Any, line: dict[str, Any]) -> dict[str, Any]:

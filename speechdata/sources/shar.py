@@ -14,9 +14,10 @@ shard lists (``{cuts: [...], recording: [...]}``, lists or brace patterns); only
 cuts file and tar) and gives the recording tars as ``tarred_audio_filepaths``: from then on the
 dataset is a tarred dataset read by offset (or streamed) by :mod:`speechdata.shards.read`. One
 line per cut, as :mod:`speechdata.sources.cuts` writes it (``text``, ``lang``, plain custom
-fields), with ``audio_filepath`` the cut's member, ``duration`` the cut's, ``shard_id`` its
-tar, and the member's ``tar_offset``/``tar_size`` from the tar's headers (scanned once,
-cached as every member table is). The member holds the cut's audio only, so it is read from its
+fields, the cut's place in its cuts file as the line's origin), with ``audio_filepath`` the
+cut's member, ``duration`` the cut's, ``shard_id`` its tar, and the member's
+``tar_offset``/``tar_size`` from the tar's headers (scanned once, cached as every member table
+is). The member holds the cut's audio only, so it is read from its
 start. Errors name the file: a missing or unreadable shard, a cuts line that is not a
 ``MonoCut`` with a recording, a cut whose member is not in its tar (a truncated tar keeps the
 members before the break), and shard lists of different lengths.
@@ -38,14 +39,15 @@ import orjson
 
 from speechdata.config import SHAR_PREFIX, DatasetConfig
 from speechdata.errors import ConfigError, DataError, SpeechDataError
+from speechdata.lines import ORIGIN_KEY
 from speechdata.shards.read import expand_tar_paths, member_table, shard_ids
 from speechdata.sources.converted import converted_manifest
-from speechdata.sources.cuts import cut_text_fields, read_cuts
+from speechdata.sources.cuts import cut_place, cut_text_fields, read_cuts
 
 __all__ = ["resolve_shar", "shar_manifest", "shar_shards"]
 
 #: Bump when the lines written for a Shar cut change.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Tar members that are not a cut's data (lhotse's metadata and placeholders).
 _NOT_DATA = (".json", ".nodata", ".nometa")
 
@@ -119,7 +121,10 @@ def shar_manifest(cuts: list[str], tars: list[str], cache_dir: str | None = None
                 lines.append(orjson.dumps(_line(cut, where, members, tar, sid)))
         return b"\n".join(lines) + (b"\n" if lines else b"")
 
-    return converted_manifest("shar", [*cuts, *tars], convert, version=CACHE_VERSION, cache_dir=cache_dir)
+    # the cuts files as named are part of the binding: the lines name them so
+    return converted_manifest(
+        "shar", [*cuts, *tars], convert, version=CACHE_VERSION, settings=json.dumps(cuts), cache_dir=cache_dir
+    )
 
 
 def _data_members(tar: str, cache_dir: str | None) -> dict[str, tuple[str, int, int]]:
@@ -141,12 +146,7 @@ def _line(
     cut: Any, where: str, members: dict[str, tuple[str, int, int]], tar: str, sid: int
 ) -> dict[str, Any]:
     """One Shar cut as a tarred manifest line (see the module docstring)."""
-    kind = type(cut).__name__
-    name = f"{where}: cut {getattr(cut, 'id', '?')!r}"
-    if kind != "MonoCut":
-        raise SpeechDataError(f"{name}: a {kind} is not supported (only single-recording MonoCuts)")
-    if cut.recording is None:
-        raise SpeechDataError(f"{name}: has no recording (cuts without audio are not supported)")
+    name = cut_place(cut, where)
     found = members.get(cut.id)
     if found is None:
         raise SpeechDataError(
@@ -156,4 +156,5 @@ def _line(
     line: dict[str, Any] = {"audio_filepath": member, "duration": round(float(cut.duration), 6)}
     line = cut_text_fields(cut, line)
     line.update(shard_id=sid, tar_offset=offset, tar_size=size)
+    line[ORIGIN_KEY] = name
     return line
