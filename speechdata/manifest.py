@@ -181,12 +181,13 @@ class Index:
         source = self.datasets[int(self.dataset[i])].source
         return self._files.pread(source, int(self.line_length[i]), int(self.line_offset[i]))
 
-    def where(self, i: int) -> str:
+    def where(self, i: int, line: Any = None) -> str:
         """``path:line`` of row ``i``, for messages; for a line converted from another file, the
-        place it came from (:func:`~speechdata.lines.line_where`: the line is read again)."""
+        place it came from (:func:`~speechdata.lines.line_where`). ``line``: the row's line as
+        the caller decoded it, else it is read again."""
         info = self.datasets[int(self.dataset[i])]
-        obj: Any = None
-        if info.source:  # an Index of examples held in memory has no file to read
+        obj: Any = line
+        if obj is None and info.source:  # an Index of examples held in memory has no file to read
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
                 obj = orjson.loads(self.line(i))
         return line_where(info.path, int(self.line_no[i]), obj)

@@ -302,8 +302,8 @@ def _read_rows(index: Index, rows: np.ndarray, progress: Callable[[int], None]) 
     real = RealPaths()
     out: list[_Row | DataError] = []
     for i in rows:
-        where = index.where(i)
         raw = orjson.loads(index.line(i))
+        where = index.where(i, raw)
         try:
             rec = index.record(i)
             given = rec.names  # the paths as the line wrote them (conversation turns included)
