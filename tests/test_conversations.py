@@ -598,15 +598,9 @@ def test_text_only_conversations_mix_in_by_weight_and_batch_by_tokens(tmp_path: 
     """Text-only conversations (no audio turn) mixed with audio conversations through NeMo 2.x
     ``input_cfg`` weights: they pass the duration filters, a seconds-only budget refuses them
     (one line), a token budget batches them, and a batch of text alone trains the models."""
-    from speechdata.config import FeatureConfig
+    from helpers_models import tiny_config
+
     from speechdata.train.models import build_model
-    from speechdata.train.models.config import (
-        AdapterConfig,
-        EncoderConfig,
-        LLMConfig,
-        ModelConfig,
-        XAttnConfig,
-    )
 
     path, _ = _conversation_manifest(tmp_path)
     text = tmp_path / "text.jsonl"
@@ -653,22 +647,7 @@ def test_text_only_conversations_mix_in_by_weight_and_batch_by_tokens(tmp_path: 
     for arch in ("salm", "bestow"):
         torch.manual_seed(0)
         tok = loader.tokenizer
-        model = build_model(
-            ModelConfig(
-                arch=arch,
-                vocab_size=tok.vocab_size,
-                pad_id=tok.pad_id,
-                eos_id=tok.eos_id,
-                bos_id=tok.bos_id,
-                features=FeatureConfig(n_mels=16),
-                encoder=EncoderConfig(
-                    d_model=32, num_layers=1, num_heads=2, ffn_dim=64, subsampling_channels=8
-                ),
-                adapter=AdapterConfig(hidden_size=32),
-                llm=LLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64),
-                xattn=XAttnConfig(num_layers=1, num_heads=2, ffn_dim=64),
-            )
-        )
+        model = build_model(tiny_config(arch, tok, llm_layers=1))
         loss, count = model.loss(all_text)
         assert torch.isfinite(loss) and float(count) == float(all_text["loss_mask"].sum()) > 0
         loss.backward()

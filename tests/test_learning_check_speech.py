@@ -86,26 +86,14 @@ def test_ctc_targets_are_the_answers_of_single_audio_examples_without_eos_and_pa
 
 
 def _salm(ctc_weight: float) -> tuple[Any, Any]:
-    from speechdata.config import FeatureConfig
-    from speechdata.train.models import ModelConfig, build_model
-    from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConfig
+    from helpers_models import tiny_config
+
+    from speechdata.train.models import build_model
     from speechdata.train.synthetic import SyntheticSpec
 
     spec = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=2, min_seconds=0.2, max_seconds=0.4)
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=spec.vocab_size,
-        pad_id=spec.pad_id,
-        eos_id=spec.eos_id,
-        bos_id=spec.bos_id,
-        features=FeatureConfig(n_mels=16),
-        encoder=EncoderConfig(
-            d_model=32, num_layers=1, num_heads=2, ffn_dim=64, subsampling_channels=8, dropout=0.0
-        ),
-        adapter=AdapterConfig(hidden_size=32, ctc_weight=ctc_weight),
-        llm=LLMConfig(hidden_size=32, num_layers=1, num_attention_heads=2, ffn_hidden_size=64),
-    )
-    return build_model(cfg), spec
+    return build_model(tiny_config("salm", spec, llm_layers=1, ctc_weight=ctc_weight)), spec
 
 
 def test_ctc_weight_adds_a_ctc_loss_in_training_only_and_zero_keeps_the_model_as_it_was() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import helpers_models
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from speechdata.config import FeatureConfig
 from speechdata.errors import ConfigError
 from speechdata.features import log_mel
 from speechdata.train.models import BESTOW, SALM, LoRALinear, ModelConfig, build_model, model_config
-from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConfig, LoraConfig, XAttnConfig
+from speechdata.train.models.config import LoraConfig
 from speechdata.train.models.salm import splice_plan
 from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
 
@@ -17,23 +18,8 @@ SYNTH = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=3, min_seconds=0.
 
 
 def tiny_config(arch: str, **kw: object) -> ModelConfig:
-    """A very small model for fast tests."""
-    base = {
-        "vocab_size": SYNTH.vocab_size,
-        "pad_id": SYNTH.pad_id,
-        "eos_id": SYNTH.eos_id,
-        "bos_id": SYNTH.bos_id,
-        "arch": arch,
-        "features": FeatureConfig(n_mels=16),
-        "encoder": EncoderConfig(
-            d_model=32, num_layers=1, num_heads=2, ffn_dim=64, subsampling_channels=8, dropout=0.0
-        ),
-        "adapter": AdapterConfig(hidden_size=32),
-        "llm": LLMConfig(hidden_size=32, num_layers=2, num_attention_heads=2, ffn_hidden_size=64),
-        "xattn": XAttnConfig(num_layers=1, num_heads=2, ffn_dim=64),
-    }
-    base.update(kw)
-    return ModelConfig(**base)  # type: ignore[arg-type]
+    """A very small model for fast tests, with the synthetic batches' vocabulary."""
+    return helpers_models.tiny_config(arch, SYNTH, **kw)
 
 
 def make(arch: str, seed: int = 0, **kw: object) -> SALM | BESTOW:
