@@ -7,6 +7,10 @@ from typing import Any
 from speechdata.config import FeatureConfig
 from speechdata.train.models import ModelConfig
 from speechdata.train.models.config import AdapterConfig, EncoderConfig, LLMConfig, XAttnConfig
+from speechdata.train.synthetic import SyntheticSpec
+
+#: The synthetic batches' spec of the model tests (a 24-token vocabulary).
+SYNTH = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=3, min_seconds=0.1, max_seconds=0.3)
 
 
 def tiny_config(

@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers_models import SYNTH
+from helpers_models import tiny_config as _tiny_config
 
 from speechdata import build_dataloader
 from speechdata.batch import Batch
@@ -24,7 +26,6 @@ from speechdata.sampling.tokens import Measures, TokenCounts, filter_tokens
 from speechdata.testing import make_corpus
 from speechdata.train.models import build_model, masked_cross_entropy
 from speechdata.train.models.encoder import length_groups
-from tests.test_train_models import tiny_config
 
 
 @dataclass
@@ -268,7 +269,7 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(
     rows = _row_batch(packed, [0, 0, 0, 1, 1, 2, 2])
     assert rows["tokens"].shape[0] == 3
     torch.manual_seed(0)
-    model = build_model(tiny_config(arch)).float()
+    model = build_model(_tiny_config(arch, SYNTH)).float()
     grads = []
     losses = []
     for batch in (padded, rows):
@@ -295,7 +296,7 @@ def test_attention_does_not_cross_examples() -> None:
     tokens[0, cut : cut + int(m[2])] = 5
     other["tokens"] = tokens
     torch.manual_seed(0)
-    model = build_model(tiny_config("salm")).float().eval()
+    model = build_model(_tiny_config("salm", SYNTH)).float().eval()
     with torch.no_grad():
         a, b = model(rows), model(other)
     # the spliced row: examples 0, 1 come first; example 3 after example 2
@@ -343,7 +344,7 @@ def test_segment_attention_is_each_example_attended_alone() -> None:
 def test_each_audio_is_encoded_on_its_own() -> None:
     """An audio's embeddings do not depend on its batch mates (padding, length groups)."""
     torch.manual_seed(0)
-    model = build_model(tiny_config("salm")).float().eval()
+    model = build_model(_tiny_config("salm", SYNTH)).float().eval()
     rng = np.random.default_rng(1)
     clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (900, 4000, 1000, 2600, 4100)]
     width = max(c.size for c in clips)

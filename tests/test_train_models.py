@@ -12,9 +12,9 @@ from speechdata.features import log_mel
 from speechdata.train.models import BESTOW, SALM, LoRALinear, ModelConfig, build_model, model_config
 from speechdata.train.models.config import LoraConfig
 from speechdata.train.models.salm import splice_plan
-from speechdata.train.synthetic import SyntheticSpec, synthetic_batch
+from speechdata.train.synthetic import synthetic_batch
 
-SYNTH = SyntheticSpec(vocab_size=24, num_classes=4, max_audios=3, min_seconds=0.1, max_seconds=0.3)
+SYNTH = helpers_models.SYNTH
 
 
 def tiny_config(arch: str, **kw: object) -> ModelConfig:
