@@ -243,7 +243,7 @@ class ConversationBuilder:
                 continue
             before = render(chat[:k], where=where) if k else ""
             header = render(chat[:k], add_generation_prompt=True, where=where)
-            upto = render(chat[: k + 1], where=where)
+            upto = full if k + 1 == len(chat) else render(chat[: k + 1], where=where)
             if not (full.startswith(upto) and upto.startswith(header) and header.startswith(before)):
                 raise DataError(
                     "bad_line",
