@@ -14,6 +14,7 @@ Usage (on a machine with CUDA)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -21,12 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from speechdata import build_dataloader
 from speechdata.collate import finalize
-from speechdata.config import make_dataset_config
+from speechdata.config import DatasetConfig, make_dataset_config
 from speechdata.testing import make_corpus
 from speechdata.text.tokenizer import train_tokenizer
 
@@ -86,6 +88,38 @@ def _time(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
+def finalize_timings(cfg: DatasetConfig, tokenizer: Any, device: str, repeats: int) -> dict[str, float]:
+    """Median milliseconds of :func:`speechdata.collate.finalize` on the CPU and on ``device`` for
+    the biggest batch (by audio seconds) of ``cfg``'s epoch-0 plan in one bucket: padding alone
+    (``pad_*_ms``) and padding with log-mel features (``pad+logmel_*_ms``; ``cfg.features``, else
+    the defaults), the device's source batch pinned on CUDA; with the batch's audio seconds
+    (``timed_batch_audio_seconds``) and examples (``timed_batch_examples``)."""
+    from speechdata.config import FeatureConfig
+    from speechdata.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    features = cfg.features or FeatureConfig()
+    big = dataclasses.replace(cfg, num_buckets=1, features=None, num_workers=0)
+    loader = build_dataloader(big, tok, device="cpu")
+    plan = loader.sampler.plan(0)
+    biggest = max(range(len(plan)), key=lambda k: float(loader.index.duration[plan.batch(k)].sum()))
+    packed = loader.dataset.__getitems__(plan.batch(biggest).tolist())
+    pinned = packed.pin_memory() if device.startswith("cuda") else packed
+    timings = {
+        "timed_batch_audio_seconds": float(packed.audio_lengths.sum()) / cfg.sample_rate,
+        "timed_batch_examples": len(packed),
+    }
+    for label, feats in (("pad", None), ("pad+logmel", features)):
+        for tag, dev, src in (("cpu", "cpu", packed), ("dev", device, pinned)):
+
+            def run(dev: str = dev, src: Any = src, feats: Any = feats) -> None:
+                finalize(src, device=dev, pad_id=tok.pad_id, features=feats, sample_rate=cfg.sample_rate)
+
+            run()
+            timings[f"{label}_{tag}_ms"] = 1000 * _time(run, repeats, dev.startswith("cuda"))
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; exit code 0 when every batch matched."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,25 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # Time device finalisation of one ~600 s packed batch (features on and off).
-    big = make_dataset_config(
-        {**base, "batch_duration": 600.0, "num_buckets": 1, "features": None, "num_workers": 0}
-    )
-    loader = build_dataloader(big, tok, device="cpu")
-    plan = loader.sampler.plan(0)
-    biggest = max(range(len(plan)), key=lambda k: float(loader.index.duration[plan.batch(k)].sum()))
-    ids = plan.batch(biggest).tolist()
-    packed = loader.dataset.__getitems__(ids)
-    pinned = packed.pin_memory() if dev_b == "cuda" else packed
-    timings = {}
-    for label, feats in (("pad", None), ("pad+logmel", cfg.features)):
-        for tag, dev, src in (("cpu", "cpu", packed), ("dev", dev_b, pinned)):
-
-            def run(dev: str = dev, src=src, feats=feats) -> None:
-                finalize(src, device=dev, pad_id=tok.pad_id, features=feats, sample_rate=16000)
-
-            run()
-            timings[f"{label}_{tag}_ms"] = 1000 * _time(run, args.repeats, dev == "cuda")
-    audio_seconds = float(packed.audio_lengths.sum()) / 16000
+    big = make_dataset_config({**base, "batch_duration": 600.0})
+    timings = finalize_timings(big, tok, dev_b, args.repeats)
     report = {
         "device": torch.cuda.get_device_name(0) if dev_b == "cuda" else "cpu (dry run)",
         "torch": torch.__version__,
@@ -167,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         "examples": len(corpus.entries),
         "max_abs_diff": worst,
         "features": feature_stats,
-        "timed_batch_audio_seconds": round(audio_seconds, 2),
-        "timed_batch_examples": len(packed),
         **{k: round(v, 3) for k, v in timings.items()},
         "speedup_pad": round(timings["pad_cpu_ms"] / timings["pad_dev_ms"], 2),
         "speedup_pad_logmel": round(timings["pad+logmel_cpu_ms"] / timings["pad+logmel_dev_ms"], 2),
