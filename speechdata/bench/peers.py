@@ -263,9 +263,9 @@ def _budget(job: Job, clips: Sequence[Clip]) -> float | None:
     return job.max_batches * float(per_batch)
 
 
-def run_floor(job: Job, meter: Meter) -> RunFigures:
-    """Decode every clip span with soundfile (seek + read), in manifest order, one process; a tar
-    member's bytes are read by offset and decoded from memory."""
+def _clip_by_clip(job: Job, meter: Meter, frames: Callable[[Clip, TarReader], int]) -> RunFigures:
+    """Every clip span decoded by ``frames(clip, members)`` (returns the frames decoded), in
+    manifest order, one process, no batching; stops at the job's batch budget."""
     clips = load_clips(job.clips_file)
     budget = _budget(job, clips)
     members = TarReader()
@@ -274,8 +274,7 @@ def run_floor(job: Job, meter: Meter) -> RunFigures:
     try:
         for _ in range(job.epochs):
             for c in clips:
-                audio = io.BytesIO(members.clip(c)) if c.member else c.path
-                seconds = decode_span(audio, c.start, c.frames).shape[0] / c.sample_rate
+                seconds = frames(c, members) / c.sample_rate
                 done += seconds
                 meter.batch(seconds, int(c.clip == 0), 1)
                 if budget is not None and done >= budget:
@@ -285,29 +284,30 @@ def run_floor(job: Job, meter: Meter) -> RunFigures:
     return meter.figures(batched=False)
 
 
+def run_floor(job: Job, meter: Meter) -> RunFigures:
+    """Decode every clip span with soundfile (seek + read), in manifest order, one process; a tar
+    member's bytes are read by offset and decoded from memory."""
+
+    def frames(c: Clip, members: TarReader) -> int:
+        audio = io.BytesIO(members.clip(c)) if c.member else c.path
+        return int(decode_span(audio, c.start, c.frames).shape[0])
+
+    return _clip_by_clip(job, meter, frames)
+
+
 def run_decoder(job: Job, meter: Meter) -> RunFigures:
     """The floor's clip spans decoded by speechdata's own decoder (:func:`speechdata.audio.load_audio`,
     at the file's rate), one process, no batching: the decode the loader's workers do, without
     the rest of the loader."""
     from speechdata.audio import load_audio
 
-    clips = load_clips(job.clips_file)
-    budget = _budget(job, clips)
-    members = TarReader()
-    meter.start()
-    done = 0.0
-    try:
-        for _ in range(job.epochs):
-            for c in clips:
-                audio = members.clip(c) if c.member else c.path
-                x = load_audio(audio, offset=c.start / c.sample_rate, duration=c.frames / c.sample_rate)
-                done += x.shape[0] / c.sample_rate
-                meter.batch(x.shape[0] / c.sample_rate, int(c.clip == 0), 1)
-                if budget is not None and done >= budget:
-                    return meter.figures(batched=False)
-    finally:
-        members.close()
-    return meter.figures(batched=False)
+    def frames(c: Clip, members: TarReader) -> int:
+        audio = members.clip(c) if c.member else c.path
+        return int(
+            load_audio(audio, offset=c.start / c.sample_rate, duration=c.frames / c.sample_rate).shape[0]
+        )
+
+    return _clip_by_clip(job, meter, frames)
 
 
 def run_speechdata(job: Job, meter: Meter) -> RunFigures:
