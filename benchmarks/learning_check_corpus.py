@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,10 @@ from speechdata.testing import make_corpus, write_manifest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # the sibling module (also when this file is loaded by path)
+    sys.path.insert(0, str(HERE))
+
+from learning_runs import run_jobs, run_overrides  # noqa: E402
 
 
 def build_corpus(
@@ -94,21 +96,11 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
 
     minutes = job["minutes"]
     overrides = [
-        "trainer.max_steps=1000000",
+        *run_overrides(job),
         f"trainer.max_time='00:00:{int(minutes):02d}:{round((minutes % 1) * 60):02d}'",
-        "trainer.val_check_interval=1000000",
-        "trainer.limit_val_batches=1.0",
-        "trainer.enable_progress_bar=False",
-        "trainer.enable_model_summary=False",
-        f"exp_manager.exp_dir={job['exp_dir']}",
-        "exp_manager.create_checkpoint_callback=False",
-        "exp_manager.resume_if_exists=False",
-        f"model.tokenizer.model={job['tokenizer']}",
         f"model.train_ds.manifest_filepath={job['manifest']}",
         f"model.validation_ds.manifest_filepath={job['val']}",
         "model.train_ds.num_workers=1",
-        f"model.seed={job['seed']}",
-        f"optim.sched.warmup_steps={job['warmup']}",
         f"optim.lr={job['lr']}",
         *job.get("overrides", []),
     ]
@@ -187,10 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for arch in [a.strip() for a in args.arch.split(",") if a.strip()]
         for control in (False, True)
     ]
-    # not a multiprocessing.Pool: its daemonic workers could not start DataLoader workers
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(args.parallel, mp_context=ctx, max_tasks_per_child=1) as pool:
-        results = list(pool.map(one_run, jobs))
+    results = run_jobs(one_run, jobs, args.parallel)
     lines = [
         f"Learning check: {args.train} tone-alphabet examples ({data['train_hours']} h, "
         f"{args.seconds_per_char:g} s per character), {args.val} held out, "

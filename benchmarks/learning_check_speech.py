@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # the sibling module (also when this file is loaded by path)
+    sys.path.insert(0, str(HERE))
+
+from learning_runs import run_jobs, run_overrides  # noqa: E402
 
 #: The audio locator (one token of the tokenizer, as the bundled configs use).
 LOCATOR = "|audio|"
@@ -247,17 +249,9 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(json.dumps(input_cfg) + "\n")  # JSON is YAML
     overrides = [
-        "trainer.max_steps=1000000",
+        *run_overrides(job),
         f"trainer.max_time='00:{int(job['max_wall_minutes']) // 60:02d}:{int(job['max_wall_minutes']) % 60:02d}:00'",
-        "trainer.val_check_interval=1000000",
-        "trainer.limit_val_batches=1.0",
-        "trainer.enable_progress_bar=False",
-        "trainer.enable_model_summary=False",
-        f"exp_manager.exp_dir={job['exp_dir']}",
-        "exp_manager.create_checkpoint_callback=False",
         "exp_manager.create_tensorboard_logger=False",
-        "exp_manager.resume_if_exists=False",
-        f"model.tokenizer.model={job['tokenizer']}",
         "model.train_ds.manifest_filepath=null",
         f"model.train_ds.input_cfg={cfg_path}",
         "model.train_ds.prompt_template=null",
@@ -267,8 +261,6 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         f"model.validation_ds.manifest_filepath={job['val']}",
         "model.validation_ds.prompt_format=qwen",
         f"model.validation_ds.max_duration={job['max_duration']}",
-        f"model.seed={job['seed']}",
-        f"optim.sched.warmup_steps={job['warmup']}",
         f"optim.sched.max_steps={job['decay_steps']}",
         *([f"optim.lr={job['lr']}"] if job["lr"] is not None else []),
         *job.get("overrides", []),
@@ -391,10 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         for arch in archs
         for control in ((False,) if args.no_control else (False, True))
     ]
-    # not a multiprocessing.Pool: its daemonic workers could not start DataLoader workers
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(args.parallel, mp_context=ctx, max_tasks_per_child=1) as pool:
-        results = list(pool.map(one_run, jobs))
+    results = run_jobs(one_run, jobs, args.parallel)
     lines = [
         f"Learning check on speech: {data['train_examples']} espeak-ng conversations "
         f"({data['train_hours']} h, {args.min_duration:g}-{args.max_duration:g} s) + "
