@@ -5,12 +5,12 @@ pass and its cache, through the planner and through build_dataloader with a NeMo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers_sampling import FakeIndex, make_index
 
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
@@ -26,19 +26,8 @@ LOCATOR = "|audio|"
 NEMO_BINS = np.array([[10, 5], [10, 10], [20, 12], [20, 18]], dtype=np.float64)
 
 
-@dataclass
-class FakeIndex:
-    duration: np.ndarray
-    min_clip: np.ndarray
-    max_clip: np.ndarray
-    num_audios: np.ndarray
-    dataset: np.ndarray
-    num_datasets: int
-
-
 def _index(d: np.ndarray) -> FakeIndex:
-    d = np.asarray(d, dtype=np.float32)
-    return FakeIndex(d, d.copy(), d.copy(), np.ones(d.size, np.uint8), np.zeros(d.size, np.uint16), 1)
+    return make_index(d)
 
 
 def _cfg(**kw: Any):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from helpers_models import SYNTH
 from helpers_models import tiny_config as _tiny_config
+from helpers_sampling import FakeIndex, make_index
 
 from speechdata import build_dataloader
 from speechdata.batch import Batch
@@ -28,20 +28,8 @@ from speechdata.train.models import build_model, masked_cross_entropy
 from speechdata.train.models.encoder import length_groups
 
 
-@dataclass
-class FakeIndex:
-    duration: np.ndarray
-    min_clip: np.ndarray
-    max_clip: np.ndarray
-    num_audios: np.ndarray
-    dataset: np.ndarray
-    num_datasets: int = 1
-
-
 def _index(d: np.ndarray) -> FakeIndex:
-    d = d.astype(np.float32)
-    n = d.size
-    return FakeIndex(d, d, d, np.ones(n, np.uint8), np.zeros(n, np.uint16))
+    return make_index(d)
 
 
 def _cfg(**kw: Any) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_sampling import libri_like, make_index
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from speechdata.sampling import BatchSampler, Position, make_buckets, plan_epoch
 from speechdata.sampling.plan import _synced_groups, _synced_groups_v1
 from speechdata.sampling.position import POSITION_VERSION, V1_DEALS
 from speechdata.testing import make_corpus
-from tests.test_sampling import libri_like, make_index
 
 # ---------------------------------------------------------------- the grouping, by a plain loop
 
