@@ -16,16 +16,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pip install -q --no-index --find-links .whl braceexpand omegaconf orjson soundfile soxr webdataset \
   >"$OUT/pip.log" 2>&1 || { tail -3 "$OUT/pip.log"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-status=0
-step() {  # name, timeout seconds, command...
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "$name: exit $rc in $((SECONDS - t0)) s"
-  [ $rc -eq 0 ] || { tail -5 "$OUT/$name.log"; status=1; }
-}
+# shellcheck source=tools/gpu_step.sh
+source "$(dirname "$0")/gpu_step.sh"
 step gpu_check 150 python3 benchmarks/gpu_check.py --out "$OUT/gpu_check.json"
 step demo 200 python3 -m speechdata demo --out /tmp/demo --steps 150
 grep -E "loss|CER|step|salm|bestow" "$OUT/demo.log" | tail -12

@@ -65,18 +65,8 @@ else
 fi
 [ "$DEVICE" = cpu ] && BENCH+=(--finalize)
 nproc
-status=0
-summary=()
-step() {  # name, timeout seconds, command...
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  summary+=("$name: exit $rc in $((SECONDS - t0)) s")
-  echo "$name: exit $rc in $((SECONDS - t0)) s"
-  [ $rc -eq 0 ] || { tail -5 "$OUT/$name.log"; status=1; }
-}
+# shellcheck source=tools/gpu_step.sh
+source "$(dirname "$0")/gpu_step.sh"
 
 # §4: worker scaling (makes the corpora in $WORK, reused by the steps below)
 # shellcheck disable=SC2086  # WORKERS is a list of counts
