@@ -244,17 +244,45 @@ CHATML = (
 )
 
 
-@pytest.fixture(scope="module")
-def chat(tokenizers, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, PreTrainedTokenizerFast]:
-    folder = tmp_path_factory.mktemp("chat")
+def _chat_pair(tokenizers, folder: Path, template: str) -> tuple[Any, PreTrainedTokenizerFast]:
+    """Our tokenizer with ``template`` as its chat template, and transformers' (the oracle)."""
     src = Path(tokenizers["hf"].source)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.json").write_bytes(src.read_bytes())
     specials = {"eos_token": "<|im_end|>", "pad_token": "<pad>"}
-    (folder / "tokenizer_config.json").write_text(json.dumps({**specials, "chat_template": CHATML}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({**specials, "chat_template": template}))
     from speechdata.text.tokenizer import load_tokenizer
 
-    oracle = PreTrainedTokenizerFast(tokenizer_file=str(src), chat_template=CHATML, **specials)
+    oracle = PreTrainedTokenizerFast(tokenizer_file=str(src), chat_template=template, **specials)
     return load_tokenizer(folder), oracle
+
+
+@pytest.fixture(scope="module")
+def chat(tokenizers, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, PreTrainedTokenizerFast]:
+    return _chat_pair(tokenizers, tmp_path_factory.mktemp("chat"), CHATML)
+
+
+def _check_against_oracle(
+    p: Any, tok: Any, oracle: PreTrainedTokenizerFast, messages: list, audios: int
+) -> None:
+    """``p`` (a built prompt) is the oracle's text, tokenized the natural way, with each assistant
+    turn (what the template adds for it: render(messages[:k+1]) minus render(messages[:k])) a target."""
+    rendered = [
+        {"role": r, "content": "".join(x if isinstance(x, str) else LOC for x in parts)}
+        for r, parts in messages
+    ]
+    text = oracle.apply_chat_template(rendered, tokenize=False)
+    spans = []
+    for k, m in enumerate(rendered):
+        if m["role"] == "assistant":
+            before = oracle.apply_chat_template(rendered[:k], tokenize=False) if k else ""
+            spans.append((len(before), len(oracle.apply_chat_template(rendered[: k + 1], tokenize=False))))
+    ids, positions, targets = expected_tokens(tok, text, spans)
+    assert p.input_ids == ids
+    assert p.audio_positions == positions
+    assert p.loss_mask == targets
+    if not audios:
+        assert p.input_ids == oracle.apply_chat_template(rendered, tokenize=True, return_dict=False)
 
 
 @settings(max_examples=30, deadline=None)
@@ -262,24 +290,53 @@ def chat(tokenizers, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Pre
 def test_chat_template_equals_transformers(chat, data) -> None:
     tok, oracle = chat
     messages, audios = data
-    rendered = [
-        {"role": r, "content": "".join(p if isinstance(p, str) else LOC for p in parts)}
-        for r, parts in messages
-    ]
-    text = oracle.apply_chat_template(rendered, tokenize=False)
-    # each assistant turn: what the template adds for it
-    spans = []
-    for k, m in enumerate(rendered):
-        if m["role"] == "assistant":
-            before = oracle.apply_chat_template(rendered[:k], tokenize=False) if k else ""
-            spans.append((len(before), len(oracle.apply_chat_template(rendered[: k + 1], tokenize=False))))
-    ids, positions, targets = expected_tokens(tok, text, spans)
     p = builder(tok, prompt_format="chat_template", audio_locator=LOC).build_record(record(messages, audios))
-    assert p.input_ids == ids
-    assert p.audio_positions == positions
-    assert p.loss_mask == targets
-    if not audios:
-        assert p.input_ids == oracle.apply_chat_template(rendered, tokenize=True, return_dict=False)
+    _check_against_oracle(p, tok, oracle, messages, audios)
+
+
+#: A template whose text depends on the contents (a flag in the header of a message that says
+#: "stop"), which a probe conversation of stand-in contents cannot show.
+FLAGGED = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] }}{% if 'stop' in message['content'] %}"
+    "{{ ' [flag]' }}{% endif %}{{ '\\n' + message['content'] | trim + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [CHATML, FLAGGED], ids=["chatml", "content-dependent"])
+def test_chat_template_renders_once_per_conversation_and_stays_exact(
+    tokenizers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    """One builder, many conversations of the same roles: each is rendered once (its turns are
+    located on a probe conversation of those roles), except one whose text the probe cannot
+    predict (a content the template trims or tests), which is located render by render. Every
+    prompt equals the oracle's either way."""
+    from speechdata.text.chat import ChatTemplate
+
+    tok, oracle = _chat_pair(tokenizers, tmp_path / "tok", template)
+    renders = []
+    real = ChatTemplate.render
+    monkeypatch.setattr(
+        ChatTemplate, "render", lambda self, *a, **k: renders.append(1) or real(self, *a, **k)
+    )
+    b = builder(tok, prompt_format="chat_template", audio_locator=LOC)
+    plain = [
+        [("user", (f"{w} please", 0)), ("assistant", (f"{w} {v}",)), ("user", (w,)), ("assistant", (v,))]
+        for w, v in zip(WORDS[:6], WORDS[5:], strict=True)
+    ]
+    for messages in plain:
+        _check_against_oracle(b.build_record(record(messages, 1)), tok, oracle, messages, 1)
+    by_prefix = 1 + 3 + 2  # the text; turn 1: before, header, prefix; turn 2: before, header
+    assert len(renders) == len(plain) + by_prefix  # each conversation once, and the probe
+    renders.clear()
+    odd = [
+        ("user", (0, " stop here ")),
+        ("assistant", (" ends with space ",)),
+        ("user", ("x",)),
+        ("assistant", ("y",)),
+    ]
+    _check_against_oracle(b.build_record(record(odd, 1)), tok, oracle, odd, 1)
+    assert len(renders) == by_prefix
 
 
 # ---------------------------------------------------------------------------- lines

@@ -16,7 +16,8 @@ to the part of the text that holds its last character.
 * **Loss.** Each assistant turn as its format writes it is a target: for a named format the whole
   turn template (NeMo's rule: ``<|im_start|>assistant\\n...<|im_end|>\\n`` for ``qwen``), for a
   chat template the text the template adds for that message (``render(messages[:k + 1])`` minus
-  ``render(messages[:k])``). ``loss_turns: last`` keeps only the last assistant turn;
+  ``render(messages[:k])``; located once per sequence of roles on a probe conversation, see
+  :class:`_Probe`). ``loss_turns: last`` keeps only the last assistant turn;
   ``answer_only_loss: false`` makes every token but the first a target.
 * **Context and answer.** ``answer_start`` is where the last assistant message's content begins
   (after its header), so ``context_ids`` is the prompt for generating it.
@@ -33,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from speechdata.config import DatasetConfig
 from speechdata.errors import ConfigError, DataError
 from speechdata.lines import Message, Record
 from speechdata.text.formats import BOS, EOS, FORMATS, MESSAGE, SYSTEM, PromptFormat
-from speechdata.text.prompt import Prompt, PromptBuilder, check_locators
+from speechdata.text.prompt import Prompt, PromptBuilder, check_locators, token_index
 from speechdata.text.tokenizer import TextTokenizer
 
 __all__ = ["DEFAULT_LOCATOR", "ConversationBuilder", "make_prompt_builder", "record_messages"]
@@ -54,6 +56,30 @@ _AUDIO, _ID = 0, 1
 _FIXED_TEXTS = 256
 
 Mark = tuple[int, int]  # (text number, character offset into that text)
+
+#: How many role sequences a builder keeps located (see :class:`_Probe`).
+_PROBES = 256
+#: A probe message's content: private-use characters around the message's number.
+_PROBE_TEXT = "\ue000{}\ue001"
+_PROBE_FIND = re.compile("\ue000(\\d+)\ue001")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A chat template's text for one sequence of roles, with a stand-in for each content.
+
+    ``pieces`` are the template's own texts around the contents; ``order`` says which message's
+    content follows each piece but the last; ``widths`` are the stand-ins' lengths; ``spans`` hold
+    each assistant turn's (turn start, content start, turn end), each as (stand-ins before it,
+    offset in the probe text). A conversation of the same roles whose text is the pieces with its
+    contents put in has its turns at the same places, moved by the contents' lengths: one render
+    locates it instead of three per assistant message.
+    """
+
+    pieces: tuple[str, ...]
+    order: tuple[int, ...]
+    widths: tuple[int, ...]
+    spans: tuple[tuple[tuple[int, int], ...], ...]
 
 
 @dataclass
@@ -141,6 +167,7 @@ class ConversationBuilder:
                     "(tokenizer_config.json's chat_template)"
                 )
             self._chat = render
+            self._probes: dict[tuple[str, ...], _Probe | None] = {}
             self._chat_locator = self._locator or DEFAULT_LOCATOR
         else:
             fmt = FORMATS.get(str(name))
@@ -237,22 +264,9 @@ class ConversationBuilder:
         render = self._chat
         assert render is not None
         full = render(chat, where=where)
-        spans: list[tuple[int, int, int]] = []
-        for k, (role, _) in enumerate(messages):
-            if role != "assistant":
-                continue
-            before = render(chat[:k], where=where) if k else ""
-            header = render(chat[:k], add_generation_prompt=True, where=where)
-            upto = full if k + 1 == len(chat) else render(chat[: k + 1], where=where)
-            if not (full.startswith(upto) and upto.startswith(header) and header.startswith(before)):
-                raise DataError(
-                    "bad_line",
-                    where,
-                    "the chat template does not write this conversation message by message (the text "
-                    f"up to assistant message {k + 1} is not a prefix of the whole), so its turns "
-                    "cannot be located",
-                )
-            spans.append((len(before), len(header), len(upto)))
+        spans = self._probed_spans(chat, full)
+        if spans is None:
+            spans = self._prefix_spans(chat, full, where)
         # cut the text at the locators; turn the character positions into marks
         out = _Layout()
         if self._bos:
@@ -279,6 +293,84 @@ class ConversationBuilder:
 
         out.turns = [(mark(a), mark(b), mark(c)) for a, b, c in spans]
         return out
+
+    def _prefix_spans(self, chat: list[dict[str, str]], full: str, where: str) -> list[tuple[int, int, int]]:
+        """Per assistant message k, (turn start, content start, turn end) in ``full``: the ends of
+        ``render(chat[:k])``, of the same with the generation prompt, and of ``render(chat[:k + 1])``."""
+        render = self._chat
+        assert render is not None
+        spans: list[tuple[int, int, int]] = []
+        for k, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            before = render(chat[:k], where=where) if k else ""
+            header = render(chat[:k], add_generation_prompt=True, where=where)
+            upto = full if k + 1 == len(chat) else render(chat[: k + 1], where=where)
+            if not (full.startswith(upto) and upto.startswith(header) and header.startswith(before)):
+                raise DataError(
+                    "bad_line",
+                    where,
+                    "the chat template does not write this conversation message by message (the text "
+                    f"up to assistant message {k + 1} is not a prefix of the whole), so its turns "
+                    "cannot be located",
+                )
+            spans.append((len(before), len(header), len(upto)))
+        return spans
+
+    def _probe(self, roles: tuple[str, ...]) -> _Probe | None:
+        """The probe conversation of these roles (see :class:`_Probe`), located once per builder by
+        the prefix rule; ``None`` when the template cannot write it message by message."""
+        if roles in self._probes:
+            return self._probes[roles]
+        chat = [{"role": role, "content": _PROBE_TEXT.format(i)} for i, role in enumerate(roles)]
+        probe: _Probe | None = None
+        try:
+            text = self._chat(chat, where="probe")  # type: ignore[misc]
+            spans = self._prefix_spans(chat, text, "probe")
+        except DataError:
+            spans = None
+        if spans is not None:
+            found = list(_PROBE_FIND.finditer(text))
+            starts = [m.start() for m in found]
+            ends = [m.end() for m in found]
+            bounds = []
+            for span in spans:
+                for c in span:
+                    before = bisect_right(starts, c - 1)  # probe contents that start before c
+                    if before and c < ends[before - 1]:
+                        bounds = None  # a turn boundary inside a message's content
+                        break
+                    bounds.append((before, c))
+                if bounds is None:
+                    break
+            if bounds is not None:
+                pieces = [text[a:b] for a, b in zip([0, *ends], [*starts, len(text)], strict=True)]
+                probe = _Probe(
+                    tuple(pieces),
+                    tuple(int(m.group(1)) for m in found),
+                    tuple(m.end() - m.start() for m in found),
+                    tuple(tuple(bounds[i : i + 3]) for i in range(0, len(bounds), 3)),
+                )
+        if len(self._probes) < _PROBES:
+            self._probes[roles] = probe
+        return probe
+
+    def _probed_spans(self, chat: list[dict[str, str]], full: str) -> list[tuple[int, int, int]] | None:
+        """The turns of ``full`` from the probe conversation of the same roles, when ``full`` is the
+        probe's text with this conversation's contents put in; else ``None`` (locate by prefixes)."""
+        probe = self._probe(tuple(m["role"] for m in chat))
+        if probe is None:
+            return None
+        contents = [chat[j]["content"] for j in probe.order]
+        parts = [probe.pieces[0]]
+        for content, piece in zip(contents, probe.pieces[1:], strict=True):
+            parts += (content, piece)
+        if "".join(parts) != full:
+            return None
+        shift = [0]
+        for content, width in zip(contents, probe.widths, strict=True):
+            shift.append(shift[-1] + len(content) - width)
+        return [tuple(c + shift[n] for n, c in span) for span in probe.spans]  # type: ignore[misc]
 
     # --------------------------------------------------------------------------- tokenizing
 
@@ -339,13 +431,7 @@ class ConversationBuilder:
                     after_start = value == tok.bos_id
 
         def index(mark: Mark) -> int:
-            k, c = mark
-            start, end = spans[k]
-            if c <= 0:
-                return start
-            if c >= len(texts[k]):
-                return end
-            return at[mark]
+            return token_index(mark, texts, spans, lambda k, c: at[(k, c)])
 
         n = len(input_ids)
         if n > self._max:

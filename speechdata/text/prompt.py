@@ -41,6 +41,7 @@ from __future__ import annotations
 import re
 import string
 from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from speechdata.config import DatasetConfig
@@ -117,6 +118,25 @@ def check_locators(count: int, num_audios: int, locator: str | None, where: str)
             f"context has {count} audio locator(s) {locator!r} but the example has {num_audios} audio(s)"
         )
     raise DataError("bad_line", where, message)
+
+
+def token_index(
+    mark: tuple[int, int],
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    inside: Callable[[int, int], int],
+) -> int:
+    """The index in the sequence of the first token after ``mark`` (text number, character offset),
+    where ``spans[k]`` are the token indexes of ``texts[k]``: the start of the text at its first
+    character, the end at its last, else ``inside(k, offset)``, the first token that does not end
+    at or before the offset (a token belongs to the part that holds its last character)."""
+    k, offset = mark
+    start, end = spans[k]
+    if offset <= 0:
+        return start
+    if offset >= len(texts[k]):
+        return end
+    return inside(k, offset)
 
 
 def _unescape(template: str) -> str:
@@ -381,15 +401,10 @@ class PromptBuilder:
         spans: list[tuple[int, int]],
         ends: dict[int, list[int]],
     ) -> int:
-        """The index in the sequence of the first token after ``mark``: the tokens that end at or
-        before the mark's character come before it."""
-        k, offset = mark
-        start, end = spans[k]
-        if offset <= 0:
-            return start
-        if offset >= len(texts[k]):
-            return end
-        return start + bisect_right(self._ends(k, texts, ends), offset)
+        """The index in the sequence of the first token after ``mark`` (:func:`token_index`)."""
+        return token_index(
+            mark, texts, spans, lambda k, c: spans[k][0] + bisect_right(self._ends(k, texts, ends), c)
+        )
 
     def _truncate(
         self,
