@@ -9,8 +9,10 @@
   reset (RST, no answer) or a truncated body (the full ``Content-Length`` announced, half the
   body sent, then the connection closed). Faults are drawn from a seeded generator, and one
   request (method, path, range) is faulted at most ``max_faults`` times in a row, so a reader that
-  retries more often than that always gets through. ``always_fail`` paths answer 503 every time.
-  The proxy counts requests and body bytes by method (what the reader cost on the wire).
+  retries more often than that always gets through. ``always_fail`` paths answer 503 every time;
+  with ``refuse_signed`` a GET signed in its query string (a presigned URL) answers 403.
+  The proxy counts requests and body bytes by method (what the reader cost on the wire), and
+  GETs signed in the query string (``signed:GET``).
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class FaultProxy:
         max_faults: int = 2,
         seed: int = 0,
         always_fail: tuple[str, ...] = (),
+        refuse_signed: bool = False,
     ) -> None:
         m = re.match(r"https?://([^:/]+):(\d+)", upstream)
         if m is None:
@@ -226,6 +229,7 @@ class FaultProxy:
         self.p = (p_503, p_reset, p_truncate)
         self.max_faults = max_faults
         self.always_fail = always_fail
+        self.refuse_signed = refuse_signed
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -315,13 +319,23 @@ class FaultProxy:
         body = h.rfile.read(length) if length else b""
         key = (method, h.path.split("?", 1)[0], h.headers.get("Range", ""))
         lat, fault = self._draw(key)
+        signed = method == "GET" and re.search(r"[?&](X-Amz-)?Signature=", h.path) is not None
         with self.lock:
             self.counts[f"requests:{method}"] += 1
+            self.counts["signed:GET"] += signed
             self.requests.append(key)
             if fault:
                 self.counts[f"fault:{fault}"] += 1
         if lat:
             time.sleep(lat)
+        if signed and self.refuse_signed:
+            msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code><Message>Query-string authentication is not allowed</Message></Error>"
+            h.send_response(403)
+            h.send_header("Content-Type", "application/xml")
+            h.send_header("Content-Length", str(len(msg)))
+            h.end_headers()
+            h.wfile.write(msg)
+            return
         if fault == "reset":
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             h.close_connection = True

@@ -118,6 +118,40 @@ def test_s3_by_range_same_batches_as_local_under_faults(
         assert len(flat) == len(set(flat)) == 24  # every example exactly once per epoch
     assert ids[:per_epoch] != ids[per_epoch:]  # and reshuffled
     assert faults(via_proxy) > 0
+    # members read through presigned URLs (speechdata.storage.presign), faults and all
+    assert via_proxy.counts["signed:GET"] > 0
+
+
+def test_s3_presigned_refused_reads_through_s3fs(
+    shards: Path,
+    tokenizer: Tokenizer,
+    s3: tuple[str, FaultProxy],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: Any,
+) -> None:
+    """A store that refuses presigned GETs (403): one warning, the ranges read through s3fs, the
+    same batches; no signature in any message. ``presign: 0`` never signs."""
+    endpoint, _ = s3
+    local = epochs(build_dataloader(_local(shards, 0), tokenizer), 1)
+    with FaultProxy(endpoint, seed=5, refuse_signed=True) as proxy:
+        through_proxy(proxy, monkeypatch)
+        with caplog.at_level("WARNING", logger="speechdata"):
+            assert epochs(build_dataloader(_remote(f"s3://{BUCKET}/ds", 0), tokenizer), 1) == local
+        refusals = [r.getMessage() for r in caplog.records if "refused a presigned GET" in r.getMessage()]
+        assert len(refusals) == 1 and "HTTP 403" in refusals[0]
+        assert not any("Signature" in r.getMessage() or "X-Amz" in r.getMessage() for r in caplog.records)
+        assert 1 <= proxy.counts["signed:GET"] <= 16  # at most the requests in flight when refused
+        through_proxy(proxy, monkeypatch, SPEECHDATA_REMOTE_PRESIGN="0")
+        cfg = _remote(f"s3://{BUCKET}/ds", 0)
+        assert epochs(build_dataloader(cfg, tokenizer), 1) == local
+        assert proxy.counts["signed:GET"] == 0 and proxy.counts["requests:GET"] > 0
+
+
+def test_messages_never_hold_a_query_string() -> None:
+    from speechdata.storage.presign import scrub
+
+    text = "403, message='Forbidden', url='http://127.0.0.1:9/speech/ds/a.tar?X-Amz-Signature=abc&X-Amz-Credential=AK'"
+    assert scrub(text) == "403, message='Forbidden', url='http://127.0.0.1:9/speech/ds/a.tar?...'"
 
 
 def test_s3_resume_is_exact(shards: Path, tokenizer: Tokenizer, via_proxy: FaultProxy) -> None:
@@ -146,6 +180,7 @@ def test_last_retry_names_url_and_member_or_counts_drops(
     msg = str(err.value)
     assert "\n" not in msg and f"s3://{BUCKET}/ds/audio_1.tar:" in msg
     assert "after 3 attempts" in msg and "503" in msg
+    assert "Signature" not in msg and "X-Amz" not in msg  # the presigned URL stays out of it
     skipping = build_dataloader(_remote(f"s3://{BUCKET}/ds", 0, on_error="skip"), tokenizer)
     got = [i for b in sample_ids(epochs(skipping, 1)) for i in b]
     in_shard_1 = int((skipping.source.index.shard_id == 1).sum())  # type: ignore[attr-defined]
@@ -358,3 +393,38 @@ def test_loader_requests_next_batch_before_it_is_asked_for(
     assert wanted <= asked  # batch 1's members, before next() asked for batch 1
     rest = [b["sample_ids"].tolist() for b in it]
     assert len(rest) == len(batches) - 1
+
+
+def test_presigned_urls_are_signed_once_and_again_at_half_life(monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import fake_aws_env
+
+    from speechdata.storage import RemoteOptions, filesystem, reset_filesystems
+    from speechdata.storage import presign as presign_mod
+
+    for k, v in fake_aws_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # signing needs no server
+    reset_filesystems()
+    options = RemoteOptions(presign=100)
+    fs, _ = filesystem("s3://speech/ds/a.tar")
+    signed: list[str] = []
+    real = fs.sign
+    monkeypatch.setattr(fs, "sign", lambda path, expiration: signed.append(path) or real(path, expiration))
+    clock = [1000.0]
+    monkeypatch.setattr(presign_mod.time, "monotonic", lambda: clock[0])
+    first = presign_mod.signed_url("s3://speech/ds/a.tar", options)
+    assert (
+        first is not None
+        and first.startswith("http://127.0.0.1:9/speech/ds/a.tar?")
+        and "X-Amz-Signature=" in first
+    )
+    assert presign_mod.signed_url("s3://speech/ds/a.tar", options) == first
+    clock[0] += 49
+    presign_mod.signed_url("s3://speech/ds/a.tar", options)
+    assert signed == ["speech/ds/a.tar"]  # within half the validity: signed once
+    clock[0] += 2
+    presign_mod.signed_url("s3://speech/ds/a.tar", options)
+    assert len(signed) == 2  # past half of it: signed again
+    assert presign_mod.signed_url("s3://speech/ds/a.tar", RemoteOptions(presign=0)) is None
+    assert presign_mod.signed_url("http://127.0.0.1:9/a.tar", options) is None
+    reset_filesystems()

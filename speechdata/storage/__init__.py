@@ -3,6 +3,8 @@ through fsspec: see ``docs/object-storage.md``.
 
 * :mod:`~speechdata.storage.fs` — which paths are URLs, the filesystem of a URL (one per process);
 * :mod:`~speechdata.storage.retry` — one byte range read with retries (seeded backoff);
+* :mod:`~speechdata.storage.presign` — S3 ranges read through presigned URLs (signed once per
+  object and process), never logged;
 * :mod:`~speechdata.storage.ranges` — :class:`RangeReader`: ranges read ahead, bounded in flight
   and in bytes, neighbours coalesced;
 * :mod:`~speechdata.storage.localcache` — the optional read-through local cache, size-bounded;

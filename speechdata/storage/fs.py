@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from speechdata.errors import ConfigError
 
-__all__ = ["filesystem", "is_remote", "reset_filesystems"]
+__all__ = ["beside_filesystem", "filesystem", "is_remote", "protocol_of", "reset_filesystems"]
 
+T = TypeVar("T")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Extras to install per scheme, for the message when fsspec has no implementation.
 _EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "ais": "aistore"}
 _PER_PROCESS: dict[tuple[int, str], Any] = {}
+_BESIDE: dict[tuple[int, str, str], Any] = {}  # what other modules keep per filesystem: (pid, protocol, name)
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
@@ -31,7 +34,8 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return m is not None and m.group(1).lower() != "file"
 
 
-def _protocol(url: str) -> str:
+def protocol_of(url: str) -> str:
+    """The scheme of a URL, lower case (``s3`` for ``S3://b/k``); ``ValueError`` for a non-URL."""
     m = _SCHEME.match(url)
     if m is None:
         raise ValueError(f"not a URL: {url}")
@@ -39,10 +43,13 @@ def _protocol(url: str) -> str:
 
 
 def _defaults(protocol: str, timeout: float) -> dict[str, Any]:
-    """speechdata's additions to a filesystem's options: timeouts, and no retries of its own."""
+    """speechdata's additions to a filesystem's options: timeouts, no retries of its own, and for
+    S3 Signature Version 4 (botocore signs presigned URLs with version 2 unless told; AWS buckets
+    made since 2020 refuse version 2: :mod:`speechdata.storage.presign`)."""
     if protocol in ("s3", "s3a"):
         return {
             "config_kwargs": {
+                "signature_version": "s3v4",
                 "connect_timeout": timeout,
                 "read_timeout": timeout,
                 "retries": {"total_max_attempts": 1, "mode": "standard"},
@@ -63,7 +70,7 @@ def filesystem(url: str, timeout: float = 30.0) -> tuple[Any, str]:
     import fsspec
     from fsspec.config import conf
 
-    protocol = _protocol(url)
+    protocol = protocol_of(url)
     key = (os.getpid(), protocol)
     fs = _PER_PROCESS.get(key)
     if fs is None:
@@ -80,7 +87,19 @@ def filesystem(url: str, timeout: float = 30.0) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url) if protocol not in ("http", "https") else url
 
 
+def beside_filesystem(url: str, name: str, make: Callable[[], T]) -> T:
+    """The object ``name`` kept beside the filesystem of ``url`` in this process (``make()`` on
+    first use): state that lives and is forgotten with the filesystem (presigned URLs)."""
+    key = (os.getpid(), protocol_of(url), name)
+    found = _BESIDE.get(key)
+    if found is None:
+        found = _BESIDE[key] = make()
+    return found  # type: ignore[no-any-return]
+
+
 def reset_filesystems() -> None:
-    """Forget this process's filesystems: the next use makes new ones, reading their
-    configuration again (after credentials, an endpoint or fsspec's configuration changed)."""
+    """Forget this process's filesystems (and what is kept beside them): the next use makes new
+    ones, reading their configuration again (after credentials, an endpoint or fsspec's
+    configuration changed)."""
     _PER_PROCESS.clear()
+    _BESIDE.clear()

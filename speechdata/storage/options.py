@@ -15,6 +15,7 @@ variable                           default    meaning
 ``SPEECHDATA_REMOTE_BACKOFF``      0.1        first backoff in seconds (doubled per retry, at most 5 s, jittered)
 ``SPEECHDATA_REMOTE_TIMEOUT``      30         seconds one request may take (connect and read)
 ``SPEECHDATA_REMOTE_CACHE_BYTES``  0          size bound of the read-through local cache (0: no cache)
+``SPEECHDATA_REMOTE_PRESIGN``      3600       seconds an S3 object's presigned URL is valid (0: ranges through s3fs)
 =================================  =========  ==========================================================
 """
 
@@ -45,6 +46,8 @@ class RemoteOptions:
     max_backoff: float = 5.0
     timeout: float = 30.0
     cache_bytes: int = 0
+    #: seconds an S3 object's presigned URL is valid (:mod:`speechdata.storage.presign`); 0: off
+    presign: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RemoteOptions:

@@ -46,6 +46,7 @@ from speechdata.errors import DataError
 from speechdata.storage.localcache import ReadCache
 from speechdata.storage.objects import first_request, object_version, read_object
 from speechdata.storage.options import RemoteOptions
+from speechdata.storage.presign import scrub
 from speechdata.storage.retry import read_range
 
 __all__ = ["HEAD", "WHOLE", "RangeReader", "Span"]
@@ -325,7 +326,7 @@ class RangeReader:
         except DataError as e:
             error = e
         except Exception as e:  # reported as the range's error, never lost in a thread
-            error = DataError("read_error", where, f"{type(e).__name__}: {e}")
+            error = DataError("read_error", where, f"{type(e).__name__}: {scrub(str(e))}")
         stored: list[tuple[Span, bytes]] = []
         with self._cond:
             self._running -= 1

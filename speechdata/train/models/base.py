@@ -193,7 +193,10 @@ class SpeechLM(nn.Module):
         positions restarting at 0 and attention kept within each example, so every example's
         logits are those it gets in a padded batch.
         """
-        audio, audio_len = self.encode_audio(batch)
+        return self.decode(batch, *self.encode_audio(batch))
+
+    def decode(self, batch: Batch, audio: torch.Tensor, audio_len: torch.Tensor) -> ModelOutput:
+        """:meth:`forward` from the batch's audio embeddings, already computed by :meth:`encode_audio`."""
         tokens = batch["tokens"]
         if is_packed(batch):
             layout = RowLayout.of(batch)
@@ -225,9 +228,17 @@ class SpeechLM(nn.Module):
         return ModelOutput(logits, labels, mask, inp.lengths)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over positions with ``loss_mask`` > 0, and the number of such tokens."""
-        out = self.forward(batch)
-        return masked_cross_entropy(out.logits, out.labels, out.loss_mask)
+        """Mean cross-entropy over positions with ``loss_mask`` > 0 (plus :meth:`audio_loss`, if
+        any), and the number of such tokens."""
+        audio, audio_len = self.encode_audio(batch)
+        out = self.decode(batch, audio, audio_len)
+        loss, count = masked_cross_entropy(out.logits, out.labels, out.loss_mask)
+        extra = self.audio_loss(batch, audio, audio_len)
+        return (loss if extra is None else loss + extra), count
+
+    def audio_loss(self, batch: Batch, audio: torch.Tensor, audio_len: torch.Tensor) -> torch.Tensor | None:
+        """An auxiliary loss on the audio embeddings, added by :meth:`loss`; none by default."""
+        return None
 
     # ------------------------------------------------------------------------------- generation
 

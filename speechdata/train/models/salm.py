@@ -85,34 +85,21 @@ class SALM(SpeechLM):
         self.ctc_head: nn.Linear | None = None
         if cfg.adapter.ctc_weight > 0:
             self.ctc_head = nn.Linear(cfg.llm.hidden_size, cfg.vocab_size + 1)
-        self._ctc_audio: tuple[torch.Tensor, torch.Tensor] | None = None
         self.setup_trainable()
 
-    def encode_audio(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`SpeechLM.encode_audio`; in training with a CTC head the result is also kept
-        for :meth:`loss`."""
-        audio, audio_len = super().encode_audio(batch)
-        if self.ctc_head is not None and self.training:
-            self._ctc_audio = (audio, audio_len)
-        return audio, audio_len
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LM's masked cross-entropy; in training with ``ctc_weight`` > 0, plus that weight times
-        the CTC loss of the audio embeddings against the answers (:func:`ctc_targets`)."""
-        self._ctc_audio = None
-        loss, count = super().loss(batch)
-        if self._ctc_audio is None or self.ctc_head is None:
-            return loss, count
-        audio, audio_len = self._ctc_audio
-        self._ctc_audio = None
+    def audio_loss(self, batch: Batch, audio: torch.Tensor, audio_len: torch.Tensor) -> torch.Tensor | None:
+        """In training with ``ctc_weight`` > 0: that weight times the CTC loss of the audio
+        embeddings against the answers (:func:`ctc_targets`); else none."""
+        if self.ctc_head is None or not self.training:
+            return None
         rows, targets, lengths = ctc_targets(batch, self.cfg.eos_id, self.cfg.pad_id)
         if rows.numel() == 0:
-            return loss, count
+            return None
         logp = F.log_softmax(self.ctc_head(audio[rows]).float(), dim=-1).transpose(0, 1)  # [T, K, V+1]
         ctc = F.ctc_loss(
             logp, targets, audio_len[rows], lengths, blank=self.cfg.vocab_size, zero_infinity=True
         )
-        return loss + self.cfg.adapter.ctc_weight * ctc, count
+        return self.cfg.adapter.ctc_weight * ctc
 
     def decoder_inputs(
         self,
