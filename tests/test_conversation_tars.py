@@ -243,3 +243,38 @@ def test_messages_name_the_manifest_shard_and_line(
         line = _drop_line(loader, caplog)
         assert "too_long_text=1 " in line and f"e.g. {place}" in line, line
         assert loader.report() == {"too_long_text": 1}
+
+
+def test_paired_shards_on_object_storage(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same manifest and tar shards on S3 (moto): each manifest shard downloaded once and
+    paired with its tar by position, members found in the remote tars' headers and read by
+    range; the same examples as from local disk, messages naming the manifest shard's URL."""
+    from servers import s3_serving
+
+    from speechdata.storage import reset_filesystems
+
+    root = data["root"]
+    want = _examples({"manifest_filepath": str(data["plain"])}, data["tok"])
+    files: dict[str, Path | bytes] = {f"ds/{p.name}": p for p in sorted(root.iterdir()) if p.is_file()}
+    section = {
+        "manifest_filepath": "s3://speech/ds/manifest__OP_0..3_CL_.jsonl",
+        "is_tarred": True,
+        "tarred_audio_filepaths": "s3://speech/ds/audio_{0..3}.tar",
+    }
+    with s3_serving("speech", files) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        reset_filesystems()
+        try:
+            for workers in (0, 2):
+                got = _examples({**section, "num_workers": workers}, data["tok"])
+                assert got.keys() == want.keys() and sum(map(len, got.values())) == data["n"]
+                for answer, examples in got.items():
+                    assert sorted(t for t, _ in examples) == sorted(t for t, _ in want[answer])
+                    flat = sorted(x for _, sums in examples for x in sums)
+                    assert flat == pytest.approx(
+                        sorted(x for _, s in want[answer] for x in s), rel=1e-6, abs=1e-5
+                    )
+            loader = build_dataloader(make_dataset_config({**COMMON, **section}), data["tok"])
+            assert loader.index.where(0) == "s3://speech/ds/manifest_0.jsonl:1"
+        finally:
+            reset_filesystems()

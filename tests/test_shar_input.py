@@ -184,3 +184,42 @@ def test_messages_name_the_cuts_shard_line_and_cut(shar: dict[str, Any]) -> None
     }
     assert {m["where"] for m in metadata} == want
     assert loader.index.where(0) == f"{shar['dir']}/cuts.000000.jsonl.gz:1: cut 'rec0'"
+
+
+def test_shar_on_object_storage(shar: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Shar folder on S3 (moto): listed through s3fs, the cuts downloaded once, the recording
+    tars' member tables read remotely and their members read by range; the same examples as the
+    local folder, and messages name the cuts shard's URL and line."""
+    from servers import s3_serving
+
+    from speechdata.storage import reset_filesystems
+
+    want = _examples({"shar_path": str(shar["dir"])}, shar["tok"])
+    files: dict[str, Path | bytes] = {f"shar/{p.name}": p for p in sorted(shar["dir"].iterdir())}
+    with s3_serving("speech", files) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        reset_filesystems()
+        try:
+            for spec in (
+                "s3://speech/shar",
+                {
+                    "cuts": ["s3://speech/shar/cuts.{000000..000003}.jsonl.gz"],
+                    "recording": ["s3://speech/shar/recording.{000000..000003}.tar"],
+                },
+            ):
+                for workers in (0, 2):
+                    section = {
+                        "input_cfg": [{"type": "lhotse_shar", "shar_path": spec}],
+                        "num_workers": workers,
+                    }
+                    _same(_examples(section, shar["tok"]), want)
+            loader = build_dataloader(
+                make_dataset_config({**COMMON, "shar_path": "s3://speech/shar"}), shar["tok"]
+            )
+            assert loader.index.where(0) == "s3://speech/shar/cuts.000000.jsonl.gz:1: cut 'rec0'"
+            with pytest.raises(ConfigError, match=r"shar_path: s3://speech/nowhere: not a folder"):
+                build_dataloader(
+                    make_dataset_config({**COMMON, "shar_path": "s3://speech/nowhere"}), shar["tok"]
+                )
+        finally:
+            reset_filesystems()

@@ -39,8 +39,9 @@ from speechdata.config import DatasetConfig
 from speechdata.errors import SpeechDataError
 from speechdata.lines import INVALID_KEY, ORIGIN_KEY, ManifestKeys, json_error, parse_line
 from speechdata.shards.read import paired_shards, shard_ids
+from speechdata.storage import is_remote, local_copy, object_version
 
-__all__ = ["converted_manifest", "paired_manifest", "resolve_paired"]
+__all__ = ["converted_manifest", "paired_manifest", "remote_version", "resolve_paired"]
 
 #: Bump when the lines written for paired shards change.
 PAIRED_VERSION = 2
@@ -56,19 +57,28 @@ def converted_manifest(
     settings: str = "",
     cache_dir: str | None = None,
 ) -> Path:
-    """The manifest ``convert()`` writes from the files ``inputs`` (existing paths), cached in
-    ``<cache root>/<kind>/`` and bound to their real paths and file stamps and to ``settings``
+    """The manifest ``convert()`` writes from the files ``inputs`` (existing paths, or URLs of
+    objects), cached in ``<cache root>/<kind>/`` and bound to their real paths and file stamps
+    (an object's URL and version) and to ``settings``
     (whatever else shapes the lines): reused while none changed (and no stamp was racy),
     written again otherwise. ``version`` names the format of the lines (bump it when
     ``convert`` changes)."""
-    reals = [os.path.realpath(os.path.expanduser(p)) for p in inputs]
-    stamps = [FileStamp.of(r) for r in reals]
+    files: list[list[object]] = []
+    racy = False
+    for p in inputs:
+        if is_remote(p):  # an object: its URL and version (size and ETag or equivalent)
+            files.append([p, remote_version(p)])
+        else:
+            real = os.path.realpath(os.path.expanduser(p))
+            st = FileStamp.of(real)
+            racy = racy or st.racy
+            files.append([real, st.size, st.mtime_ns, st.ctime_ns, st.ino, st.dev])
     folder = cache_folder(kind, cache_dir)
-    source = source_digest(reals[0])
-    files = [[r, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev] for r, s in zip(reals, stamps, strict=True)]
+    first = str(files[0][0])
+    source = hashlib.sha1(first.encode()).hexdigest()[:16] if is_remote(first) else source_digest(first)
     bound = json.dumps([files, settings])
     out = folder / f"{source}.{hashlib.sha1(bound.encode()).hexdigest()[:16]}.v{version}.jsonl"
-    if out.is_file() and not any(s.racy for s in stamps):
+    if out.is_file() and not racy:
         touch(out)
         return out
     data = convert()
@@ -80,6 +90,19 @@ def converted_manifest(
         tmp.unlink(missing_ok=True)
     prune(folder, source, keep=out)
     return out
+
+
+def remote_version(url: str) -> str:
+    """The version of the object at ``url`` (:func:`~speechdata.storage.object_version`); a
+    missing or unreadable object is a one-line :class:`SpeechDataError` naming it."""
+    try:
+        return object_version(url).key()
+    except FileNotFoundError:
+        raise SpeechDataError(f"{url}: object not found") from None
+    except Exception as e:  # any library's error, as one line naming the URL
+        raise SpeechDataError(
+            f"{url}: cannot read ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
 
 
 def read_lines(path: str) -> list[bytes]:
@@ -110,13 +133,14 @@ def paired_manifest(pairs: Sequence[tuple[str, str]], cache_dir: str | None = No
     ids = shard_ids([tar for _, tar in pairs])
     manifests = [m for m, _ in pairs]
     for m in manifests:
-        if not os.path.isfile(os.path.expanduser(m)):
+        if not is_remote(m) and not os.path.isfile(os.path.expanduser(m)):
             raise SpeechDataError(f"{m}: manifest not found (manifest shard of a tarred dataset)")
 
     def convert() -> bytes:
         out: list[bytes] = []
         for m, sid in zip(manifests, ids, strict=True):
-            for number, raw in enumerate(read_lines(os.path.expanduser(m)), start=1):
+            local = str(local_copy(m, cache_dir)) if is_remote(m) else os.path.expanduser(m)
+            for number, raw in enumerate(read_lines(local), start=1):
                 if not raw.strip():
                     continue
                 try:

@@ -7,7 +7,11 @@ member ``<cut id>.<format>`` holding the cut's audio, then ``<cut id>.json``). `
 names a folder written by lhotse's ``SharWriter`` / ``CutSet.to_shar`` (shards found as lhotse
 finds them: the ``cuts.*`` and ``recording.*`` files, sorted by name), or a mapping of fields to
 shard lists (``{cuts: [...], recording: [...]}``, lists or brace patterns); only ``cuts`` and
-``recording`` are read.
+``recording`` are read. Folder and shards may be object-storage URLs: the folder is listed
+through its fsspec filesystem, the cuts are downloaded once
+(:func:`~speechdata.storage.local_copy`), the tars' member tables read remotely
+(:func:`~speechdata.shards.read.remote_member_table`), and the conversion is bound to the
+objects' versions.
 
 :func:`resolve_shar` converts the cuts once into a NeMo tarred manifest in
 ``<cache root>/shar/`` (:func:`~speechdata.sources.converted.converted_manifest`, bound to every
@@ -40,9 +44,10 @@ import orjson
 from speechdata.config import SHAR_PREFIX, DatasetConfig
 from speechdata.errors import ConfigError, DataError, SpeechDataError
 from speechdata.lines import ORIGIN_KEY
-from speechdata.shards.read import expand_tar_paths, member_table, shard_ids
+from speechdata.shards.read import expand_tar_paths, member_table, remote_member_table, shard_ids
 from speechdata.sources.converted import converted_manifest
 from speechdata.sources.cuts import cut_place, cut_text_fields, read_cuts
+from speechdata.storage import filesystem, is_remote, local_copy
 
 __all__ = ["resolve_shar", "shar_manifest", "shar_shards"]
 
@@ -85,12 +90,9 @@ def shar_shards(spec: str) -> tuple[list[str], list[str]]:
         tars = [p for s in fields["recording"] for p in expand_tar_paths(s)]
         shown = "shar_path"
     else:
-        folder = Path(os.path.expanduser(spec))
-        if not folder.is_dir():
-            raise ConfigError(f"shar_path: {spec}: not a folder")
-        names = sorted(p.name for p in folder.iterdir())
-        cuts = [str(folder / n) for n in names if n.split(".")[0] == "cuts" and ".jsonl" in n]
-        tars = [str(folder / n) for n in names if n.split(".")[0] == "recording" and n.endswith(".tar")]
+        names, base = _listing(spec)
+        cuts = [base + n for n in names if n.split(".")[0] == "cuts" and ".jsonl" in n]
+        tars = [base + n for n in names if n.split(".")[0] == "recording" and n.endswith(".tar")]
         shown = f"shar_path {spec}"
         if not cuts:
             raise ConfigError(f"{shown}: no cuts.*.jsonl(.gz) shards")
@@ -104,9 +106,32 @@ def shar_shards(spec: str) -> tuple[list[str], list[str]]:
             "field goes with shard i of the others, so the counts must be equal"
         )
     for path in (*cuts, *tars):
-        if not os.path.isfile(os.path.expanduser(path)):
+        if not is_remote(path) and not os.path.isfile(os.path.expanduser(path)):
             raise SpeechDataError(f"{path}: Shar shard not found")
     return cuts, tars
+
+
+def _listing(spec: str) -> tuple[list[str], str]:
+    """The names in the folder ``spec`` (a path, or a URL listed through its fsspec filesystem),
+    sorted, and the prefix that makes a name a path or URL again."""
+    if not is_remote(spec):
+        folder = Path(os.path.expanduser(spec))
+        if not folder.is_dir():
+            raise ConfigError(f"shar_path: {spec}: not a folder")
+        return sorted(p.name for p in folder.iterdir()), str(folder) + os.sep
+    fs, path = filesystem(spec)
+    try:
+        found = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        found = []
+    except Exception as e:  # any library's error, as one line naming the URL
+        raise ConfigError(
+            f"shar_path: {spec}: cannot list ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+    names = sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in found})
+    if not names:
+        raise ConfigError(f"shar_path: {spec}: not a folder (nothing listed there)")
+    return names, spec.rstrip("/") + "/"
 
 
 def shar_manifest(cuts: list[str], tars: list[str], cache_dir: str | None = None) -> Path:
@@ -117,7 +142,8 @@ def shar_manifest(cuts: list[str], tars: list[str], cache_dir: str | None = None
         lines: list[bytes] = []
         for path, tar, sid in zip(cuts, tars, shard_ids(tars), strict=True):
             members = _data_members(tar, cache_dir)
-            for cut, where in read_cuts(os.path.expanduser(path), path):
+            local = str(local_copy(path, cache_dir)) if is_remote(path) else os.path.expanduser(path)
+            for cut, where in read_cuts(local, path):
                 lines.append(orjson.dumps(_line(cut, where, members, tar, sid)))
         return b"\n".join(lines) + (b"\n" if lines else b"")
 
@@ -131,7 +157,10 @@ def _data_members(tar: str, cache_dir: str | None) -> dict[str, tuple[str, int, 
     """``{cut id: (member name, offset, size)}`` of a Shar tar's data members (its member table
     cached in ``cache_dir``'s folder, as every table is)."""
     try:
-        table = member_table(os.path.expanduser(tar), cache_dir)
+        if is_remote(tar):
+            table = remote_member_table(tar, cache_dir)
+        else:
+            table = member_table(os.path.expanduser(tar), cache_dir)
     except DataError as e:
         raise SpeechDataError(f"{tar}: {e.detail}") from None
     out: dict[str, tuple[str, int, int]] = {}
