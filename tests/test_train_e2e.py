@@ -129,3 +129,24 @@ def test_cli_trains_a_config_with_nemo_model_data_sections(corpus: dict[str, str
         warnings.simplefilter("ignore")
         assert main(["train", str(path), *args, "exp_manager.resume_if_exists=false"]) == 0
     assert list((tmp_path / "salm_tiny").rglob("*.ckpt")) or list(tmp_path.rglob("*.ckpt"))
+
+
+def test_every_epoch_trained_whole_with_dynamic_batches(corpus: dict[str, str], tmp_path: Path) -> None:
+    """Dynamic batches (batch_duration): epochs differ in length (here 11 then 12 batches). Every
+    epoch is trained to its last batch, not cut at the first epoch's length."""
+    args = [
+        *overrides(corpus, tmp_path, -1),
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=0",
+        "exp_manager.resume_if_exists=false",
+        "model.train_ds.batch_duration=4.0",
+        "model.train_ds.num_buckets=1",
+    ]
+    loader = build_dataloader(
+        dataset_config(load_config(CONFIGS / "salm_tiny.yaml", args), "train_ds"), corpus["tokenizer"]
+    )
+    expected = [[b["sample_ids"].tolist() for b in loader] for _ in range(2)]
+    assert len(expected[0]) < len(expected[1])  # the second epoch is the longer
+    result, rec = fit("salm_tiny.yaml", args)
+    assert rec.seen == expected[0] + expected[1]
+    assert result.global_step == len(expected[0]) + len(expected[1])

@@ -212,3 +212,45 @@ def test_versions_and_resume_errors(tmp_path: Path) -> None:
     bad.exp_manager.chekpoint_callback_params = {}
     with pytest.raises(ConfigError, match="did you mean 'checkpoint_callback_params'"):
         run(bad)
+
+
+class VaryingLoader(FakeLoader):
+    """Epochs of different lengths, as dynamic batching gives (epoch ``e`` has ``lengths[e]``)."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        super().__init__(lengths[0])
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return self.lengths[min(self.epoch, len(self.lengths) - 1)]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.n = len(self)
+        yield from super().__iter__()
+
+
+def test_every_epoch_is_trained_whole_when_lengths_differ(tmp_path: Path) -> None:
+    """Lightning reads a train loader's length once unless told to reload it each epoch; an epoch
+    longer than the first must still be trained to its end, not cut at the first one's length."""
+    cfg = make_cfg(tmp_path, max_steps=-1)
+    cfg.trainer.max_epochs = 3
+    cfg.model.train_ds.global_batch_size = 2  # one batch per step
+    cfg.exp_manager.checkpoint_callback_params.every_n_train_steps = 0
+    lengths = [3, 5, 4]
+    rec = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(
+            cfg,
+            tokenizer=FakeTokenizer(),
+            train_loader=VaryingLoader(lengths),
+            val_loader=FakeLoader(2),
+            callbacks=[rec],
+        )
+    assert len(rec.seen) == sum(lengths) and result.global_step == sum(lengths)
+    expected = [
+        synthetic_batch(SYNTH, 2, e * 100 + b)["sample_ids"].tolist()
+        for e, n in enumerate(lengths)
+        for b in range(n)
+    ]
+    assert rec.seen == expected

@@ -48,10 +48,30 @@ class ResumableLoader:
         self.done: Position | None = None
         self._restore: Position | None = None
         self._full: tuple[int, int] | None = None  # (epoch, its full length) of a resumed epoch
+        self._inner: Iterator[Any] | None = None  # the loader's iteration of the current epoch
+        self._inner_done = False  # ... has handed out the epoch's last batch
+
+    def _close_inner(self, finished_only: bool = False) -> None:
+        """Close the loader's last iteration (with ``finished_only``, only once it has handed out
+        its epoch's last batch). Lightning stops asking for batches once it has the epoch's length
+        of them, so a loader that rolls over to the next epoch when its iteration ends
+        (speechdata's does) is told here, before the next epoch is measured or started."""
+        if finished_only and not self._inner_done:
+            return
+        inner, self._inner = self._inner, None
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
 
     def __len__(self) -> int:
-        if self._restore is not None and self._restore.epoch == self.epoch_fn():
+        # Lightning asks at the start of every epoch (the trainer reloads its loader each epoch,
+        # speechdata.train.run): the length of the trainer's epoch, not of the one before
+        self._close_inner(finished_only=True)
+        epoch = self.epoch_fn()
+        if self._restore is not None and self._restore.epoch == epoch:
             self._start_epoch()
+        elif getattr(self.loader, "epoch", epoch) < epoch and hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)  # a loader that rolls over only when asked for more
         n = len(self.loader)
         # Lightning reads the length once, when fit starts, and ends every epoch at that many
         # batches; after an elastic resume the resumed epoch (the steps taken before plus the rest
@@ -78,6 +98,7 @@ class ResumableLoader:
             self._full = (epoch, full)
 
     def __iter__(self) -> Iterator[Any]:
+        self._close_inner()
         epoch = self.epoch_fn()
         self._start_epoch()
         self._pending.clear()
@@ -85,12 +106,19 @@ class ResumableLoader:
             total: int | None = len(self.loader)
         except TypeError:
             total = None  # a stream: its length is not known in advance
-        for batch in self.loader:
-            pos = Position.from_dict(self.loader.state_dict(), "loader state")
-            if pos.epoch == epoch and total is not None and pos.batch >= total:
-                pos = pos.next_epoch()  # a loader that rolls over only when asked for more
-            self._pending.append(pos)
-            yield batch
+        self._inner = inner = iter(self.loader)
+        self._inner_done = False
+        try:
+            for batch in inner:
+                pos = Position.from_dict(self.loader.state_dict(), "loader state")
+                if pos.epoch == epoch and total is not None and pos.batch >= total:
+                    pos = pos.next_epoch()  # a loader that rolls over only when asked for more
+                self._inner_done = pos.epoch != epoch
+                self._pending.append(pos)
+                yield batch
+        finally:  # this iteration dropped (the trainer stopped): the loader's with it
+            if self._inner is inner:
+                self._close_inner()
 
     def batch_done(self) -> None:
         """The oldest batch handed out has been trained on: its position becomes the resume point."""

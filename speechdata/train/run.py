@@ -184,6 +184,11 @@ def trainer_kwargs(
         accumulate_grad_batches=accum,
         use_distributed_sampler=False,
     )
+    # Lightning reads the train loader's length once and ends every epoch at that many batches
+    # unless it reloads the loader each epoch; with dynamic batches epochs differ in length, so a
+    # longer epoch would lose its last batches: ask for the length every epoch (the same loader)
+    if not tr.get("reload_dataloaders_every_n_epochs"):
+        tr["reload_dataloaders_every_n_epochs"] = 1
     if dp > 1 and "strategy" not in tr:
         tr["strategy"] = "ddp"
     return TrainerPlan(tr, dp, accum, fallback, notes)
