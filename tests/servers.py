@@ -202,6 +202,19 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
 
 
+def _s3_error(h: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
+    """Answer with an S3-style XML error body."""
+    msg = (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+    h.send_response(status)
+    h.send_header("Content-Type", "application/xml")
+    h.send_header("Content-Length", str(len(msg)))
+    h.end_headers()
+    h.wfile.write(msg)
+
+
 class FaultProxy:
     """A reverse proxy to ``upstream`` (``http://host:port``) injecting latency and faults (see the
     module docstring). ``latency`` is seconds, or ``(low, high)`` for a uniform draw. Use as a
@@ -329,12 +342,7 @@ class FaultProxy:
         if lat:
             time.sleep(lat)
         if signed and self.refuse_signed:
-            msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code><Message>Query-string authentication is not allowed</Message></Error>"
-            h.send_response(403)
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", str(len(msg)))
-            h.end_headers()
-            h.wfile.write(msg)
+            _s3_error(h, 403, "AccessDenied", "Query-string authentication is not allowed")
             return
         if fault == "reset":
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -342,12 +350,7 @@ class FaultProxy:
             h.connection.close()
             return
         if fault == "503":
-            msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            h.send_response(503)
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", str(len(msg)))
-            h.end_headers()
-            h.wfile.write(msg)
+            _s3_error(h, 503, "SlowDown", "Please reduce your request rate.")
             return
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
         resp = self._forward(method, h.path, headers, body)

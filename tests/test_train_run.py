@@ -135,14 +135,15 @@ def make_cfg(exp_dir: Path, max_steps: int, **exp: Any) -> Any:
     return OmegaConf.create(cfg)
 
 
-def run(cfg: Any) -> tuple[Any, Recorder]:
+def run(cfg: Any, loader: Any = None) -> tuple[Any, Recorder]:
+    """Train ``cfg`` on ``loader`` (a :class:`FakeLoader` of 5 batches by default)."""
     rec = Recorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = train(
             cfg,
             tokenizer=FakeTokenizer(),
-            train_loader=FakeLoader(),
+            train_loader=loader if loader is not None else FakeLoader(),
             val_loader=FakeLoader(2),
             callbacks=[rec],
         )
@@ -237,16 +238,7 @@ def test_every_epoch_is_trained_whole_when_lengths_differ(tmp_path: Path) -> Non
     cfg.model.train_ds.global_batch_size = 2  # one batch per step
     cfg.exp_manager.checkpoint_callback_params.every_n_train_steps = 0
     lengths = [3, 5, 4]
-    rec = Recorder()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = train(
-            cfg,
-            tokenizer=FakeTokenizer(),
-            train_loader=VaryingLoader(lengths),
-            val_loader=FakeLoader(2),
-            callbacks=[rec],
-        )
+    result, rec = run(cfg, VaryingLoader(lengths))
     assert len(rec.seen) == sum(lengths) and result.global_step == sum(lengths)
     expected = [
         synthetic_batch(SYNTH, 2, e * 100 + b)["sample_ids"].tolist()

@@ -39,9 +39,9 @@ from speechdata.config import DatasetConfig
 from speechdata.errors import SpeechDataError
 from speechdata.lines import INVALID_KEY, ORIGIN_KEY, ManifestKeys, json_error, parse_line
 from speechdata.shards.read import paired_shards, shard_ids
-from speechdata.storage import is_remote, local_copy, object_version
+from speechdata.storage import checked_version, is_remote, local_copy
 
-__all__ = ["converted_manifest", "paired_manifest", "remote_version", "resolve_paired"]
+__all__ = ["converted_manifest", "paired_manifest", "resolve_paired"]
 
 #: Bump when the lines written for paired shards change.
 PAIRED_VERSION = 2
@@ -67,7 +67,7 @@ def converted_manifest(
     racy = False
     for p in inputs:
         if is_remote(p):  # an object: its URL and version (size and ETag or equivalent)
-            files.append([p, remote_version(p)])
+            files.append([p, checked_version(p).key()])
         else:
             real = os.path.realpath(os.path.expanduser(p))
             st = FileStamp.of(real)
@@ -90,19 +90,6 @@ def converted_manifest(
         tmp.unlink(missing_ok=True)
     prune(folder, source, keep=out)
     return out
-
-
-def remote_version(url: str) -> str:
-    """The version of the object at ``url`` (:func:`~speechdata.storage.object_version`); a
-    missing or unreadable object is a one-line :class:`SpeechDataError` naming it."""
-    try:
-        return object_version(url).key()
-    except FileNotFoundError:
-        raise SpeechDataError(f"{url}: object not found") from None
-    except Exception as e:  # any library's error, as one line naming the URL
-        raise SpeechDataError(
-            f"{url}: cannot read ({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
 
 
 def read_lines(path: str) -> list[bytes]:

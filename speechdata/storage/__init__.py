@@ -27,6 +27,7 @@ from speechdata.storage.fs import filesystem, is_remote, reset_filesystems
 from speechdata.storage.localcache import ReadCache
 from speechdata.storage.objects import (
     ObjectVersion,
+    checked_version,
     first_request,
     local_copy,
     object_version,
@@ -46,6 +47,7 @@ __all__ = [
     "RemoteOptions",
     "Span",
     "backoff_delay",
+    "checked_version",
     "filesystem",
     "first_request",
     "is_remote",

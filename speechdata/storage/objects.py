@@ -33,7 +33,15 @@ from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.retry import call_with_retries, read_range
 
-__all__ = ["ObjectVersion", "first_request", "local_copy", "object_version", "open_object", "read_object"]
+__all__ = [
+    "ObjectVersion",
+    "checked_version",
+    "first_request",
+    "local_copy",
+    "object_version",
+    "open_object",
+    "read_object",
+]
 
 #: Bytes per request when a whole object is downloaded.
 CHUNK = 32 << 20
@@ -69,6 +77,20 @@ def object_version(url: str, options: RemoteOptions | None = None, *, seed: int 
     return ObjectVersion(int(size), re.sub(r"[^A-Za-z0-9_-]", "", tag)[:64])
 
 
+def checked_version(url: str, what: str = "object", options: RemoteOptions | None = None) -> ObjectVersion:
+    """:func:`object_version`, a missing or unreadable object as a one-line
+    :class:`SpeechDataError` naming the URL and ``what`` it is (``s3://b/m.json: manifest not
+    found``)."""
+    try:
+        return object_version(url, options)
+    except FileNotFoundError:
+        raise SpeechDataError(f"{url}: {what} not found") from None
+    except Exception as e:  # any library's error, as one line naming the URL
+        raise SpeechDataError(
+            f"{url}: cannot read {what} ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -79,14 +101,7 @@ def local_copy(
     """A local file with the content of the object at ``url`` (see the module docstring). A
     missing object or one that cannot be read is a one-line :class:`SpeechDataError` naming it."""
     options = options or RemoteOptions.from_env()
-    try:
-        version = object_version(url, options)
-    except FileNotFoundError:
-        raise SpeechDataError(f"{url}: manifest not found") from None
-    except Exception as e:  # any library's error, as one line naming the URL
-        raise SpeechDataError(
-            f"{url}: cannot read manifest ({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
+    version = checked_version(url, "manifest", options)
     try:
         folder = cache_folder("remote_manifests", cache_dir)
     except OSError:
