@@ -200,3 +200,26 @@ def test_long_wav_clips_fetch_only_their_samples(tmp_path: Path, tokenizer: Toke
     clip_bytes = sum(round(d * rate) * 2 for _, d in segments)
     assert heads == 1  # the object's size, once
     assert got == (1 << 20) + clip_bytes < size  # its head, then each clip's samples once
+
+
+def test_reading_ahead_reads_each_line_once(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    via_proxy: FaultProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The next batch's lines are read (parsed) when its clips are announced, and the batch uses
+    those records: every line of a URL manifest is read once per epoch, not twice."""
+    from collections import Counter
+
+    from speechdata.manifest import Index
+
+    reads: Counter[int] = Counter()
+    real = Index.record
+    monkeypatch.setattr(Index, "record", lambda self, i: reads.update([int(i)]) or real(self, i))
+    manifest = url_manifest(corpus.entries, f"s3://{BUCKET}/c", tmp_path / "urls.json")
+    loader = build_dataloader(remote_cfg(manifest, 0), tokenizer)
+    got = sample_ids(epochs(loader, 1))
+    assert len(got) > 2  # batches after the first were read ahead
+    assert sorted(reads) == list(range(N)) and set(reads.values()) == {1}

@@ -119,10 +119,13 @@ class ManifestSource:
         self._reader = RangeReader(remote, seed=seed, cache_dir=cache_dir)
         self._urls = False  # a record with a URL was read (in this process): worth reading ahead
         self._wavs: dict[str, _WavLayout | None] = {}  # long .wav objects: layout, None if not 16-bit PCM
+        self._ahead: dict[int, Record] = {}  # records of the next batch, read by read_ahead
 
     def record(self, row: int) -> Record:
         """Row ``row``'s manifest line, keys resolved; its clips on object storage start loading."""
-        rec = self.index.record(row)
+        rec = self._ahead.pop(row, None)
+        if rec is None:
+            rec = self.index.record(row)
         self._announce(rec, False)
         return rec
 
@@ -132,11 +135,14 @@ class ManifestSource:
         :meth:`record` to report."""
         if not self._urls:
             return
+        self._ahead.clear()  # what the batch before announced and did not use (a drop, a resume)
         for row in rows:
             try:
-                self._announce(self.index.record(row), True)
+                rec = self.index.record(row)
             except DataError:
                 continue
+            self._ahead[row] = rec  # read once: record() takes it when the batch comes
+            self._announce(rec, True)
 
     def audio(self, rec: Record) -> list[str | bytes | io.RawIOBase]:
         """Each clip's file path (resolved against the manifest's folder when indexed), or for a
