@@ -5,7 +5,10 @@ memory budget is found by measurement, not guessed:
 
 1. **Worst-case shapes** (:func:`bucket_shapes`): the bucket's longest audio (its upper bin
    boundary; ``max_duration`` for the last bucket) as one clip, and the longest token sequence the
-   prompt builder lets through (``max_seq_length``).
+   prompt builder lets through (``max_seq_length``). A 2D bucket (a ``[first, second]`` pair of
+   ``bucket_duration_bins``) bounds the audio by its first value and the tokens by its second
+   (output tokens) plus the longest prompt the data puts in it (:func:`bucket_prompt_tokens`);
+   with ``use_multimodal_sampling`` by the sum of both (see :func:`bucket_shapes`).
 2. **One training step** (:class:`StepRunner`): the model and optimiser are built from the config
    exactly as ``speechdata train`` builds them (:func:`speechdata.train.run.check_config`,
    :func:`~speechdata.train.run.build_module`, the module's ``configure_optimizers``), a
@@ -26,9 +29,10 @@ memory budget is found by measurement, not guessed:
    activation has the batch dimension).
 
 The result is written as YAML at the dataset section's path (:func:`tuned_yaml`):
-``bucket_duration_bins`` and ``bucketing_batch_size`` (one size per bucket, shortest first), the
-keys :mod:`speechdata.sampling.buckets` reads; merged into the config or passed as overrides
-(:func:`tuned_overrides`), the loader batches each bucket with its measured size.
+``bucket_duration_bins`` and ``bucketing_batch_size`` (one size per bucket, shortest first; one
+per 2D pair, in the pairs' order), the keys :mod:`speechdata.sampling.buckets` reads; merged
+into the config or passed as overrides (:func:`tuned_overrides`), the loader batches each bucket
+with its measured size.
 """
 
 from __future__ import annotations
@@ -45,13 +49,15 @@ import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from speechdata.config import DatasetConfig, find_section
+from speechdata.config import DatasetConfig, bins_are_2d, find_section
 from speechdata.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
     from speechdata.batch import Batch
+    from speechdata.loader import SpeechDataLoader
+    from speechdata.sampling.tokens import Measures
     from speechdata.train.run import TrainSetup
 
 #: A probe: run one training step of ``batch_size`` examples of ``shape`` and return its peak bytes,
@@ -72,13 +78,16 @@ _UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "t":
 @dataclass(frozen=True)
 class BucketShape:
     """The worst-case example of one bucket: ``seconds`` of audio in one clip (bucket ``low`` to
-    ``seconds``) and ``tokens`` input ids (BOS to EOS), at ``sample_rate``."""
+    ``seconds``) and ``tokens`` input ids (BOS to EOS), at ``sample_rate``. ``bin`` names a 2D
+    bucket's two bounds in the tables (``4s/30t``: seconds and output tokens; ``120t/30t`` with
+    ``use_multimodal_sampling``: input and output tokens); ``None`` for a 1D bucket."""
 
     bucket: int
     low: float
     seconds: float
     tokens: int
     sample_rate: int
+    bin: str | None = None
 
     @property
     def samples(self) -> int:
@@ -93,21 +102,18 @@ class BucketShape:
 
 def bucket_bins(
     ds: DatasetConfig, path: str, estimate: Callable[[], np.ndarray | None] | None = None
-) -> list[float]:
-    """The duration boundaries of ``ds``'s buckets, as the loader decides them
-    (:mod:`speechdata.sampling.buckets`): ``bucket_duration_bins``; else none when the config asks
-    for no bucketing; else the bins the loader estimates from the data (``estimate``, which
-    returns ``None`` for a pre-bucketed dataset). ``path`` names the section in errors."""
+) -> list[float] | list[tuple[float, float]]:
+    """The boundaries of ``ds``'s buckets, as the loader decides them
+    (:mod:`speechdata.sampling.buckets`): ``bucket_duration_bins`` (1D seconds, or 2D
+    ``(first, second)`` pairs, one per bucket); else none when the config asks for no bucketing;
+    else the bins the loader estimates from the data (``estimate``, which returns ``None`` for a
+    pre-bucketed dataset). ``path`` names the section in errors."""
     from speechdata.sampling.buckets import configured_num_buckets
 
     if ds.bucket_duration_bins is not None:
-        bins = list(ds.bucket_duration_bins)
-        if any(isinstance(b, (list, tuple)) for b in bins):
-            raise ConfigError(
-                f"{path}.bucket_duration_bins: 2D [seconds, tokens] bins are not supported by tune yet; "
-                "give 1D bins (seconds)"
-            )
-        return [float(b) for b in bins]
+        if bins_are_2d(ds.bucket_duration_bins):
+            return [(float(a), float(b)) for a, b in ds.bucket_duration_bins]  # type: ignore[misc]
+        return [float(b) for b in ds.bucket_duration_bins]  # type: ignore[arg-type]
     k = configured_num_buckets(ds)
     if k is None or k == 1:
         return []
@@ -124,19 +130,127 @@ def bucket_bins(
     return [float(b) for b in bins]
 
 
-def bucket_shapes(ds: DatasetConfig, bins: Sequence[float], path: str = "train_ds") -> list[BucketShape]:
-    """One :class:`BucketShape` per bucket (bucket ``i`` holds durations in ``[bins[i-1], bins[i])``,
-    the last one up to ``max_duration``); a bucket's audio never exceeds ``max_duration``."""
+def _pairs(bins: Sequence[Any]) -> bool:
+    """Whether ``bins`` are 2D pairs (lists, tuples or array rows), not 1D boundaries."""
+    return len(bins) > 0 and np.ndim(bins[0]) == 1
+
+
+def bucket_shapes(
+    ds: DatasetConfig,
+    bins: Sequence[float] | Sequence[tuple[float, float]],
+    path: str = "train_ds",
+    prompt_tokens: Sequence[int | None] | None = None,
+) -> list[BucketShape]:
+    """One :class:`BucketShape` per bucket; a bucket's audio never exceeds ``max_duration``.
+
+    1D ``bins``: bucket ``i`` holds durations in ``[bins[i-1], bins[i])``, the last one up to
+    ``max_duration``; every bucket's tokens are ``max_seq_length``.
+
+    2D ``bins`` (``(b1, b2)`` pairs, one bucket each, inclusive upper bounds): without
+    ``use_multimodal_sampling`` the audio is ``min(b1, max_duration)`` seconds (``low``: the
+    largest smaller first bound, or ``min_duration``) and the tokens
+    ``min(max_seq_length, b2 + prompt_tokens[k])``: the output tokens plus the longest
+    non-output part (prompt, context, BOS) of the bucket's examples, from
+    :func:`bucket_prompt_tokens`; where that is unknown (``prompt_tokens`` ``None``, or a
+    bucket's entry ``None``: no example in it) the tokens are ``max_seq_length``, the
+    conservative bound. With ``use_multimodal_sampling`` ``b1`` bounds the input tokens (text
+    input plus one audio token per ``token_equivalent_duration`` seconds): the audio is
+    ``min(max_duration, b1 * token_equivalent_duration)`` (``low``: ``min_duration``, as text
+    can fill the input tokens) and the tokens ``min(max_seq_length, b1 + b2)``, which bounds
+    text + output together (a safe bound: the worst case's audio and text cannot both reach
+    theirs). Tokens are at least 2, as for 1D buckets.
+    """
     if ds.max_duration is None:
         raise ConfigError(f"{path}.max_duration: null leaves the longest bucket unbounded; set it to tune")
     top = float(ds.max_duration)
     low0 = float(ds.min_duration or 0.0)
+    if _pairs(bins):
+        return _bucket_shapes_2d(ds, [(float(a), float(b)) for a, b in bins], top, low0, prompt_tokens)  # type: ignore[misc]
     edges = [low0, *bins, top]
     tokens = max(int(ds.max_seq_length), 2)
     return [
         BucketShape(i, min(edges[i], top), min(max(edges[i + 1], low0), top), tokens, ds.sample_rate)
         for i in range(len(edges) - 1)
     ]
+
+
+def _bucket_shapes_2d(
+    ds: DatasetConfig,
+    pairs: Sequence[tuple[float, float]],
+    top: float,
+    low0: float,
+    prompt_tokens: Sequence[int | None] | None,
+) -> list[BucketShape]:
+    """:func:`bucket_shapes` of 2D ``pairs`` (already checked: sorted ascending)."""
+    msl = int(ds.max_seq_length)
+    if prompt_tokens is not None and len(prompt_tokens) != len(pairs):
+        raise ValueError(f"prompt_tokens: {len(prompt_tokens)} values for {len(pairs)} buckets")
+    shapes = []
+    for k, (b1, b2) in enumerate(pairs):
+        if ds.use_multimodal_sampling:
+            ted = float(ds.token_equivalent_duration or 0.0)
+            seconds = min(top, b1 * ted)
+            low = low0
+            tokens = min(msl, math.floor(b1) + math.floor(b2))
+            label = f"{b1:g}t/{b2:g}t"
+        else:
+            seconds = min(b1, top)
+            low = max((a for a, _ in pairs if a < b1), default=low0)
+            extra = prompt_tokens[k] if prompt_tokens is not None else None
+            tokens = msl if extra is None else min(msl, math.floor(b2) + int(extra))
+            label = f"{b1:g}s/{b2:g}t"
+        shapes.append(BucketShape(k, min(low, seconds), seconds, max(tokens, 2), ds.sample_rate, label))
+    return shapes
+
+
+def bucket_prompt_tokens(
+    measures: Measures, assignment: np.ndarray, keep: np.ndarray, num_buckets: int
+) -> list[int | None]:
+    """Per bucket, the largest number of input ids that are not output tokens (``text - output``:
+    prompt, context, BOS) over the kept examples in it, or ``None`` for a bucket without one.
+    ``measures``, ``assignment`` (bucket per Index row) and ``keep`` are a loader's
+    (:attr:`SpeechDataLoader.measures`, its sampler's ``buckets.assignment``, ``keep``)."""
+    extra = (measures.text - measures.output)[np.asarray(keep, dtype=bool)]
+    bucket = np.asarray(assignment)[np.asarray(keep, dtype=bool)].astype(np.int64)
+    out: list[int | None] = []
+    for k in range(num_buckets):
+        mine = extra[bucket == k]
+        out.append(int(mine.max()) if mine.size else None)
+    return out
+
+
+def loader_prompt_tokens(loader: SpeechDataLoader) -> list[int | None]:
+    """:func:`bucket_prompt_tokens` of a built loader of 2D buckets (its token measures and the
+    bucket its sampler puts each example in)."""
+    if loader.sampler is None or loader.measures is None:
+        raise ConfigError(f"{loader.names}: 2D buckets need a dataset read by offset (not streamed)")
+    buckets = loader.sampler.buckets
+    if buckets.pre_bucketed:
+        raise ConfigError(f"{loader.names}: a pre-bucketed dataset's buckets are its shards, not 2D bins")
+    return bucket_prompt_tokens(loader.measures, buckets.assignment, loader.keep, buckets.num_buckets)
+
+
+def shape_note(
+    ds: DatasetConfig, shapes: Sequence[BucketShape], prompt_tokens: Sequence[int | None] | None
+) -> str | None:
+    """The one line the tables need under 2D buckets whose tokens are the conservative
+    ``max_seq_length`` (no manifests, or buckets without an example); ``None`` otherwise."""
+    if not shapes or shapes[0].bin is None or ds.use_multimodal_sampling:
+        return None
+    msl = int(ds.max_seq_length)
+    if prompt_tokens is None:
+        return (
+            f"without manifests, every 2D bucket's tokens are max_seq_length ({msl}), the conservative bound; "
+            "set manifest_filepath to bound each bucket's prompt tokens by the data"
+        )
+    empty = [str(k) for k, e in enumerate(prompt_tokens) if e is None]
+    if not empty:
+        return None
+    many = len(empty) > 1
+    return (
+        f"{'buckets' if many else 'bucket'} {', '.join(empty)} {'hold' if many else 'holds'} no example of the "
+        f"manifests: {'their' if many else 'its'} tokens are max_seq_length ({msl}), the conservative bound"
+    )
 
 
 def audio_frames(shape: BucketShape, model: Any) -> int:
@@ -515,23 +629,39 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def _bin_column(shapes: Sequence[BucketShape]) -> Callable[[BucketShape | None], str]:
+    """The ``bin`` column of 2D buckets after the bucket number (``""`` when no shape has a 2D bin,
+    so 1D tables are unchanged): the header for ``None``, else the shape's cell."""
+    labels = [s.bin for s in shapes if s.bin is not None]
+    if not labels:
+        return lambda s: ""
+    width = max(3, *(len(x) for x in labels))
+    return lambda s: f"  {'bin' if s is None else s.bin or '-':>{width}}"
+
+
 def shape_table(shapes: Sequence[BucketShape], model: Any) -> str:
-    """The shapes a tune would try, one line per bucket (the dry run's table)."""
+    """The shapes a tune would try, one line per bucket (the dry run's table; 2D buckets get a
+    ``bin`` column with their two bounds)."""
+    col = _bin_column(shapes)
     lines = [
-        f"{'bucket':>6}  {'seconds':>13}  {'samples':>9}  {'tokens':>6}  {'audio frames':>12}  {'LM positions':>12}"
+        f"{'bucket':>6}{col(None)}  {'seconds':>13}  {'samples':>9}  {'tokens':>6}  {'audio frames':>12}  "
+        f"{'LM positions':>12}"
     ]
     for s in shapes:
         lines.append(
-            f"{s.bucket:>6}  {f'{s.low:g}-{s.seconds:g}':>13}  {s.samples:>9}  {s.tokens:>6}  "
+            f"{s.bucket:>6}{col(s)}  {f'{s.low:g}-{s.seconds:g}':>13}  {s.samples:>9}  {s.tokens:>6}  "
             f"{audio_frames(s, model):>12}  {lm_positions(s, model):>12}"
         )
     return "\n".join(lines)
 
 
 def result_table(results: Sequence[BucketResult], model: Any) -> str:
-    """Per bucket: the worst-case shape, the chosen size and its peak, and every probe."""
+    """Per bucket: the worst-case shape (2D buckets: a ``bin`` column with their two bounds), the
+    chosen size and its peak, and every probe."""
+    col = _bin_column([r.shape for r in results])
     lines = [
-        f"{'bucket':>6}  {'seconds':>13}  {'tokens':>6}  {'LM positions':>12}  {'batch':>6}  {'peak':>10}  probes",
+        f"{'bucket':>6}{col(None)}  {'seconds':>13}  {'tokens':>6}  {'LM positions':>12}  {'batch':>6}  "
+        f"{'peak':>10}  probes",
     ]
     for r in results:
         s = r.shape
@@ -542,8 +672,8 @@ def result_table(results: Sequence[BucketResult], model: Any) -> str:
             for t in r.trials
         )
         lines.append(
-            f"{s.bucket:>6}  {f'{s.low:g}-{s.seconds:g}':>13}  {s.tokens:>6}  {lm_positions(s, model):>12}  "
-            f"{r.batch_size:>6}  {peak:>10}  {probes}"
+            f"{s.bucket:>6}{col(s)}  {f'{s.low:g}-{s.seconds:g}':>13}  {s.tokens:>6}  "
+            f"{lm_positions(s, model):>12}  {r.batch_size:>6}  {peak:>10}  {probes}"
         )
     lines.append("probes: batch:peak, 'x' = over the budget, OOM = out of memory")
     return "\n".join(lines)
@@ -552,12 +682,19 @@ def result_table(results: Sequence[BucketResult], model: Any) -> str:
 # ---------------------------------------------------------------------------------------- output
 
 
-def tuned_values(bins: Sequence[float], results: Sequence[BucketResult], ds: DatasetConfig) -> dict[str, Any]:
-    """The dataset keys of a tune: ``bucket_duration_bins`` and ``bucketing_batch_size`` (shortest
-    bucket first), plus ``batch_duration: null`` when the config had dynamic batches (the two
-    cannot be combined)."""
+def tuned_values(
+    bins: Sequence[float] | Sequence[tuple[float, float]], results: Sequence[BucketResult], ds: DatasetConfig
+) -> dict[str, Any]:
+    """The dataset keys of a tune: ``bucket_duration_bins`` (2D bins as the same pairs) and
+    ``bucketing_batch_size`` (one size per bucket in the loader's order: shortest bucket first,
+    2D buckets in the pairs' order), plus ``batch_duration: null`` when the config had dynamic
+    batches (the two cannot be combined)."""
     values: dict[str, Any] = {
-        "bucket_duration_bins": [float(b) for b in bins],
+        "bucket_duration_bins": (
+            [[float(a), float(b)] for a, b in bins]  # type: ignore[misc]
+            if _pairs(bins)
+            else [float(b) for b in bins]  # type: ignore[arg-type]
+        ),
         "bucketing_batch_size": [int(r.batch_size) for r in results],
     }
     if ds.batch_duration is not None:
@@ -585,20 +722,23 @@ def tuned_yaml(path: str, values: Mapping[str, Any], header: Sequence[str] = ())
 
 @dataclass
 class TunePlan:
-    """What a tune needs before anything runs: the checked config, the section, bins and shapes."""
+    """What a tune needs before anything runs: the checked config, the section, bins and shapes,
+    and ``note``, one line the tables need (:func:`shape_note`) or ``None``."""
 
     cfg: DictConfig
     setup: TrainSetup
     path: str
-    bins: list[float]
+    bins: list[float] | list[tuple[float, float]]
     shapes: list[BucketShape]
     precision: str
+    note: str | None = None
 
 
 def prepare(cfg: DictConfig, *, tokenizer: Any = None) -> TunePlan:
     """Check ``cfg`` as ``speechdata train`` does (manifests are not required; a dataset section's
     ``manifest_filepath`` left ``???`` counts as unset) and find the buckets' worst-case shapes.
-    Bins estimated from data are the loader's (it indexes the manifests)."""
+    Bins estimated from data are the loader's (it indexes the manifests); so are, with 2D bins and
+    manifests, the prompt tokens of each bucket (:func:`loader_prompt_tokens`)."""
     from speechdata.train.run import PRECISIONS, check_config
 
     cfg = cfg.copy()
@@ -616,16 +756,28 @@ def prepare(cfg: DictConfig, *, tokenizer: Any = None) -> TunePlan:
     if precision is None:
         raise ConfigError(f"trainer.precision: {raw_precision!r} is not one of {', '.join(PRECISIONS)}")
 
+    built: list[SpeechDataLoader] = []
+
+    def loader() -> SpeechDataLoader:
+        if not built:
+            from speechdata.loader import build_dataloader
+
+            built.append(build_dataloader(setup.train_ds, setup.tokenizer))
+        return built[0]
+
     def estimate() -> np.ndarray | None:
-        from speechdata.loader import build_dataloader
-
-        loader = build_dataloader(setup.train_ds, setup.tokenizer)
-        if loader.sampler is None or loader.sampler.buckets.bins is None:
+        sampler = loader().sampler
+        if sampler is None or sampler.buckets.bins is None:
             return None
-        return np.asarray(loader.sampler.buckets.bins)
+        return np.asarray(sampler.buckets.bins)
 
-    bins = bucket_bins(setup.train_ds, path, estimate)
-    return TunePlan(cfg, setup, path, bins, bucket_shapes(setup.train_ds, bins, path), precision)
+    ds = setup.train_ds
+    bins = bucket_bins(ds, path, estimate)
+    prompt = None
+    if _pairs(bins) and not ds.use_multimodal_sampling and ds.manifests:
+        prompt = loader_prompt_tokens(loader())
+    shapes = bucket_shapes(ds, bins, path, prompt)
+    return TunePlan(cfg, setup, path, bins, shapes, precision, shape_note(ds, shapes, prompt))
 
 
 def stderr_progress(line: str) -> None:

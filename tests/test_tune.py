@@ -1,5 +1,6 @@
 """speechdata tune: the search against fake memory models, the CPU estimate on the real tiny model,
-and the command end to end (dry run, a CPU-estimated run whose YAML the loader reads back)."""
+and the command end to end (dry run, a CPU-estimated run whose YAML the loader reads back), for 1D
+and 2D bins."""
 
 from __future__ import annotations
 
@@ -307,3 +308,147 @@ def test_bins_the_loader_estimates_are_the_ones_tuned(corpus: dict[str, str]) ->
     assert [s.seconds for s in plan.shapes] == [*plan.bins, 2.0]
     with pytest.raises(ConfigError, match=r"model.train_ds: 3 buckets are estimated from the data"):
         prepare(load_config(CONFIGS / "salm_tiny.yaml", small(corpus, "model.train_ds.num_buckets=3")))
+
+
+# ------------------------------------------------------------------------------------- 2D buckets
+
+PAIRS = [[1, 10], [1, 30], [1.6, 15], [1.6, 30], [2, 30]]
+
+
+def two_d(corpus: dict[str, str], *extra: str) -> list[str]:
+    """:func:`small` with 2D bins (seconds, output tokens) and room for the prompts (64 ids)."""
+    bins = "[" + ",".join(f"[{a},{b}]" for a, b in PAIRS) + "]"
+    return small(
+        corpus, "model.train_ds.max_seq_length=64", f"model.train_ds.bucket_duration_bins={bins}", *extra
+    )
+
+
+def test_2d_shapes_without_manifests_take_max_seq_length(
+    corpus: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", two_d(corpus)))
+    assert plan.bins == [(1.0, 10.0), (1.0, 30.0), (1.6, 15.0), (1.6, 30.0), (2.0, 30.0)]
+    assert [(s.bucket, s.low, s.seconds, s.tokens, s.bin) for s in plan.shapes] == [
+        (0, 0.1, 1.0, 64, "1s/10t"),
+        (1, 0.1, 1.0, 64, "1s/30t"),
+        (2, 1.0, 1.6, 64, "1.6s/15t"),
+        (3, 1.0, 1.6, 64, "1.6s/30t"),
+        (4, 1.6, 2.0, 64, "2s/30t"),  # the last pair's seconds: max_duration caps it
+    ]
+    assert plan.note is not None and plan.note.startswith("without manifests, every 2D bucket's tokens are ")
+    assert "max_seq_length (64)" in plan.note
+
+    assert main(["tune", str(CONFIGS / "salm_tiny.yaml"), *two_d(corpus), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(x for x in lines if x.lstrip().startswith("bucket"))
+    assert header.split()[:3] == ["bucket", "bin", "seconds"]
+    rows = [x.split() for x in lines if x.strip()[:1].isdigit()]
+    assert [r[:5] for r in rows] == [
+        ["0", "1s/10t", "0.1-1", "16000", "64"],
+        ["1", "1s/30t", "0.1-1", "16000", "64"],
+        ["2", "1.6s/15t", "1-1.6", "25600", "64"],
+        ["3", "1.6s/30t", "1-1.6", "25600", "64"],
+        ["4", "2s/30t", "1.6-2", "32000", "64"],
+    ]
+    assert sum(1 for x in lines if x == plan.note) == 1  # said once, in one line
+
+
+def test_2d_shapes_with_manifests_bound_the_prompt_by_the_data(corpus: dict[str, str]) -> None:
+    overrides = two_d(corpus, f"model.train_ds.manifest_filepath={corpus['manifest']}")
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", overrides))
+    from speechdata.text.tokenizer import load_tokenizer
+
+    loader = build_dataloader(plan.setup.train_ds, load_tokenizer(corpus["tokenizer"]))
+    m = loader.measures
+    assert m is not None
+    # by hand: an example goes to the first pair of the smallest first bound >= its seconds whose
+    # output bound holds it (strict mode); the extra tokens are its input ids minus its output
+    extra: dict[int, int] = {}
+    firsts = sorted({a for a, _ in PAIRS})
+    for row in np.flatnonzero(loader.keep).tolist():
+        seconds, output, text = float(m.duration[row]), int(m.output[row]), int(m.text[row])
+        first = next(a for a in firsts if seconds <= a)
+        k = next(i for i, (a, b) in enumerate(PAIRS) if a == first and output <= b)
+        extra[k] = max(extra.get(k, 0), text - output)
+    assert len(set(extra.values())) > 1 and len(extra) < len(PAIRS)  # the data tells buckets apart
+    expected = [min(64, b + extra[k]) if k in extra else 64 for k, (_, b) in enumerate(PAIRS)]
+    assert [s.tokens for s in plan.shapes] == expected
+    assert [s.seconds for s in plan.shapes] == [1.0, 1.0, 1.6, 1.6, 2.0]
+    empty = [str(k) for k in range(len(PAIRS)) if k not in extra]
+    assert plan.note is not None and plan.note.startswith(
+        f"bucket{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
+    )
+
+
+def test_2d_shapes_with_multimodal_sampling_bound_tokens_by_both_bins(corpus: dict[str, str]) -> None:
+    pairs = [[20, 10], [20, 40], [40, 30], [80, 30]]
+    bins = "[" + ",".join(f"[{a},{b}]" for a, b in pairs) + "]"
+    overrides = small(
+        corpus,
+        "model.train_ds.max_seq_length=64",
+        f"model.train_ds.bucket_duration_bins={bins}",
+        "model.train_ds.use_multimodal_sampling=true",
+        "model.train_ds.token_equivalent_duration=0.08",
+        f"model.train_ds.manifest_filepath={corpus['manifest']}",
+    )
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", overrides))
+    # seconds: input tokens x 0.08 s, at most max_duration; tokens: input + output, at most max_seq_length
+    assert [(s.low, s.seconds, s.tokens, s.bin) for s in plan.shapes] == [
+        (0.1, pytest.approx(1.6), 30, "20t/10t"),
+        (0.1, pytest.approx(1.6), 60, "20t/40t"),
+        (0.1, 2.0, 64, "40t/30t"),
+        (0.1, 2.0, 64, "80t/30t"),
+    ]
+    assert plan.note is None  # the bound does not depend on the data
+
+
+def test_2d_cpu_estimate_writes_pairs_and_sizes_the_loader_uses(
+    corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned.yaml"
+    cfg_path = str(CONFIGS / "salm_tiny.yaml")
+    pairs = [[1.0, 30.0], [2.0, 15.0], [2.0, 30.0]]
+    bins = "[" + ",".join(f"[{a},{b}]" for a, b in pairs) + "]"
+    overrides = small(
+        corpus,
+        "model.train_ds.max_seq_length=64",
+        f"model.train_ds.bucket_duration_bins={bins}",
+        f"model.train_ds.manifest_filepath={corpus['manifest']}",
+        "model.train_ds.drop_last=false",
+    )
+    args = ["tune", cfg_path, *overrides, "--estimate-cpu", "48MiB", "--fraction", "0.5", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    tuned = load_yaml(out)
+    sizes = list(tuned.model.train_ds.bucketing_batch_size)
+    assert [list(p) for p in tuned.model.train_ds.bucket_duration_bins] == pairs
+    assert len(sizes) == 3 and min(sizes) >= 1 and len(set(sizes)) > 1
+    # each pair's size is the one measured for its shape (the result table: bucket, bin, ..., batch)
+    rows = [x.split() for x in printed.splitlines() if x[:6].strip().isdigit()]
+    assert [(r[0], r[1], int(r[5])) for r in rows] == [
+        ("0", "1s/30t", sizes[0]),
+        ("1", "2s/15t", sizes[1]),
+        ("2", "2s/30t", sizes[2]),
+    ]
+    assert sizes[1] >= sizes[2]  # the same audio, fewer output tokens: no less fits
+
+    merged = OmegaConf.merge(load_config(cfg_path, overrides), tuned)
+    ds = dataset_config(merged, "train_ds")
+    assert ds.bucketing_batch_size == sizes and ds.bucket_duration_bins == pairs
+    line = next(x for x in printed.splitlines() if x.startswith("as overrides: "))
+    again = dataset_config(load_config(cfg_path, [*overrides, *line.split()[2:]]), "train_ds")
+    assert again.bucketing_batch_size == sizes and again.bucket_duration_bins == pairs
+
+    from speechdata.text.tokenizer import load_tokenizer
+
+    loader = build_dataloader(ds, load_tokenizer(corpus["tokenizer"]))
+    assert loader.sampler is not None
+    buckets = loader.sampler.buckets
+    assert list(buckets.sizes) == sizes and buckets.bins.tolist() == pairs
+    plan = loader.sampler.plan(0)
+    counts = buckets.counts(loader.keep)
+    lengths = np.diff(plan.offsets)
+    assert (counts > 0).all()
+    for b in range(3):
+        assert lengths[plan.bucket == b].max() == min(sizes[b], counts[b])  # full batches of the tuned size
+        assert (lengths[plan.bucket == b] <= sizes[b]).all()

@@ -1,6 +1,8 @@
 """``speechdata tune CONFIG [key=value ...]``: the largest batch per duration bucket whose training
 step fits in a fraction of GPU memory, measured with the config's model and optimiser on
-worst-case batches (:mod:`speechdata.tune`; docs/tuning.md).
+worst-case batches (:mod:`speechdata.tune`; docs/tuning.md). 2D ``bucket_duration_bins``
+(``[seconds or input tokens, output tokens]`` pairs) are tuned per pair; their tokens are bounded
+by the manifests' prompts when ``manifest_filepath`` is set, else by ``max_seq_length``.
 
 Prints one line per probe on stderr and a table on stdout (per bucket: the worst-case shape, the
 probes with their peak memory, the chosen size), then the tuned ``bucket_duration_bins`` and
@@ -120,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"DRY RUN ({why}): nothing is measured and nothing is written")
         say(f"{plan.path}: {described}")
         say(shape_table(plan.shapes, model))
+        if plan.note:
+            say(plan.note)
         say(
             f"each bucket would be tried at batch 1, 2, 4, ... (up to {args.max_batch}) until a step does not "
             f"fit in {args.fraction:g} of the device's memory, then bisected"
@@ -147,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{plan.path}: the model does not fit in memory even at batch 1 ({where})")
     results = search_buckets(plan.shapes, measure, budget, margin, args.max_batch, stderr_progress)
     say(result_table(results, model))
+    if plan.note:
+        say(plan.note)
     failed = [r for r in results if r.batch_size == 0]
     if failed:
         s = failed[0].shape
@@ -159,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = tuned_overrides(plan.path, values)
     if args.print_overrides:
         print(" ".join(overrides))
+    order = "in the order of the 2D pairs" if plan.shapes[0].bin is not None else "shortest first"
     header = [
         f"speechdata tune {args.config}: {where}, budget {human_bytes(budget)}",
-        f"margin {human_bytes(margin)}; per bucket (shortest first) the largest batch whose step fits",
+        f"margin {human_bytes(margin)}; per bucket ({order}) the largest batch whose step fits",
     ]
     text = tuned_yaml(plan.path, values, header)
     say(text.rstrip("\n"))
