@@ -144,7 +144,11 @@ def bucket_shapes(
     """One :class:`BucketShape` per bucket; a bucket's audio never exceeds ``max_duration``.
 
     1D ``bins``: bucket ``i`` holds durations in ``[bins[i-1], bins[i])``, the last one up to
-    ``max_duration``; every bucket's tokens are ``max_seq_length``.
+    ``max_duration``; every bucket's tokens are ``max_seq_length``. With
+    ``use_multimodal_sampling`` the bins bound an example's tokens ``u`` (text tokens plus one
+    audio token per ``token_equivalent_duration`` seconds): the audio is
+    ``min(max_duration, u * token_equivalent_duration)`` and the tokens
+    ``min(max_seq_length, u)`` (the last bucket: ``max_duration`` and ``max_seq_length``).
 
     2D ``bins`` (``(b1, b2)`` pairs, one bucket each, inclusive upper bounds): without
     ``use_multimodal_sampling`` the audio is ``min(b1, max_duration)`` seconds (``low``: the
@@ -166,8 +170,23 @@ def bucket_shapes(
     low0 = float(ds.min_duration or 0.0)
     if _pairs(bins):
         return _bucket_shapes_2d(ds, [(float(a), float(b)) for a, b in bins], top, low0, prompt_tokens)  # type: ignore[misc]
-    edges = [low0, *bins, top]
     tokens = max(int(ds.max_seq_length), 2)
+    if ds.use_multimodal_sampling:  # the bins bound an example's tokens (text + audio tokens)
+        ted = float(ds.token_equivalent_duration or 0.0)
+        bounds = [*(float(b) for b in bins), math.inf]  # type: ignore[arg-type]
+        lows = [0.0, *bounds[:-1]]
+        return [
+            BucketShape(
+                i,
+                low0,
+                top if math.isinf(u) else min(top, u * ted),
+                tokens if math.isinf(u) else max(min(tokens, math.floor(u)), 2),
+                ds.sample_rate,
+                f"{lo:g}-{u:g}t",
+            )
+            for i, (lo, u) in enumerate(zip(lows, bounds, strict=True))
+        ]
+    edges = [low0, *bins, top]
     return [
         BucketShape(i, min(edges[i], top), min(max(edges[i + 1], low0), top), tokens, ds.sample_rate)
         for i in range(len(edges) - 1)

@@ -402,6 +402,25 @@ def test_2d_shapes_with_multimodal_sampling_bound_tokens_by_both_bins(corpus: di
     assert plan.note is None  # the bound does not depend on the data
 
 
+def test_1d_bins_with_multimodal_sampling_are_token_bounds(corpus: dict[str, str]) -> None:
+    """With use_multimodal_sampling the loader reads 1D bins as token counts (text + audio
+    tokens); so does the tune: audio u x token_equivalent_duration seconds, u input ids."""
+    overrides = small(
+        corpus,
+        "model.train_ds.max_seq_length=64",
+        "model.train_ds.bucket_duration_bins=[20,40,80]",
+        "model.train_ds.use_multimodal_sampling=true",
+        "model.train_ds.token_equivalent_duration=0.08",
+    )
+    plan = prepare(load_config(CONFIGS / "salm_tiny.yaml", overrides))
+    assert [(s.seconds, s.tokens, s.bin) for s in plan.shapes] == [
+        (pytest.approx(1.6), 20, "0-20t"),
+        (2.0, 40, "20-40t"),
+        (2.0, 64, "40-80t"),
+        (2.0, 64, "80-inft"),
+    ]
+
+
 def test_2d_cpu_estimate_writes_pairs_and_sizes_the_loader_uses(
     corpus: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
