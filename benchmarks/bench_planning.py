@@ -45,7 +45,7 @@ from speechdata.config import make_dataset_config
 from speechdata.errors import DropCounter
 from speechdata.manifest import DatasetInfo, Index, ManifestKeys
 from speechdata.sampling import make_buckets, plan_epoch
-from speechdata.sampling.position import V1_DEALS
+from speechdata.sampling.position import EpochDeal
 
 
 def synthetic_index(n: int, seed: int) -> Index:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     full = plan_epoch(index, keep, other, epoch=0, rank=0, world_size=args.world_size, buckets=buckets)
     # the version-1 rule (what a version-1 position finishes its epoch with): the baseline
     v1 = plan_epoch(
-        index, keep, cfg, epoch=0, rank=0, world_size=args.world_size, buckets=buckets, resized=(V1_DEALS,)
+        index, keep, cfg, epoch=0, rank=0, world_size=args.world_size, buckets=buckets, deal=EpochDeal(rule=1)
     )
     first, last = plans.get(0), plans.get(args.world_size - 1)
     if first is not None and last is not None and args.world_size > 1:

@@ -13,10 +13,11 @@
   deterministic stream and skips the batches already handed out.
 
 The loader talks to either through the same five members: ``loader`` (the torch DataLoader),
-``length(epoch, resized)`` (``None`` for a stream), ``start(epoch, consumed, resized)``,
-``tail_drops(epoch, resized)`` and ``check_first_epoch(names)``; ``resized`` are the epoch's
-earlier deals after an elastic resume (:class:`~speechdata.sampling.position.Position`), always
-empty for a stream (the loader refuses to resume one on another world size).
+``length(epoch, deal)`` (``None`` for a stream), ``start(epoch, consumed, deal)``,
+``tail_drops(epoch, deal)`` and ``check_first_epoch(names)``; ``deal``
+(:class:`~speechdata.sampling.position.EpochDeal`) holds the epoch's earlier deals after an
+elastic resume and its deal rule, always a fresh deal for a stream (the loader refuses to
+resume one on another world size).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from speechdata.config import DatasetConfig
 from speechdata.errors import DataError, DropCounter, EmptyDatasetError, SpeechDataError, handle
 from speechdata.manifest import Record
 from speechdata.sampling.plan import BatchSampler
-from speechdata.sampling.position import Position, Resized
+from speechdata.sampling.position import FRESH_DEAL, EpochDeal, Position
 from speechdata.sampling.stream import bucketed_stream
 from speechdata.sources.base import Source, StreamSlot, StreamSource
 from speechdata.text.prompt import PromptBuilder
@@ -196,21 +197,21 @@ class PlannedFeed:
             **_loader_options(cfg, pin_memory),
         )
 
-    def length(self, epoch: int, resized: Resized = ()) -> int | None:
-        """This rank's batches in ``epoch`` (re-dealt after the earlier deals ``resized``)."""
-        return len(self.sampler.plan(epoch, resized))
+    def length(self, epoch: int, deal: EpochDeal = FRESH_DEAL) -> int | None:
+        """This rank's batches in ``epoch`` (dealt as ``deal``: after its earlier deals)."""
+        return len(self.sampler.plan(epoch, deal))
 
-    def start(self, epoch: int, consumed: int, resized: Resized = ()) -> int:
+    def start(self, epoch: int, consumed: int, deal: EpochDeal = FRESH_DEAL) -> int:
         """Make the next ``iter(loader)`` start after ``consumed`` batches of ``epoch``; returns
         the batches it replays before that point (none: the plan is sliced)."""
-        self.sampler.seek(Position(epoch, consumed, resized=resized))
+        self.sampler.seek(Position(epoch, consumed, resized=deal.resized, rule=deal.rule))
         return 0
 
-    def tail_drops(self, epoch: int, resized: Resized = ()) -> DropCounter:
+    def tail_drops(self, epoch: int, deal: EpochDeal = FRESH_DEAL) -> DropCounter:
         """The examples ``drop_last`` left out of ``epoch``'s global plan (the same on every
         rank), as ``drop_last_tail`` drops with the places of the first few."""
         drops = DropCounter()
-        plan = self.sampler.plan(epoch, resized)
+        plan = self.sampler.plan(epoch, deal)
         if plan.dropped:
             world = self.sampler.world_size
             note = "drop_last" if world == 1 else f"drop_last, over {world} ranks"
@@ -317,17 +318,17 @@ class StreamedFeed:
             self.stream, batch_size=None, **_loader_options(cfg, pin_memory)
         )
 
-    def length(self, epoch: int, resized: Resized = ()) -> int | None:
+    def length(self, epoch: int, deal: EpochDeal = FRESH_DEAL) -> int | None:
         """Unknown before the stream ends: ``None``."""
         return None
 
-    def start(self, epoch: int, consumed: int, resized: Resized = ()) -> int:
+    def start(self, epoch: int, consumed: int, deal: EpochDeal = FRESH_DEAL) -> int:
         """Make the next ``iter(loader)`` stream ``epoch``; the stream is deterministic for
         (seed, epoch, rank, workers), so the ``consumed`` batches are replayed and skipped."""
         self.stream.epoch = epoch
         return consumed
 
-    def tail_drops(self, epoch: int, resized: Resized = ()) -> DropCounter:
+    def tail_drops(self, epoch: int, deal: EpochDeal = FRESH_DEAL) -> DropCounter:
         """None: a stream drops no tail, every row is yielded."""
         return DropCounter()
 

@@ -48,7 +48,7 @@ from speechdata.feed import BatchDataset, PlannedFeed, StreamedFeed
 from speechdata.manifest import Index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import BatchSampler
-from speechdata.sampling.position import Position, Resized, resolve_rank_world
+from speechdata.sampling.position import FRESH_DEAL, Position, resolve_rank_world
 from speechdata.sampling.tokens import Measures, count_tokens, filter_tokens, needs_tokens
 from speechdata.sources import Source, StreamSource, open_source
 from speechdata.text.dialog import make_prompt_builder
@@ -132,7 +132,7 @@ class SpeechDataLoader:
         self._tails_counted: set[int] = set()
         self._epoch = 0
         self._consumed = 0
-        self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
+        self._deal = FRESH_DEAL  # how the current epoch is dealt (earlier deals: elastic resume)
         self._live: Any = None  # the DataLoader iterator of the pass in progress
         self._buffers = ReusedBuffers()  # padded audio memory, reused once the caller drops a batch
 
@@ -185,7 +185,7 @@ class SpeechDataLoader:
         return self._epoch
 
     def __len__(self) -> int:
-        n = self.feed.length(self._epoch, self._resized)
+        n = self.feed.length(self._epoch, self._deal)
         if n is None:
             raise TypeError("a streamed dataset has no length known in advance")
         return n
@@ -193,13 +193,13 @@ class SpeechDataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (no-op when it is the current epoch)."""
         if epoch != self._epoch:
-            self._epoch, self._consumed, self._resized = int(epoch), 0, ()
+            self._epoch, self._consumed, self._deal = int(epoch), 0, FRESH_DEAL
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch, start, resized = self._epoch, self._consumed, self._resized
-        skip = self.feed.start(epoch, start, resized)  # batches the DataLoader replays before `start`
+        epoch, start, deal = self._epoch, self._consumed, self._deal
+        skip = self.feed.start(epoch, start, deal)  # batches the DataLoader replays before `start`
         self._consumed = start - skip
-        tail = self.feed.tail_drops(epoch, resized)
+        tail = self.feed.tail_drops(epoch, deal)
         if epoch not in self._tails_counted:
             self._tails_counted.add(epoch)
             self.plan_drops.merge(tail)
@@ -228,14 +228,14 @@ class SpeechDataLoader:
             # the caller closed the iteration: mid-epoch (a break, a trainer's max_steps) or after
             # the last batch without asking for more (a trainer that knows the length); either
             # way, say what this epoch dropped
-            n = self.feed.length(epoch, resized)
+            n = self.feed.length(epoch, deal)
             complete = n is not None and self._consumed >= n
             self._log_epoch(epoch, epoch_drops, tail, stopped=not complete)
             if complete:
-                self._epoch, self._consumed, self._resized = epoch + 1, 0, ()
+                self._epoch, self._consumed, self._deal = epoch + 1, 0, FRESH_DEAL
             raise
         line = self._log_epoch(epoch, epoch_drops, tail, stopped=False)
-        self._epoch, self._consumed, self._resized = epoch + 1, 0, ()
+        self._epoch, self._consumed, self._deal = epoch + 1, 0, FRESH_DEAL
         if yielded == 0 and start == 0:
             raise EmptyDatasetError(f"{self.names}: epoch {epoch} yielded no batch: {line}")
 
@@ -250,7 +250,7 @@ class SpeechDataLoader:
         if drops.total():
             when = f"epoch {epoch}"
             if stopped:
-                n = self.feed.length(epoch, self._resized)
+                n = self.feed.length(epoch, self._deal)
                 total = "" if n is None else f" of {n}"
                 when += f" (stopped after {self._consumed}{total} batches)"
             log.warning("%s: %s", when, line)
@@ -301,11 +301,11 @@ class SpeechDataLoader:
         return Position.after(
             self._epoch,
             self._consumed,
-            self.feed.length(self._epoch, self._resized),
+            self.feed.length(self._epoch, self._deal),
             seed=self.cfg.seed,
             rank=self.rank,
             world_size=self.world_size,
-            resized=self._resized,
+            deal=self._deal,
             readers=None if self.source.seekable else max(1, self.cfg.num_workers),
         )
 
@@ -331,14 +331,14 @@ class SpeechDataLoader:
             fixed_world=fixed,
             readers=None if self.source.seekable else max(1, self.cfg.num_workers),
         )
-        resized = pos.resized_for(self.world_size)
+        deal = pos.deal_for(self.world_size)
         try:
-            n = self.feed.length(pos.epoch, resized)
+            n = self.feed.length(pos.epoch, deal)
         except ConfigError as e:  # an earlier deal that does not reach its step
             raise ConfigError(f"{what}: {e}") from None
         if n is not None and pos.batch > n:
             raise ConfigError(f"{what}: batch {pos.batch} is past the end of epoch {pos.epoch} ({n} batches)")
-        self._epoch, self._consumed, self._resized = pos.epoch, pos.batch, resized
+        self._epoch, self._consumed, self._deal = pos.epoch, pos.batch, deal
 
     def report(self) -> dict[str, int]:
         """Dropped examples so far by reason: indexing and filters (counted once, they are the

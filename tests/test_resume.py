@@ -19,7 +19,7 @@ from speechdata import build_dataloader
 from speechdata.config import dataset_config, load_config, make_dataset_config
 from speechdata.errors import ConfigError
 from speechdata.sampling import Position
-from speechdata.sampling.position import POSITION_VERSION, V1_DEALS
+from speechdata.sampling.position import POSITION_VERSION
 from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import TINY_MODEL, Corpus, make_corpus
 from speechdata.text.tokenizer import Tokenizer
@@ -140,14 +140,14 @@ def test_older_position_formats_keep_loading(corpus: Corpus, shards: Path, token
     reference = _until_epoch(build_dataloader(cfg, tokenizer), EPOCHS)
     per_epoch = len(reference) // EPOCHS
     run = {"seed": 8, "rank": 0, "world_size": 1}
-    v1 = (V1_DEALS,)  # they finish their epoch by the version-1 deal (tests/test_synced_tails.py)
+    v1 = 1  # they finish their epoch by the version-1 deal (tests/test_synced_tails.py)
     legacy = [
-        ({"epoch": 1, "batch": 2}, Position(1, 2, resized=v1)),  # the sampler's
-        ({"epoch": 1, "batch": 2, **run}, Position(1, 2, **run, resized=v1)),  # the loader's
+        ({"epoch": 1, "batch": 2}, Position(1, 2, rule=v1)),  # the sampler's
+        ({"epoch": 1, "batch": 2, **run}, Position(1, 2, **run, rule=v1)),  # the loader's
         # the trainer's checkpoint entry (mid-epoch): its loader state is the position
         (
             {"epoch": 1, "batches": 2, "epoch_complete": False, "state": {"epoch": 1, "batch": 2, "seed": 8}},
-            Position(1, 2, seed=8, resized=v1),
+            Position(1, 2, seed=8, rule=v1),
         ),
     ]
     for old, want in legacy:

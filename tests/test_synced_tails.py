@@ -21,7 +21,7 @@ from speechdata.config import make_dataset_config
 from speechdata.manifest import pack_sample_id
 from speechdata.sampling import BatchSampler, Position, make_buckets, plan_epoch
 from speechdata.sampling.plan import _synced_groups, _synced_groups_v1
-from speechdata.sampling.position import POSITION_VERSION, V1_DEALS
+from speechdata.sampling.position import POSITION_VERSION, EpochDeal
 from speechdata.testing import make_corpus
 
 # ---------------------------------------------------------------- the grouping, by a plain loop
@@ -100,6 +100,8 @@ def _cfg(drop_last: bool, buckets: int, shuffle: bool = True, seed: int = 4, **k
 
 
 CASES = [(w, k) for w in (1, 2, 3, 8, 16) for k in (1, 4, 12)]
+#: An epoch a version-1 position left unfinished: dealt by the version-1 rule.
+V1 = EpochDeal(rule=1)
 
 
 @pytest.mark.parametrize(("world", "buckets"), CASES)
@@ -156,7 +158,7 @@ def test_many_ranks_drop_fewer_than_a_group():
     keep = np.ones(n, bool)
     cfg = _cfg(True, 30)
     now = plan_epoch(idx, keep, cfg, epoch=0, rank=0, world_size=64)
-    before = plan_epoch(idx, keep, cfg, epoch=0, rank=0, world_size=64, resized=(V1_DEALS,))
+    before = plan_epoch(idx, keep, cfg, epoch=0, rank=0, world_size=64, deal=V1)
     assert now.formed == before.formed
     assert now.formed - 64 * len(now) < 64
     assert before.formed - 64 * len(before) > 64 * 5  # many buckets' tails
@@ -170,7 +172,7 @@ def test_one_rank_is_dealt_as_before(shuffle, drop_last):
     keep = np.ones(3000, bool)
     cfg = _cfg(drop_last, 12, shuffle)
     a = plan_epoch(idx, keep, cfg, epoch=2)
-    b = plan_epoch(idx, keep, cfg, epoch=2, resized=(V1_DEALS,))
+    b = plan_epoch(idx, keep, cfg, epoch=2, deal=V1)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.offsets, b.offsets)
     assert (a.dropped, a.repeated) == (b.dropped, b.repeated)
 
@@ -197,7 +199,10 @@ def test_elastic_redeal_uses_the_same_rule(drop_last):
     first = [plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=4) for r in range(4)]
     stop = len(first[0]) // 2
     head = [first[r].batch(k) for r in range(4) for k in range(stop)]
-    rest = [plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=7, resized=((4, stop),)) for r in range(7)]
+    rest = [
+        plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=7, deal=EpochDeal(((4, stop),)))
+        for r in range(7)
+    ]
     assert len({len(p) for p in rest}) == 1 and rest[0].start == stop
     counts = Counter(np.concatenate(head + [p.ids for p in rest]).tolist())
     left = first[0].formed - 4 * stop  # batches not delivered before the resume
@@ -222,7 +227,7 @@ def test_a_version_1_position_finishes_its_epoch_by_the_version_1_rule(drop_last
     idx = make_index(libri_like(n, seed=11))
     keep = np.ones(n, bool)
     cfg = _cfg(drop_last, 12)
-    old = plan_epoch(idx, keep, cfg, epoch=3, rank=rank, world_size=world, resized=(V1_DEALS,))
+    old = plan_epoch(idx, keep, cfg, epoch=3, rank=rank, world_size=world, deal=V1)
     new = plan_epoch(idx, keep, cfg, epoch=3, rank=rank, world_size=world)
     assert _batches(old, stop) != _batches(new, stop), "the test wants the two rules to differ"
     saved = {"version": 1, "epoch": 3, "batch": stop, "seed": 4, "rank": rank, "world_size": world}
@@ -252,9 +257,7 @@ def test_a_version_1_position_resumes_elastically_by_the_version_1_rule():
     head = [
         b
         for r in range(8)
-        for b in _batches(plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=8, resized=(V1_DEALS,)))[
-            :stop
-        ]
+        for b in _batches(plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=8, deal=V1))[:stop]
     ]
     saved = {"version": 1, "epoch": 0, "batch": stop, "seed": 4, "rank": 0, "world_size": 8}
     rest, dropped = [], set()
@@ -262,7 +265,7 @@ def test_a_version_1_position_resumes_elastically_by_the_version_1_rule():
         sampler = BatchSampler(idx, keep, cfg, rank=r, world_size=3)
         sampler.load_state_dict(saved)
         assert sampler.state_dict() == {**saved, "rank": r, "world_size": 3, "resized": [[8, stop]]}
-        want = plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=3, resized=(V1_DEALS, (8, stop)))
+        want = plan_epoch(idx, keep, cfg, epoch=0, rank=r, world_size=3, deal=EpochDeal(((8, stop),), rule=1))
         rest += list(sampler)
         assert rest[-len(want) + stop :] == _batches(want, stop)
         dropped = set(want.dropped_ids.tolist())
@@ -279,11 +282,11 @@ def test_a_version_1_position_resumes_elastically_by_the_version_1_rule():
 )
 def test_positions_before_versions_are_version_1(state):
     pos = Position.from_dict(state)
-    assert pos.resized == (V1_DEALS,) and pos.to_dict()["version"] == 1
+    assert pos.deal == V1 and pos.resized == () and pos.to_dict()["version"] == 1
     # at an epoch's start nothing was dealt yet: the current rule
-    assert Position.from_dict({**state, "batch": 0}).resized == ()
+    assert Position.from_dict({**state, "batch": 0}).deal == EpochDeal()
     # a stream has no deal: its position is read as it is
-    assert Position.from_dict({**state, "readers": 2}).resized == ()
+    assert Position.from_dict({**state, "readers": 2}).deal == EpochDeal()
 
 
 def test_a_loader_resumes_a_version_1_position_exactly(tmp_path: Path):
@@ -307,7 +310,7 @@ def test_a_loader_resumes_a_version_1_position_exactly(tmp_path: Path):
     )
     world, rank, stop = 3, 1, 1
     loader = build_dataloader(cfg, tok, rank=rank, world_size=world)
-    old = loader.feed.sampler.plan(0, (V1_DEALS,))
+    old = loader.feed.sampler.plan(0, V1)
     new = loader.feed.sampler.plan(0)
     assert len(old) > stop + 1
     assert _batches(old, stop) != _batches(new, stop)[: len(old) - stop], "the rules should differ"

@@ -89,7 +89,7 @@ from speechdata.sampling.batching import (
 from speechdata.sampling.buckets import Buckets, effective_duration, make_buckets
 from speechdata.sampling.filters import IndexColumns, num_datasets
 from speechdata.sampling.packing import RowBatch, pack_rows, packing_cost, row_table
-from speechdata.sampling.position import Position, Resized, resolve_rank_world, split_deals
+from speechdata.sampling.position import FRESH_DEAL, EpochDeal, Position, Resized, resolve_rank_world
 from speechdata.sampling.tokens import Measures
 
 __all__ = [
@@ -385,7 +385,7 @@ def _synced_groups(bucket: np.ndarray, w: int, drop_last: bool) -> tuple[np.ndar
 
 def _synced_groups_v1(bucket: np.ndarray, w: int, drop_last: bool) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_synced_groups` by the version-1 rule, kept to finish an epoch that a version-1
-    position left unfinished (:data:`~speechdata.sampling.position.V1_DEALS`): every group holds
+    position left unfinished (:attr:`EpochDeal.rule <speechdata.sampling.position.EpochDeal>` 1): every group holds
     one bucket's batches, so each bucket's last ``count % w`` are dropped (``drop_last``) or its
     last group is filled with its first batches."""
     t = bucket.size
@@ -446,7 +446,7 @@ def plan_epoch(
     rank: int = 0,
     world_size: int = 1,
     buckets: Buckets | np.ndarray | None = None,
-    resized: Resized = (),
+    deal: EpochDeal = FRESH_DEAL,
     measures: Measures | None = None,
 ) -> Plan:
     """Plan this rank's batches of example ids for ``epoch`` (see the module docstring).
@@ -454,11 +454,11 @@ def plan_epoch(
     ``keep_mask`` is the boolean filter mask (:func:`~speechdata.sampling.filters.filter_mask`).
     ``buckets`` is a precomputed :class:`Buckets` (saves estimating bins every epoch), or a
     per-row bucket column of a pre-bucketed dataset, or ``None`` to derive buckets from ``cfg``.
-    ``resized`` are the epoch's earlier deals after an elastic resume (``(world_size, step
-    reached)`` pairs, :attr:`Position.resized <speechdata.sampling.position.Position.resized>`):
-    the plan then holds the steps from the last one reached on, the rest of the epoch dealt to
-    ``world_size`` ranks (a :class:`ConfigError` when a step lies past the end of its deal);
-    led by :data:`~speechdata.sampling.position.V1_DEALS`, the epoch is dealt by the version-1
+    ``deal`` (:class:`~speechdata.sampling.position.EpochDeal`) holds the epoch's earlier deals
+    after an elastic resume (``(world_size, step reached)`` pairs, :attr:`Position.resized
+    <speechdata.sampling.position.Position.resized>`): the plan then holds the steps from the last
+    one reached on, the rest of the epoch dealt to ``world_size`` ranks (a :class:`ConfigError`
+    when a step lies past the end of its deal); and its rule: 1 deals the epoch by the version-1
     rule (a version-1 position's unfinished epoch).
     ``measures`` are the token counts per row (:class:`~speechdata.sampling.tokens.Measures`),
     needed by ``batch_tokens``, 2D bins, ``use_multimodal_sampling`` and ``packing`` (then each
@@ -507,7 +507,7 @@ def plan_epoch(
     cut = cfg.drop_last and (buckets.sizes is not None or cfg.packing)
     selected = np.flatnonzero(table.full) if cut else np.arange(len(table), dtype=np.int64)
     incomplete = np.flatnonzero(~table.full) if cut else np.zeros(0, dtype=np.int64)
-    v1, deals = split_deals(resized)
+    v1, deals = deal.rule == 1, deal.resized
     if deals:
         slots, repeated, tail = _redeal(table, selected, cfg, world_size, rng, deals, epoch, v1)
     else:
@@ -531,7 +531,7 @@ def plan_epoch(
         formed=len(table),
         fill=_mean_fill(table, key, buckets.sizes, budget, cfg.micro_batch_size, row_label),
         start=deals[-1][1] if deals else 0,
-        resized=tuple(resized),
+        resized=tuple(deals),
         rows=row_label[where] if row_label is not None else np.zeros(0, dtype=np.int64),
     )
 
@@ -587,7 +587,7 @@ class BatchSampler:
     world size), so ranks agree without communicating and DataLoader workers, which receive
     batches from the main process, never duplicate work. A position saved on another world size
     resumes elastically: the rest of its epoch is dealt again to this sampler's ranks
-    (:meth:`Position.resized_for <speechdata.sampling.position.Position.resized_for>`).
+    (:meth:`Position.deal_for <speechdata.sampling.position.Position.deal_for>`).
 
     Example::
 
@@ -618,18 +618,18 @@ class BatchSampler:
         self.buckets = buckets
         self._epoch = 0
         self._batch = 0
-        self._resized: Resized = ()  # the current epoch's earlier deals (elastic resume)
-        self._plans: dict[tuple[int, Resized], Plan] = {}
+        self._deal = FRESH_DEAL  # how the current epoch is dealt (earlier deals: elastic resume)
+        self._plans: dict[tuple[int, EpochDeal], Plan] = {}
 
     @property
     def epoch(self) -> int:
         """The epoch the next batch comes from."""
         return self._epoch
 
-    def plan(self, epoch: int, resized: Resized = ()) -> Plan:
-        """This rank's plan for ``epoch``, re-dealt after the earlier deals ``resized`` when
-        given (see :func:`plan_epoch`; the two most recent plans are cached)."""
-        key = (epoch, tuple(resized))
+    def plan(self, epoch: int, deal: EpochDeal = FRESH_DEAL) -> Plan:
+        """This rank's plan for ``epoch`` dealt as ``deal`` (see :func:`plan_epoch`; the two most
+        recent plans are cached)."""
+        key = (epoch, EpochDeal(tuple(deal.resized), deal.rule))
         plan = self._plans.get(key)
         if plan is None:
             plan = plan_epoch(
@@ -640,7 +640,7 @@ class BatchSampler:
                 rank=self.rank,
                 world_size=self.world_size,
                 buckets=self.buckets,
-                resized=key[1],
+                deal=key[1],
                 measures=self.measures,
             )
             if len(self._plans) >= 2:
@@ -674,13 +674,13 @@ class BatchSampler:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self._epoch:
-            self._epoch, self._batch, self._resized = int(epoch), 0, ()
+            self._epoch, self._batch, self._deal = int(epoch), 0, FRESH_DEAL
 
     def __len__(self) -> int:
-        return len(self.plan(self._epoch, self._resized))
+        return len(self.plan(self._epoch, self._deal))
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.plan(self._epoch, self._resized)
+        plan = self.plan(self._epoch, self._deal)
         while self._batch < len(plan):
             k = self._batch
             self._batch = k + 1
@@ -688,7 +688,7 @@ class BatchSampler:
                 yield RowBatch(plan.batch(k).tolist(), plan.batch_rows(k).tolist())
             else:
                 yield plan.batch(k).tolist()
-        self._epoch, self._batch, self._resized = self._epoch + 1, 0, ()
+        self._epoch, self._batch, self._deal = self._epoch + 1, 0, FRESH_DEAL
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's own position (next batch to yield) in the dict form of
@@ -699,15 +699,15 @@ class BatchSampler:
         """The position after ``consumed_batches`` batches of ``epoch`` were consumed (with the
         current epoch's earlier deals, after an elastic resume); a finished epoch rolls over to
         batch 0 of ``epoch + 1``."""
-        resized = self._resized if epoch == self._epoch else ()
+        deal = self._deal if epoch == self._epoch else FRESH_DEAL
         return Position.after(
             epoch,
             consumed_batches,
-            len(self.plan(epoch, resized)),
+            len(self.plan(epoch, deal)),
             seed=self.cfg.seed,
             rank=self.rank,
             world_size=self.world_size,
-            resized=resized,
+            deal=deal,
         )
 
     def seek(self, pos: Position, what: str = "sampler state") -> None:
@@ -715,14 +715,14 @@ class BatchSampler:
         size, and against the length of its epoch); a position of another world size continues
         with the rest of its epoch dealt to this sampler's ranks."""
         pos.check(seed=self.cfg.seed, rank=self.rank, world_size=self.world_size, what=what)
-        resized = pos.resized_for(self.world_size)
+        deal = pos.deal_for(self.world_size)
         try:
-            n = len(self.plan(pos.epoch, resized))
+            n = len(self.plan(pos.epoch, deal))
         except ConfigError as e:  # an earlier deal that does not reach its step
             raise ConfigError(f"{what}: {e}") from None
         if pos.batch > n:
             raise ConfigError(f"{what}: batch {pos.batch} is past the end of epoch {pos.epoch} ({n} batches)")
-        self._epoch, self._batch, self._resized = pos.epoch, pos.batch, resized
+        self._epoch, self._batch, self._deal = pos.epoch, pos.batch, deal
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (any format :meth:`Position.from_dict` reads)."""

@@ -11,7 +11,7 @@ written by every ``state_dict()`` and stored in checkpoints, is::
 known seed must match the loader that loads the position (:meth:`Position.check`), and so must
 the rank when the world size is the same. A position saved on another world size resumes
 *elastically*: the steps already taken stay taken, and the rest of the epoch is dealt again to the
-new ranks (:meth:`Position.resized_for`, :func:`speechdata.sampling.plan.plan_epoch`). Such an
+new ranks (:meth:`Position.deal_for`, :func:`speechdata.sampling.plan.plan_epoch`). Such an
 epoch's position carries one more key, ``resized``: the world sizes of its earlier deals and the
 step each one reached, oldest first::
 
@@ -28,8 +28,8 @@ checkpoint entry ``{"epoch", "batches", "epoch_complete", "state"}``.
 Version 2 changed how ``synced_randomized`` deals each bucket's leftovers to the ranks
 (:mod:`speechdata.sampling.plan`), so a position of version 1 (or of a format before versions)
 inside an epoch names batches of the version-1 deal: such an epoch is finished by the version-1
-rule, marked by :data:`V1_DEALS` as the first entry of :attr:`Position.resized` (see
-:func:`split_deals`), and written back as version 1 until it ends; the next epoch is dealt by the
+rule (:attr:`Position.rule` 1, which the planner is given with the earlier deals as an
+:class:`EpochDeal`), and written back as version 1 until it ends; the next epoch is dealt by the
 current rule. A streamed loader's position (``readers``) has no deal and is read as it is.
 
 Example::
@@ -38,20 +38,20 @@ Example::
     >>> Position.from_dict(pos.to_dict()) == pos
     True
     >>> Position.from_dict({"version": 2, "epoch": 1, "batch": 2})
-    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None, resized=(), readers=None)
-    >>> Position(1, 5, world_size=2).resized_for(3)
-    ((2, 5),)
+    Position(epoch=1, batch=2, seed=None, rank=None, world_size=None, resized=(), readers=None, rule=2)
+    >>> Position(1, 5, world_size=2).deal_for(3)
+    EpochDeal(resized=((2, 5),), rule=2)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from speechdata.errors import ConfigError
 
-__all__ = ["POSITION_VERSION", "V1_DEALS", "Position", "resolve_rank_world", "split_deals"]
+__all__ = ["FRESH_DEAL", "POSITION_VERSION", "EpochDeal", "Position", "resolve_rank_world"]
 
 #: The version written in :meth:`Position.to_dict`; a higher one is refused (a newer speechdata).
 #: 2: ``synced_randomized`` groups the buckets' leftovers together (1: each bucket on its own).
@@ -63,17 +63,19 @@ _OPTIONAL = ("resized", "readers")
 #: Earlier deals of an epoch: ``(world_size, step reached)`` pairs, oldest first.
 Resized = tuple[tuple[int, int], ...]
 
-#: First entry of :attr:`Position.resized` (before the deals) in an epoch that a version-1
-#: position left unfinished: the epoch is dealt by the version-1 rule (see the module docstring).
-V1_DEALS: tuple[int, int] = (0, 0)
+
+class EpochDeal(NamedTuple):
+    """How the rest of an epoch is dealt to the ranks: after the earlier deals ``resized``
+    (``(world_size, step reached)`` pairs, oldest first; empty for an epoch dealt once) by the
+    deal rule of position version ``rule`` (:data:`POSITION_VERSION`, or 1 for an epoch a
+    version-1 position left unfinished; see the module docstring). What the planner is given."""
+
+    resized: Resized = ()
+    rule: int = POSITION_VERSION
 
 
-def split_deals(resized: Resized) -> tuple[bool, Resized]:
-    """Whether an epoch is dealt by the version-1 rule (``resized`` starts with
-    :data:`V1_DEALS`), and its earlier deals without that mark."""
-    if resized and resized[0] == V1_DEALS:
-        return True, resized[1:]
-    return False, resized
+#: An epoch dealt once, by the current rule (the deal of every epoch not resumed on another world size).
+FRESH_DEAL = EpochDeal()
 
 
 def _is_int(v: Any) -> bool:
@@ -84,9 +86,9 @@ def _is_int(v: Any) -> bool:
 class Position:
     """Where the next batch comes from: ``batch`` of ``epoch`` for (``seed``, ``rank``,
     ``world_size``). ``resized`` lists the epoch's earlier deals when it was resumed on another
-    world size (``(world_size, step reached)``, oldest first; steps count over the whole epoch),
-    after :data:`V1_DEALS` in an epoch dealt by the version-1 rule. Immutable; build it from a
-    state dict with :meth:`from_dict`."""
+    world size (``(world_size, step reached)``, oldest first; steps count over the whole epoch);
+    ``rule`` is the position version whose deal rule deals the epoch (1 for an epoch a version-1
+    position left unfinished). Immutable; build it from a state dict with :meth:`from_dict`."""
 
     epoch: int
     batch: int
@@ -97,6 +99,8 @@ class Position:
     #: a streamed loader's readers per rank (``num_workers``, 0 counting as 1: its stream is
     #: dealt to them); ``None`` for a planned loader, whose batches do not depend on its workers
     readers: int | None = None
+    #: the position version whose deal rule deals this epoch (written as the dict's ``version``)
+    rule: int = POSITION_VERSION
 
     def __post_init__(self) -> None:
         for name in ("epoch", "batch"):
@@ -112,8 +116,10 @@ class Position:
             raise ConfigError(f"position: readers must be an integer >= 0 or absent, got {self.readers!r}")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ConfigError(f"position: rank {self.rank} is not below world_size {self.world_size}")
+        if not _is_int(self.rule) or not 1 <= self.rule <= POSITION_VERSION:
+            raise ConfigError(f"position: rule must be a version in 1..{POSITION_VERSION}, got {self.rule!r}")
         reached = 0
-        deals = split_deals(self.resized)[1] if isinstance(self.resized, tuple) else [None]
+        deals = self.resized if isinstance(self.resized, tuple) else [None]
         for deal in deals:
             if (
                 not isinstance(deal, tuple)
@@ -130,12 +136,11 @@ class Position:
 
     def to_dict(self) -> dict[str, Any]:
         """The documented dict form (``version`` first, then :data:`_KEYS`, then ``resized`` when
-        the epoch was re-dealt); version 1 in an epoch dealt by the version-1 rule."""
-        v1, deals = split_deals(self.resized)
-        version = 1 if v1 else POSITION_VERSION
-        out: dict[str, Any] = {"version": version, **{k: getattr(self, k) for k in _KEYS}}
-        if deals:
-            out["resized"] = _plain(deals)
+        the epoch was re-dealt); the version is :attr:`rule` (1 in an epoch dealt by the version-1
+        rule)."""
+        out: dict[str, Any] = {"version": self.rule, **{k: getattr(self, k) for k in _KEYS}}
+        if self.resized:
+            out["resized"] = _plain(self.resized)
         if self.readers is not None:
             out["readers"] = self.readers
         return out
@@ -154,7 +159,9 @@ class Position:
         if "state" in state and "batches" in state:  # the trainer's checkpoint entry before version 1
             inner = cls.from_dict(state["state"], what)
             if state.get("epoch_complete"):
-                return replace(inner, epoch=_int_of(state, "epoch", what) + 1, batch=0, resized=())
+                return replace(
+                    inner, epoch=_int_of(state, "epoch", what) + 1, batch=0, resized=(), rule=POSITION_VERSION
+                )
             return inner
         version = state.get("version", 1)  # the formats before versions were dealt as version 1's
         if not _is_int(version) or not 1 <= version <= POSITION_VERSION:
@@ -174,8 +181,9 @@ class Position:
         if isinstance(resized, (list, tuple)):
             resized = tuple(tuple(d) if isinstance(d, (list, tuple)) else d for d in resized)
         values["readers"] = state.get("readers")
-        if version == 1 and values["batch"] > 0 and values["readers"] is None and isinstance(resized, tuple):
-            resized = (V1_DEALS, *resized)  # finish this epoch by the version-1 deal
+        # an epoch a version-1 position left unfinished is finished by the version-1 deal
+        finish_v1 = version == 1 and values["batch"] > 0 and values["readers"] is None
+        values["rule"] = 1 if finish_v1 else POSITION_VERSION
         values["resized"] = resized
         try:
             return cls(**values)
@@ -195,7 +203,7 @@ class Position:
         """A :class:`ConfigError` when a known ``seed`` differs from the loader's, or a known
         ``rank`` on the same ``world_size``: the saved position would then name other batches.
         Another world size is not an error (the rest of the epoch is re-dealt, see
-        :meth:`resized_for`) unless ``fixed_world`` says why this loader cannot re-deal (a
+        :meth:`deal_for`) unless ``fixed_world`` says why this loader cannot re-deal (a
         stream) and the position is inside an epoch; a position already re-dealt is refused then
         too, and so is one saved by a stream with other ``readers`` (workers per rank)."""
 
@@ -210,7 +218,7 @@ class Position:
             raise mismatch("world_size", self.world_size, fixed_world)  # type: ignore[arg-type]
         if not other_world and self.rank is not None and self.rank != rank:
             raise mismatch("rank", self.rank, "the saved position would not match")
-        if fixed_world is not None and split_deals(self.resized)[1]:
+        if fixed_world is not None and self.resized:
             raise ConfigError(f"{what}: epoch {self.epoch} was re-dealt to another world size; {fixed_world}")
         known = self.readers is not None and readers is not None
         if fixed_world is not None and self.batch > 0 and known and self.readers != readers:
@@ -219,18 +227,24 @@ class Position:
                 f"(num_workers, 0 counting as 1); {fixed_world}"
             )
 
-    def resized_for(self, world_size: int) -> Resized:
-        """The earlier deals of this epoch as seen by a loader of ``world_size`` ranks: the saved
-        ones, plus the saved world size up to ``batch`` when it differs (and steps were taken on
-        it). A loader continues at ``batch`` with the rest of the epoch dealt to its ranks."""
+    def deal_for(self, world_size: int) -> EpochDeal:
+        """How this epoch is dealt to a loader of ``world_size`` ranks: after the saved earlier
+        deals, plus the saved world size up to ``batch`` when it differs (and steps were taken on
+        it), by this position's :attr:`rule`. A loader continues at ``batch`` with the rest of
+        the epoch dealt to its ranks."""
         reached = self.resized[-1][1] if self.resized else 0
         if self.world_size is None or self.world_size == world_size or self.batch == reached:
-            return self.resized
-        return (*self.resized, (self.world_size, self.batch))
+            return EpochDeal(self.resized, self.rule)
+        return EpochDeal((*self.resized, (self.world_size, self.batch)), self.rule)
+
+    @property
+    def deal(self) -> EpochDeal:
+        """This epoch's deal as saved (its earlier deals and rule)."""
+        return EpochDeal(self.resized, self.rule)
 
     def next_epoch(self) -> Position:
         """The start of the following epoch (same run; a fresh deal)."""
-        return replace(self, epoch=self.epoch + 1, batch=0, resized=())
+        return replace(self, epoch=self.epoch + 1, batch=0, resized=(), rule=POSITION_VERSION)
 
     @classmethod
     def after(
@@ -242,14 +256,13 @@ class Position:
         seed: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        resized: Resized = (),
+        deal: EpochDeal = FRESH_DEAL,
         readers: int | None = None,
     ) -> Position:
-        """The position once ``consumed`` batches of ``epoch`` (whose earlier deals were
-        ``resized``) were handed out: an epoch of known length (``epoch_length``; ``None`` for a
-        stream) that is finished rolls over to batch 0 of the next one. ``readers``: a streamed
-        loader's workers per rank."""
-        pos = cls(epoch, consumed, seed, rank, world_size, resized, readers)
+        """The position once ``consumed`` batches of ``epoch`` (dealt as ``deal``) were handed
+        out: an epoch of known length (``epoch_length``; ``None`` for a stream) that is finished
+        rolls over to batch 0 of the next one. ``readers``: a streamed loader's workers per rank."""
+        pos = cls(epoch, consumed, seed, rank, world_size, deal.resized, readers, deal.rule)
         return pos.next_epoch() if epoch_length is not None and consumed >= epoch_length else pos
 
 

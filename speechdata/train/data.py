@@ -196,7 +196,7 @@ def _common_step(snaps: list[Any], world_size: int) -> dict[str, Any] | None:
     known = [(r, Position.from_dict(s, what)) for r, s in enumerate(snaps) if s is not None]
     if not known:
         return None
-    steps = {(p.epoch, p.batch, p.seed, p.world_size, p.resized) for _, p in known}
+    steps = {(p.epoch, p.batch, p.seed, p.world_size, p.deal) for _, p in known}
     if len(steps) > 1 or len(known) < len(snaps):
         shown = ", ".join(f"rank {r}: epoch {p.epoch} batch {p.batch}" for r, p in known[:4])
         raise ConfigError(
