@@ -190,6 +190,11 @@ class SpeechDataLoader:
             raise TypeError("a streamed dataset has no length known in advance")
         return n
 
+    def epoch_length(self, epoch: int) -> int | None:
+        """This rank's batches in ``epoch`` dealt once (as a run that reaches it without a resize
+        has it); ``None`` for a streamed dataset. Epochs of dynamic batches differ in length."""
+        return self.feed.length(epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (no-op when it is the current epoch)."""
         if epoch != self._epoch:

@@ -150,3 +150,5 @@ def test_every_epoch_trained_whole_with_dynamic_batches(corpus: dict[str, str], 
     result, rec = fit("salm_tiny.yaml", args)
     assert rec.seen == expected[0] + expected[1]
     assert result.global_step == len(expected[0]) + len(expected[1])
+    # and the LR schedule spans exactly those steps (not twice the first epoch's)
+    assert result.module.max_steps == len(expected[0]) + len(expected[1])

@@ -194,6 +194,28 @@ def trainer_kwargs(
     return TrainerPlan(tr, dp, accum, fallback, notes)
 
 
+#: Epochs whose lengths :func:`schedule_steps` plans one by one (beyond, the first one's length
+#: stands for each): planning one rank's epoch of 10M examples takes 3-5 s (docs/scale.md).
+EXACT_SCHEDULE_EPOCHS = 16
+
+
+def schedule_steps(loader: Any, epochs: int, accumulate: int) -> int:
+    """Optimiser steps of ``epochs`` epochs of ``loader`` (``accumulate`` batches per step; an
+    epoch's partial last step counts, as Lightning takes it). With dynamic batches
+    (``batch_duration`` / ``batch_tokens``) epochs differ in length: each epoch's own length
+    (``loader.epoch_length``), for at most :data:`EXACT_SCHEDULE_EPOCHS` epochs; otherwise
+    ``epochs`` times the first epoch's length."""
+    epochs = max(epochs, 1)
+    cfg = getattr(loader, "cfg", None)
+    dynamic = cfg is not None and (cfg.batch_duration is not None or cfg.batch_tokens is not None)
+    length = getattr(loader, "epoch_length", None)
+    if dynamic and length is not None and epochs <= EXACT_SCHEDULE_EPOCHS:
+        lengths = [length(e) for e in range(epochs)]
+        if all(n is not None for n in lengths):
+            return sum(math.ceil(n / accumulate) for n in lengths)  # type: ignore[operator]
+    return epochs * math.ceil(len(loader) / accumulate)
+
+
 def _optim_section(cfg: DictConfig) -> dict[str, Any]:
     top, inner = cfg.get("optim"), (cfg.get("model") or {}).get("optim")
     if top is not None and inner is not None:
@@ -389,9 +411,10 @@ def train(
     trainer.callbacks.insert(0, LoaderStateCallback(wrapped))
 
     max_steps = int(plan.kwargs.get("max_steps", -1) or -1)
-    if max_steps <= 0:
-        epochs = int(plan.kwargs.get("max_epochs") or 1)
-        max_steps = max(epochs, 1) * math.ceil(len(train_loader) / plan.accumulate_grad_batches)
+    if max_steps <= 0:  # the schedule's length: the optimiser steps of max_epochs epochs
+        max_steps = schedule_steps(
+            train_loader, int(plan.kwargs.get("max_epochs") or 1), plan.accumulate_grad_batches
+        )
     module = build_module(cfg, setup, max_steps=max_steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
