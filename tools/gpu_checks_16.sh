@@ -21,6 +21,7 @@
 #                                shapes tried, peak memory, chosen size; the tuned keys
 #   tuned_loader.log             build_dataloader on salm_tiny merged with tuned.yaml: the buckets use
 #                                the tuned sizes and cut full batches of them
+#   tune_2d.log, tuned_2d.yaml   the same tune with 2D bins ([seconds, output tokens] pairs)
 #
 # Sizing, for the whole script to end well under 9 minutes on the 16-core H200 host: each bench run
 # decodes (1 + 15 x workers) batches of 120 s (FLAC) or 300 s (WAV), one epoch of a manifest cycling
@@ -129,6 +130,11 @@ else
   summary+=("tuned_loader: not run (no tuned.yaml)")
   status=1
 fi
+
+# §3 with 2D bins (seconds, output tokens): the prompt part of each bucket's tokens from the manifest
+step tune_2d 120 "$PY" -m speechdata tune "${TUNE_ARGS[@]:0:2}" "model.train_ds.manifest_filepath=$MANIFEST" \
+  "model.train_ds.bucket_duration_bins=[[2,24],[4,48],[8,96]]" "${TUNE_MODE[@]}" --out "$OUT/tuned_2d.yaml"
+cat "$OUT/tune_2d.log"
 
 echo "== summary"
 printf '%s\n' "${summary[@]}"
