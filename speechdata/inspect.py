@@ -35,7 +35,8 @@ from speechdata.manifest import Index
 from speechdata.sampling.buckets import estimate_bins, estimate_bins_2d
 from speechdata.sampling.plan import plan_epoch
 from speechdata.sampling.tokens import Measures, count_tokens
-from speechdata.shards.read import MANIFEST, tarred_dataset_folders
+from speechdata.shards.read import MANIFEST, remote_dataset_folders, tarred_dataset_folders
+from speechdata.storage import is_remote, list_folder
 
 
 @dataclass
@@ -84,10 +85,26 @@ def resolve_manifests(paths: list[str]) -> tuple[list[str], bool]:
     """Manifests named by the arguments: files, or a folder: a tarred dataset (its
     ``tarred_audio_manifest.json``, or those of its ``bucket*`` datasets, found as ``speechdata
     validate`` finds them), else its ``*.json``, ``*.jsonl``, ``*.json.gz`` and ``*.jsonl.gz``
-    files. Returns (paths, tarred)."""
+    files. Files and folders may be object-storage URLs, as the loader takes them (folders listed
+    through their fsspec filesystem). Returns (paths, tarred)."""
     out: list[str] = []
     tarred = False
-    for p in map(Path, paths):
+    for arg in paths:
+        if is_remote(arg):  # a manifest URL, or a folder URL listed through its filesystem
+            if arg.endswith(MANIFEST_SUFFIXES):
+                out.append(arg)
+                continue
+            folders = remote_dataset_folders(arg)
+            if folders:
+                out.extend(f"{f}/{MANIFEST}" for f in folders)
+                tarred = True
+                continue
+            names = [n for n in list_folder(arg.rstrip("/")) if n.endswith(MANIFEST_SUFFIXES)]
+            if not names:
+                raise SpeechDataError(f"{arg}: no manifest there (nothing listed, or no *.json/*.jsonl)")
+            out.extend(f"{arg.rstrip('/')}/{n}" for n in names)
+            continue
+        p = Path(arg)
         if p.is_dir():
             folders = tarred_dataset_folders(p)
             if folders:

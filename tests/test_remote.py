@@ -428,3 +428,26 @@ def test_presigned_urls_are_signed_once_and_again_at_half_life(monkeypatch: pyte
     assert presign_mod.signed_url("s3://speech/ds/a.tar", RemoteOptions(presign=0)) is None
     assert presign_mod.signed_url("http://127.0.0.1:9/a.tar", options) is None
     reset_filesystems()
+
+
+def test_inspect_reads_what_the_loader_reads_on_s3(
+    shards: Path, via_proxy: FaultProxy, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``speechdata inspect`` takes the URLs the loader takes: a tarred dataset folder on S3 (its
+    manifest found by listing) and a manifest URL give the figures of the same local dataset."""
+    import json
+
+    from speechdata.cli import main
+
+    figures = []
+    for k, arg in enumerate(
+        [str(shards), f"s3://{BUCKET}/ds", f"s3://{BUCKET}/ds/tarred_audio_manifest.json"]
+    ):
+        assert main(["inspect", arg, "--json", str(tmp_path / f"{k}.json")]) == 0
+        found = json.loads((tmp_path / f"{k}.json").read_text())
+        found.pop("manifests")  # the paths as given
+        figures.append(found)
+    capsys.readouterr()
+    assert figures[0]["examples"] == 24 and figures[1] == figures[0] == figures[2]
+    assert main(["inspect", f"s3://{BUCKET}/nowhere"]) == 1
+    assert "s3://speech/nowhere: no manifest there" in capsys.readouterr().err

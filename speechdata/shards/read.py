@@ -71,9 +71,27 @@ def tarred_dataset_folders(root: str | Path) -> list[Path]:
     if (root / MANIFEST).is_file():
         return [root]
     return sorted(
-        (p for p in root.glob("bucket*") if (p / MANIFEST).is_file()),
-        key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
+        (p for p in root.glob("bucket*") if (p / MANIFEST).is_file()), key=lambda p: _bucket_key(p.name)
     )
+
+
+def remote_dataset_folders(url: str) -> list[str]:
+    """:func:`tarred_dataset_folders` of a folder on object storage (listed through its fsspec
+    filesystem): ``[url]`` when it holds :data:`MANIFEST`, else its ``bucket*`` subfolders that
+    do, in bucket order; ``[]`` when there are none."""
+    from speechdata.storage import list_folder
+
+    url = url.rstrip("/")
+    names = list_folder(url)
+    if MANIFEST in names:
+        return [url]
+    buckets = [n for n in names if n.startswith("bucket") and MANIFEST in list_folder(f"{url}/{n}")]
+    return [f"{url}/{n}" for n in sorted(buckets, key=_bucket_key)]
+
+
+def _bucket_key(name: str) -> int:
+    """The number of a ``bucketN`` folder (``bucket2`` sorts before ``bucket10``)."""
+    return int(re.sub(r"\D", "", name) or 0)
 
 
 # ------------------------------------------------------------------------------ expansion

@@ -47,7 +47,7 @@ from speechdata.lines import ORIGIN_KEY
 from speechdata.shards.read import expand_tar_paths, member_table, remote_member_table, shard_ids
 from speechdata.sources.converted import converted_manifest
 from speechdata.sources.cuts import cut_place, cut_text_fields, read_cuts
-from speechdata.storage import filesystem, is_remote, local_copy
+from speechdata.storage import is_remote, list_folder, local_copy
 
 __all__ = ["resolve_shar", "shar_manifest", "shar_shards"]
 
@@ -119,16 +119,7 @@ def _listing(spec: str) -> tuple[list[str], str]:
         if not folder.is_dir():
             raise ConfigError(f"shar_path: {spec}: not a folder")
         return sorted(p.name for p in folder.iterdir()), str(folder) + os.sep
-    fs, path = filesystem(spec)
-    try:
-        found = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        found = []
-    except Exception as e:  # any library's error, as one line naming the URL
-        raise ConfigError(
-            f"shar_path: {spec}: cannot list ({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
-    names = sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in found})
+    names = list_folder(spec)
     if not names:
         raise ConfigError(f"shar_path: {spec}: not a folder (nothing listed there)")
     return names, spec.rstrip("/") + "/"

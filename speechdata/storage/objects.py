@@ -8,7 +8,7 @@
   offset, so examples never wait on the store for their text.
 * :func:`open_object` opens an object for sequential reading (streamed shards, member table scans).
 * :func:`object_version` names the version of an object (size and ETag or equivalent), retried
-  like a range read.
+  like a range read; :func:`list_folder` names what a folder URL holds.
 * :func:`read_object` reads a whole object of unknown size (an audio file named by URL): one
   range request of :func:`first_request` bytes (1 MiB), which is the whole object when it ends
   inside it; a larger object's size comes from one metadata request and the rest from further
@@ -37,6 +37,7 @@ __all__ = [
     "ObjectVersion",
     "checked_version",
     "first_request",
+    "list_folder",
     "local_copy",
     "object_version",
     "open_object",
@@ -89,6 +90,22 @@ def checked_version(url: str, what: str = "object", options: RemoteOptions | Non
         raise SpeechDataError(
             f"{url}: cannot read {what} ({type(e).__name__}: {' '.join(str(e).split())})"
         ) from None
+
+
+def list_folder(url: str) -> list[str]:
+    """The names directly in the folder ``url`` (objects and subfolders, sorted), listed through
+    its fsspec filesystem; ``[]`` for a folder that holds nothing or is not there. Another
+    failure is a one-line :class:`SpeechDataError` naming the URL."""
+    fs, path = filesystem(url)
+    try:
+        found = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    except Exception as e:  # any library's error, as one line naming the URL
+        raise SpeechDataError(
+            f"{url}: cannot list ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+    return sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in found})
 
 
 def _digest(text: str) -> str:
