@@ -451,3 +451,24 @@ def test_inspect_reads_what_the_loader_reads_on_s3(
     assert figures[0]["examples"] == 24 and figures[1] == figures[0] == figures[2]
     assert main(["inspect", f"s3://{BUCKET}/nowhere"]) == 1
     assert "s3://speech/nowhere: no manifest there" in capsys.readouterr().err
+
+
+def test_validate_checks_a_dataset_on_s3_as_on_disk(
+    shards: Path, s3: tuple[str, FaultProxy], via_proxy: FaultProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``speechdata validate s3://...``: the same entries and verdict as the local folder; a tar
+    cut short on S3 is reported by its URL (its headers read from the store, not a cache)."""
+    from speechdata.cli import main
+    from speechdata.shards.validate import validate
+
+    local = validate(shards, progress=False)
+    remote = validate(f"s3://{BUCKET}/ds", progress=False)
+    assert local.ok and remote.ok and remote.entries == local.entries == 24
+    endpoint, _ = s3
+    files: dict[str, Path | bytes] = {f"cut/{k}": p for k, p in _files(shards).items()}
+    tar = shards / "audio_1.tar"
+    files["cut/audio_1.tar"] = tar.read_bytes()[: tar.stat().st_size // 2]
+    s3_upload(endpoint, BUCKET, files)
+    assert main(["validate", f"s3://{BUCKET}/cut", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"s3://{BUCKET}/cut/audio_1.tar" in out and "problem" in out

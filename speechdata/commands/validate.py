@@ -20,7 +20,11 @@ HELP = "check every entry of a tarred dataset against its tars"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``speechdata validate``."""
-    parser.add_argument("dir", metavar="DIR", help="tarred dataset folder (or a folder of bucket*/ datasets)")
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        help="tarred dataset folder (or a folder of bucket*/ datasets); a URL (s3://bucket/ds) is read from object storage",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="processes checking shards in parallel (default 1)"
     )

@@ -50,7 +50,17 @@ from speechdata.errors import ConfigError, DataError
 from speechdata.manifest import AUDIO_KEYS, Index, Record, load_index, manifest_keys, unpack_sample_id
 from speechdata.openfiles import OpenFiles
 from speechdata.shards.tarfmt import Member, scan_members
-from speechdata.storage import RangeReader, Span, is_remote, local_copy, object_version, open_object
+from speechdata.storage import (
+    RangeReader,
+    RemoteOptions,
+    Span,
+    call_with_retries,
+    is_remote,
+    local_copy,
+    object_version,
+    open_object,
+)
+from speechdata.storage.presign import scrub
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD_NUMBER = re.compile(r"(\d+)\.tar(?![A-Za-z0-9])")
@@ -266,17 +276,7 @@ def remote_member_table(url: str, cache_dir: str | Path | None = None) -> dict[s
                 return {k: Member(v[0], v[1]) for k, v in cached["members"].items()}
         except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
             pass
-    table: dict[str, Member] = {}
-    try:
-        with open_object(url) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            for m in tf:
-                if m.isfile():
-                    table[m.name] = Member(m.offset_data, m.size)
-    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as e:
-        if not table:
-            raise DataError(
-                "decode_error", url, f"not a readable tar file: {' '.join(str(e).split())}"
-            ) from None
+    table = scan_remote_members(url)
     if cfile is not None:
         blob = {"url": url, "version": version, "members": {k: [m.offset, m.size] for k, m in table.items()}}
         tmp = cfile.with_name(cfile.name + f".{os.getpid()}.tmp")
@@ -285,6 +285,41 @@ def remote_member_table(url: str, cache_dir: str | Path | None = None) -> dict[s
             os.replace(tmp, cfile)
         except (OSError, TypeError):
             tmp.unlink(missing_ok=True)
+    return table
+
+
+def scan_remote_members(url: str, options: RemoteOptions | None = None) -> dict[str, Member]:
+    """``{member name: Member(offset, size)}`` of a tar on object storage, its headers read front
+    to back now (data skipped in large read-ahead blocks; nothing cached). A read that fails on
+    the way (a reset, a body cut short, a 5xx) starts the scan again, with the range reads' retry
+    rules (:func:`~speechdata.storage.call_with_retries`); after the last attempt it is a
+    ``read_error`` :class:`DataError` naming the URL. A tar cut short gives the members before
+    the cut; a tar with none readable is a ``decode_error``."""
+    options = options or RemoteOptions.from_env()
+
+    def once() -> tuple[dict[str, Member], str | None]:
+        table: dict[str, Member] = {}
+        try:
+            with open_object(url, options) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+                for m in tf:
+                    if m.isfile():
+                        table[m.name] = Member(m.offset_data, m.size)
+        except (tarfile.TarError, EOFError, ValueError, UnicodeError) as e:  # the tar itself
+            return table, " ".join(str(e).split())
+        return table, None
+
+    try:
+        table, broken = call_with_retries(once, options, seed=0, url=url)
+    except FileNotFoundError:
+        raise DataError("missing_audio", url, "tar shard not found") from None
+    except Exception as e:  # the last attempt's error, as one line naming the URL
+        raise DataError(
+            "read_error",
+            url,
+            f"tar headers not read after {options.retries + 1} attempts: {type(e).__name__}: {scrub(str(e))}",
+        ) from None
+    if broken is not None and not table:
+        raise DataError("decode_error", url, f"not a readable tar file: {broken}")
     return table
 
 

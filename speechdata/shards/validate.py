@@ -11,6 +11,11 @@ end) and decodes, and for datasets written with ``--slice-with-offset`` the memb
 the entry's duration within ``max(0.1 s, 1 %)``. Members that no entry uses are listed as
 orphans. The tars' headers are scanned afresh (no cached index is trusted).
 
+``DIR`` may be a folder on object storage (``s3://bucket/ds``, as the loader takes it): the
+manifest is read from a local copy (:func:`~speechdata.storage.local_copy`), each tar's headers
+front to back (:func:`~speechdata.shards.read.scan_remote_members`) and each member by range;
+messages name the URLs.
+
 Every problem is one line of :attr:`ValidationReport.problems`; ``ok`` only when there is none.
 
 Example::
@@ -42,8 +47,17 @@ from speechdata.errors import ConfigError, DataError
 from speechdata.lines import ManifestKeys, parse_line
 from speechdata.shards.executors import Executor, LocalExecutor, check_executor, open_executor
 from speechdata.shards.plan import check_span
-from speechdata.shards.read import MANIFEST, entry_names, lookup_member, strip_sub, tarred_dataset_folders
+from speechdata.shards.read import (
+    MANIFEST,
+    entry_names,
+    lookup_member,
+    remote_dataset_folders,
+    scan_remote_members,
+    strip_sub,
+    tarred_dataset_folders,
+)
 from speechdata.shards.tarfmt import Member, scan_members
+from speechdata.storage import RemoteOptions, is_remote, list_folder, local_copy, read_object, read_range
 
 _SHARD = re.compile(r"^audio_(\d+)\.tar$")
 
@@ -80,10 +94,14 @@ class ValidationReport:
         )
 
 
-def dataset_folders(root: str | Path) -> list[Path]:
-    """The dataset folders under ``root`` (:func:`~speechdata.shards.read.tarred_dataset_folders`);
-    :class:`ConfigError` when there is none."""
-    folders = tarred_dataset_folders(root)
+def dataset_folders(root: str | Path) -> list[str]:
+    """The dataset folders under ``root`` (:func:`~speechdata.shards.read.tarred_dataset_folders`,
+    or :func:`~speechdata.shards.read.remote_dataset_folders` for a URL); :class:`ConfigError` when
+    there is none."""
+    if is_remote(str(root)):
+        folders = remote_dataset_folders(str(root))
+    else:
+        folders = [str(f) for f in tarred_dataset_folders(root)]
     if not folders:
         raise ConfigError(f"{root}: no {MANIFEST} here or in bucket*/ subfolders")
     return folders
@@ -95,12 +113,46 @@ def _as_list(v: Any, n: int, default: float | None) -> list[Any]:
     return list(v) if isinstance(v, list) else [v]
 
 
-def _sliced(folder: Path) -> bool:
+def _in(folder: str, name: str) -> str:
+    """The path (or URL) of ``name`` in ``folder``."""
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
+
+
+def _local(path: str) -> str:
+    """A local file with the content of ``path`` (a URL's local copy)."""
+    return str(local_copy(path)) if is_remote(path) else path
+
+
+def _sliced(folder: str) -> bool:
+    where = _in(folder, "metadata.yaml")
     try:
-        meta = yaml.safe_load((folder / "metadata.yaml").read_text())
+        text = read_object(where).decode() if is_remote(where) else Path(where).read_text()
+        meta = yaml.safe_load(text)
         return bool(meta["dataset_config"]["slice_with_offset"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    except (OSError, DataError, KeyError, TypeError, UnicodeError, yaml.YAMLError):
         return False
+
+
+class _Members:
+    """Reads member bytes of a task's tars: local ones by ``pread`` (one descriptor per tar,
+    :meth:`close` closes them), remote ones by range (:func:`~speechdata.storage.read_range`)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._options: RemoteOptions | None = None
+
+    def read(self, tar: str, m: Member, where: str) -> bytes:
+        if is_remote(tar):
+            self._options = self._options or RemoteOptions.from_env()
+            return read_range(tar, m.offset, m.size, self._options, where=where)
+        if tar not in self._fds:
+            self._fds[tar] = os.open(tar, os.O_RDONLY)
+        return os.pread(self._fds[tar], m.size, m.offset)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _check_clip(
@@ -141,14 +193,15 @@ class _Folder:
     """One dataset folder, as every shard task sees it."""
 
     manifest: str
-    tars: dict[int, Path]
+    tars: dict[int, str]
     sliced: bool
     keys: ManifestKeys
 
 
-def _scan(tars: dict[int, Path], sid: int) -> tuple[dict[str, Member], tuple[str, str] | None]:
+def _scan(tars: dict[int, str], sid: int) -> tuple[dict[str, Member], tuple[str, str] | None]:
+    tar = tars[sid]
     try:
-        return scan_members(tars[sid]), None
+        return (scan_remote_members(tar) if is_remote(tar) else scan_members(tar)), None
     except DataError as e:
         return {}, ("decode", str(e))
 
@@ -164,17 +217,16 @@ def _check_lines(
     report = ValidationReport()
     problems: list[tuple[int, str, str]] = []
     used: set[tuple[int, str]] = set()
-    fds: dict[int, int] = {}
+    members = _Members()
     try:
         for line_no, entry in lines:
             seen = len(report.problems)
             where = f"{folder.manifest}:{line_no}"
-            _check_entry(entry, folder.keys, where, folder.tars, tables, fds, used, folder.sliced, report)
+            _check_entry(entry, folder.keys, where, folder.tars, tables, members, used, folder.sliced, report)
             problems.extend((line_no, kind, msg) for kind, msg in report.problems[seen:])
             progress(1)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        members.close()
     return problems, used
 
 
@@ -190,7 +242,7 @@ def _check_shard(
 
 
 def validate_folder(
-    folder: Path,
+    folder: str | Path,
     report: ValidationReport,
     progress: Callable[[int], None] = lambda n: None,
     executor: Executor | None = None,
@@ -199,16 +251,17 @@ def validate_folder(
     """Check one NeMo tarred dataset folder, adding to ``report``: one task per shard (the
     entries whose ``shard_id`` names it) on ``executor`` (default: this process); entries without
     a ``shard_id`` are looked up in every shard afterwards. Problems come in the same order
-    whatever ran the tasks: tars that do not scan, then entries by line, then orphan members."""
-    tars = {
-        int(m.group(1)): folder / p.name for p in folder.glob("audio_*.tar") if (m := _SHARD.match(p.name))
-    }
-    manifest = folder / MANIFEST
-    info = _Folder(str(manifest), tars, _sliced(folder), keys)
+    whatever ran the tasks: tars that do not scan, then entries by line, then orphan members.
+    ``folder`` may be a URL (see the module docstring)."""
+    folder = str(folder)
+    names = list_folder(folder) if is_remote(folder) else os.listdir(folder)
+    tars = {int(m.group(1)): _in(folder, n) for n in names if (m := _SHARD.match(n))}
+    manifest = _in(folder, MANIFEST)
+    info = _Folder(manifest, tars, _sliced(folder), keys)
     groups: dict[int, list[tuple[int, dict[str, Any]]]] = {sid: [] for sid in tars}
     loose: list[tuple[int, dict[str, Any]]] = []
     problems: list[tuple[int, str, str]] = []
-    with open(manifest, "rb") as f:
+    with open(_local(manifest), "rb") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -258,9 +311,9 @@ def _check_entry(
     entry: dict[str, Any],
     keys: ManifestKeys,
     where: str,
-    tars: dict[int, Path],
+    tars: dict[int, str],
     tables: dict[int, dict[str, Member]],
-    fds: dict[int, int],
+    members: _Members,
     used: set[tuple[int, str]],
     sliced: bool,
     report: ValidationReport,
@@ -307,9 +360,11 @@ def _check_entry(
                 )
             )
             continue
-        if s not in fds:
-            fds[s] = os.open(tars[s], os.O_RDONLY)
-        data = os.pread(fds[s], m.size, m.offset)
+        try:
+            data = members.read(tars[s], m, label)
+        except DataError as e:  # a remote member that does not read after the retries
+            report.problems.append(("missing", str(e)))
+            continue
         dur = durations[k]
         _check_clip(
             data, float(offsets[k] or 0.0), None if dur is None else float(dur), sliced, label, report
@@ -336,7 +391,7 @@ def validate(
     folders = dataset_folders(root)
     total = 0
     for folder in folders:
-        with open(folder / MANIFEST, "rb") as f:
+        with open(_local(_in(folder, MANIFEST)), "rb") as f:
             total += sum(1 for line in f if line.strip())
     report = ValidationReport()
     with (

@@ -37,7 +37,7 @@ from speechdata.storage.objects import (
 )
 from speechdata.storage.options import RemoteOptions
 from speechdata.storage.ranges import HEAD, WHOLE, RangeReader, Span
-from speechdata.storage.retry import backoff_delay, read_range, retryable
+from speechdata.storage.retry import backoff_delay, call_with_retries, read_range, retryable
 
 __all__ = [
     "HEAD",
@@ -48,6 +48,7 @@ __all__ = [
     "RemoteOptions",
     "Span",
     "backoff_delay",
+    "call_with_retries",
     "checked_version",
     "filesystem",
     "first_request",

@@ -92,13 +92,15 @@ def checked_version(url: str, what: str = "object", options: RemoteOptions | Non
         ) from None
 
 
-def list_folder(url: str) -> list[str]:
+def list_folder(url: str, options: RemoteOptions | None = None) -> list[str]:
     """The names directly in the folder ``url`` (objects and subfolders, sorted), listed through
-    its fsspec filesystem; ``[]`` for a folder that holds nothing or is not there. Another
-    failure is a one-line :class:`SpeechDataError` naming the URL."""
-    fs, path = filesystem(url)
+    its fsspec filesystem and retried like a range read; ``[]`` for a folder that holds nothing
+    or is not there. A failure after the last retry is a one-line :class:`SpeechDataError`
+    naming the URL."""
+    options = options or RemoteOptions.from_env()
+    fs, path = filesystem(url, options.timeout)
     try:
-        found = fs.ls(path, detail=False)
+        found = call_with_retries(lambda: fs.ls(path, detail=False), options, seed=0, url=url)
     except FileNotFoundError:
         return []
     except Exception as e:  # any library's error, as one line naming the URL
