@@ -223,3 +223,16 @@ def test_reading_ahead_reads_each_line_once(
     got = sample_ids(epochs(loader, 1))
     assert len(got) > 2  # batches after the first were read ahead
     assert sorted(reads) == list(range(N)) and set(reads.values()) == {1}
+
+
+def test_shard_names_url_clips_it_cannot_read(corpus: Corpus, via_proxy: FaultProxy, tmp_path: Path) -> None:
+    """``speechdata shard`` reads local files: a manifest whose clips are URLs is one clear error
+    naming the line and the URL (not "audio file not found")."""
+    from speechdata.errors import ConfigError
+    from speechdata.shards.write import ShardOptions, write_shards
+
+    manifest = url_manifest(corpus.entries, f"s3://{BUCKET}/c", tmp_path / "urls.json")
+    with pytest.raises(
+        ConfigError, match=r"urls\.json:1: s3://plain/c/.*: speechdata shard reads local audio files"
+    ):
+        write_shards([manifest], tmp_path / "out", ShardOptions(num_shards=2, progress=False))

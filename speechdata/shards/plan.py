@@ -37,6 +37,7 @@ from speechdata.sampling.buckets import estimate_bins
 from speechdata.sampling.filters import duration_mask
 from speechdata.shards.codec import CODECS, EXTENSIONS
 from speechdata.shards.executors import LocalExecutor, check_executor
+from speechdata.storage import is_remote
 
 #: Default shard size: about this many entries ...
 DEFAULT_SHARD_ENTRIES = 1000
@@ -345,6 +346,11 @@ def _header(
     (``files`` caches them by real path)."""
     found = files.get(real)
     if found is None:
+        if is_remote(path):
+            raise ConfigError(
+                f"{where}: {path}: speechdata shard reads local audio files; the loader reads clips on "
+                "object storage directly (or download them and shard the copy)"
+            )
         try:
             st = os.stat(real)
         except OSError:
