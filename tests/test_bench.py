@@ -372,3 +372,13 @@ def test_bucketed_tarred_folder(corpus: Corpus, tmp_path: Path) -> None:
     assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["peers"]["speechdata"]["runs"][0]["examples"] == len(corpus.entries)
+
+
+def test_bench_names_object_storage_as_out_of_its_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench measures local data against the decode floor of the same files: a URL is one clear
+    error pointing at the object-storage benchmark (not a mangled path)."""
+
+    assert main(["bench", "s3://bucket/ds/manifest.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert "s3://bucket/ds/manifest.jsonl: speechdata bench measures data on local disk" in err
+    assert "benchmarks/bench_remote.py" in err

@@ -35,6 +35,7 @@ from speechdata.manifest import Index, Record, load_index, manifest_keys
 from speechdata.sampling.filters import filter_mask
 from speechdata.sampling.plan import plan_epoch
 from speechdata.shards.read import TarredDataset, local_path, tarred_dataset_folders
+from speechdata.storage import is_remote
 from speechdata.text.prompt import PromptBuilder
 from speechdata.text.tokenizer import load_tokenizer
 
@@ -61,6 +62,15 @@ def _prefixed(overrides: Sequence[str], prefix: str) -> list[str]:
     return [o if o.startswith(("model.", f"{prefix}.")) else f"{prefix}.{o}" for o in overrides]
 
 
+def _local_only(path: str) -> None:
+    """A :class:`ConfigError` for an object-storage URL: bench measures local data."""
+    if is_remote(path):
+        raise ConfigError(
+            f"{path}: speechdata bench measures data on local disk against the decode floor of the "
+            "same files; for object storage run benchmarks/bench_remote.py (docs/object-storage.md)"
+        )
+
+
 def load_dataset(
     source: str | Path, overrides: Sequence[str] = (), section: str = "train_ds"
 ) -> tuple[DatasetConfig, str | None]:
@@ -69,13 +79,17 @@ def load_dataset(
     ``source`` is a YAML config, a manifest, or a folder of manifests / a tarred dataset (or the
     ``bucket*`` datasets of one).
     """
+    _local_only(str(source))
     path = Path(source)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         whole = load_config(path, overrides)
         from omegaconf import OmegaConf
 
         tok = OmegaConf.select(whole, "model.tokenizer.model", default=None)
-        return dataset_config(whole, section), (str(tok) if tok else None)
+        cfg = dataset_config(whole, section)
+        for m in cfg.manifests:
+            _local_only(m)
+        return cfg, (str(tok) if tok else None)
     manifests, tarred = resolve_manifests([str(path)])
     values: dict[str, Any] = {**MANIFEST_DEFAULTS, "manifest_filepath": manifests}
     if tarred:
