@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "paths",
         nargs="+",
         metavar="MANIFEST|DIR",
-        help="manifests, or a folder (tarred dataset or manifests)",
+        help="manifests, or a folder (tarred dataset or manifests); paths or URLs (s3://..., https://...)",
     )
     p.add_argument("--num-buckets", type=int, default=8, help="buckets for the suggested bins (default 8)")
     p.add_argument("--bins", type=int, default=20, help="histogram bars (default 20)")
