@@ -257,11 +257,11 @@ def test_paired_shards_on_object_storage(data: dict[str, Any], monkeypatch: pyte
     want = _examples({"manifest_filepath": str(data["plain"])}, data["tok"])
     files: dict[str, Path | bytes] = {f"ds/{p.name}": p for p in sorted(root.iterdir()) if p.is_file()}
     section = {
-        "manifest_filepath": "s3://speech/ds/manifest__OP_0..3_CL_.jsonl",
+        "manifest_filepath": "s3://convtars/ds/manifest__OP_0..3_CL_.jsonl",
         "is_tarred": True,
-        "tarred_audio_filepaths": "s3://speech/ds/audio_{0..3}.tar",
+        "tarred_audio_filepaths": "s3://convtars/ds/audio_{0..3}.tar",
     }
-    with s3_serving("speech", files) as endpoint:
+    with s3_serving("convtars", files) as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         reset_filesystems()
         try:
@@ -275,6 +275,6 @@ def test_paired_shards_on_object_storage(data: dict[str, Any], monkeypatch: pyte
                         sorted(x for _, s in want[answer] for x in s), rel=1e-6, abs=1e-5
                     )
             loader = build_dataloader(make_dataset_config({**COMMON, **section}), data["tok"])
-            assert loader.index.where(0) == "s3://speech/ds/manifest_0.jsonl:1"
+            assert loader.index.where(0) == "s3://convtars/ds/manifest_0.jsonl:1"
         finally:
             reset_filesystems()

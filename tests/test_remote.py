@@ -461,10 +461,12 @@ def test_validate_checks_a_dataset_on_s3_as_on_disk(
     from speechdata.cli import main
     from speechdata.shards.validate import validate
 
-    local = validate(shards, progress=False)
-    remote = validate(f"s3://{BUCKET}/ds", progress=False)
-    assert local.ok and remote.ok and remote.entries == local.entries == 24
     endpoint, _ = s3
+    # a prefix of its own: other tests of this module add objects to the bucket
+    s3_upload(endpoint, BUCKET, {f"val/{k}": p for k, p in _files(shards).items()})
+    local = validate(shards, progress=False)
+    remote = validate(f"s3://{BUCKET}/val", progress=False)
+    assert local.ok and remote.ok and remote.entries == local.entries == 24, remote.problems[:3]
     files: dict[str, Path | bytes] = {f"cut/{k}": p for k, p in _files(shards).items()}
     tar = shards / "audio_1.tar"
     files["cut/audio_1.tar"] = tar.read_bytes()[: tar.stat().st_size // 2]

@@ -196,15 +196,15 @@ def test_shar_on_object_storage(shar: dict[str, Any], monkeypatch: pytest.Monkey
 
     want = _examples({"shar_path": str(shar["dir"])}, shar["tok"])
     files: dict[str, Path | bytes] = {f"shar/{p.name}": p for p in sorted(shar["dir"].iterdir())}
-    with s3_serving("speech", files) as endpoint:
+    with s3_serving("shar-input", files) as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         reset_filesystems()
         try:
             for spec in (
-                "s3://speech/shar",
+                "s3://shar-input/shar",
                 {
-                    "cuts": ["s3://speech/shar/cuts.{000000..000003}.jsonl.gz"],
-                    "recording": ["s3://speech/shar/recording.{000000..000003}.tar"],
+                    "cuts": ["s3://shar-input/shar/cuts.{000000..000003}.jsonl.gz"],
+                    "recording": ["s3://shar-input/shar/recording.{000000..000003}.tar"],
                 },
             ):
                 for workers in (0, 2):
@@ -214,12 +214,12 @@ def test_shar_on_object_storage(shar: dict[str, Any], monkeypatch: pytest.Monkey
                     }
                     _same(_examples(section, shar["tok"]), want)
             loader = build_dataloader(
-                make_dataset_config({**COMMON, "shar_path": "s3://speech/shar"}), shar["tok"]
+                make_dataset_config({**COMMON, "shar_path": "s3://shar-input/shar"}), shar["tok"]
             )
-            assert loader.index.where(0) == "s3://speech/shar/cuts.000000.jsonl.gz:1: cut 'rec0'"
-            with pytest.raises(ConfigError, match=r"shar_path: s3://speech/nowhere: not a folder"):
+            assert loader.index.where(0) == "s3://shar-input/shar/cuts.000000.jsonl.gz:1: cut 'rec0'"
+            with pytest.raises(ConfigError, match=r"shar_path: s3://shar-input/nowhere: not a folder"):
                 build_dataloader(
-                    make_dataset_config({**COMMON, "shar_path": "s3://speech/nowhere"}), shar["tok"]
+                    make_dataset_config({**COMMON, "shar_path": "s3://shar-input/nowhere"}), shar["tok"]
                 )
         finally:
             reset_filesystems()
