@@ -92,8 +92,8 @@ def beside_filesystem(url: str, name: str, make: Callable[[], T]) -> T:
     first use): state that lives and is forgotten with the filesystem (presigned URLs)."""
     key = (os.getpid(), protocol_of(url), name)
     found = _BESIDE.get(key)
-    if found is None:
-        found = _BESIDE[key] = make()
+    if found is None:  # setdefault: threads that race here all get the one object stored
+        found = _BESIDE.setdefault(key, make())
     return found  # type: ignore[no-any-return]
 
 

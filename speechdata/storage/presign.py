@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class _Signing:
 
     urls: dict[str, tuple[str, float]] = field(default_factory=dict)
     off: bool = False
+    #: taken to switch presigning off: range reads run in many threads, one warns
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _signing(url: str, options: RemoteOptions) -> tuple[Any, str, _Signing]:
@@ -81,8 +84,9 @@ def refused(url: str, status: int | None, options: RemoteOptions) -> bool:
     if status not in (400, 403):
         return False
     _, _, state = _signing(url, options)
-    if not state.off:
-        state.off = True
+    with state.lock:
+        first, state.off = not state.off, True
+    if first:
         state.urls.clear()
         log.warning(
             "%s: the store refused a presigned GET (HTTP %s); this process reads S3 through s3fs from "
