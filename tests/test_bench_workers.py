@@ -3,22 +3,16 @@ figures and ratios are those of the JSON it writes, and the JSON's ratios are th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_workers.py"
+from helpers_scripts import load_benchmark
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_workers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_workers")
 
 
 def number(cell: str) -> float | None:

@@ -21,10 +21,10 @@ import orjson
 import pytest
 import sentencepiece as spm
 import soundfile as sf
+from helpers_remote import LOCATOR, remote_cfg
 
 from speechdata import build_dataloader, dataset_config, load_config, load_index
 from speechdata.cli import main
-from speechdata.config import make_dataset_config
 from speechdata.errors import ConfigError, DataError
 from speechdata.manifest import pack_sample_id
 from speechdata.shards.validate import validate
@@ -32,7 +32,6 @@ from speechdata.shards.write import ShardOptions, write_shards
 from speechdata.testing import make_corpus
 from speechdata.text.tokenizer import Tokenizer
 
-LOCATOR = "|audio|"
 BAD = 2  # the faulty line of every test manifest (1-based)
 
 
@@ -77,18 +76,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cfg(manifest: Path, **kw: Any):
-    base = {
-        "manifest_filepath": str(manifest),
-        "audio_locator": LOCATOR,
-        "prompt_template": "Q: {context}\nA: {answer}",
-        "micro_batch_size": 3,
-        "drop_last": False,
-        "min_duration": None,
-        "max_duration": None,
-        "shuffle": False,
-    }
-    base.update(kw)
-    return make_dataset_config(base)
+    """The object-storage tests' small-batch config (:func:`helpers_remote.remote_cfg`), in order."""
+    return remote_cfg(manifest, shuffle=False, **kw)
 
 
 def _write(path: Path, lines: Sequence[dict[str, Any] | bytes]) -> Path:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import orjson
 import soundfile as sf
+from helpers_scripts import load_benchmark
 
 from speechdata.testing import decode_tones
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_check_corpus.py"
-
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("learning_check_corpus", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("learning_check_corpus")
 
 
 def read_manifest(path: str) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ and the auxiliary CTC loss of SALM its config uses (``modality_adapter.ctc_weigh
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from collections import Counter
@@ -13,12 +12,9 @@ from typing import Any
 
 import pytest
 import torch
+from helpers_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_check_speech.py"
-_spec = importlib.util.spec_from_file_location("learning_check_speech", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check)
+check = load_benchmark("learning_check_speech")
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
