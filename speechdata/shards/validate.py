@@ -57,7 +57,7 @@ from speechdata.shards.read import (
     tarred_dataset_folders,
 )
 from speechdata.shards.tarfmt import Member, scan_members
-from speechdata.storage import RemoteOptions, is_remote, list_folder, local_copy, read_object, read_range
+from speechdata.storage import RangeReader, Span, is_remote, list_folder, local_copy, read_object
 
 _SHARD = re.compile(r"^audio_(\d+)\.tar$")
 
@@ -134,17 +134,30 @@ def _sliced(folder: str) -> bool:
 
 
 class _Members:
-    """Reads member bytes of a task's tars: local ones by ``pread`` (one descriptor per tar,
-    :meth:`close` closes them), remote ones by range (:func:`~speechdata.storage.read_range`)."""
+    """Reads member bytes of a task's tars: local ones by ``pread`` (one descriptor per tar),
+    remote ones through a :class:`~speechdata.storage.RangeReader` to which :meth:`schedule`
+    announced every member of the task's remote tables in tar order, so requests stay in flight
+    while earlier members decode. :meth:`close` releases both."""
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
-        self._options: RemoteOptions | None = None
+        self._reader: RangeReader | None = None
 
-    def read(self, tar: str, m: Member, where: str) -> bytes:
+    def schedule(self, tars: dict[int, str], tables: dict[int, dict[str, Member]]) -> None:
+        spans = [
+            Span(tars[sid], m.offset, m.size, name)
+            for sid, table in sorted(tables.items())
+            if sid in tars and is_remote(tars[sid])
+            for name, m in table.items()
+        ]
+        if spans:
+            self._reader = self._reader or RangeReader()
+            self._reader.schedule(spans)
+
+    def read(self, tar: str, name: str, m: Member) -> bytes:
         if is_remote(tar):
-            self._options = self._options or RemoteOptions.from_env()
-            return read_range(tar, m.offset, m.size, self._options, where=where)
+            self._reader = self._reader or RangeReader()
+            return self._reader.read(Span(tar, m.offset, m.size, name))
         if tar not in self._fds:
             self._fds[tar] = os.open(tar, os.O_RDONLY)
         return os.pread(self._fds[tar], m.size, m.offset)
@@ -153,6 +166,9 @@ class _Members:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def _check_clip(
@@ -218,6 +234,7 @@ def _check_lines(
     problems: list[tuple[int, str, str]] = []
     used: set[tuple[int, str]] = set()
     members = _Members()
+    members.schedule(folder.tars, tables)
     try:
         for line_no, entry in lines:
             seen = len(report.problems)
@@ -361,7 +378,7 @@ def _check_entry(
             )
             continue
         try:
-            data = members.read(tars[s], m, label)
+            data = members.read(tars[s], real, m)
         except DataError as e:  # a remote member that does not read after the retries
             report.problems.append(("missing", str(e)))
             continue
