@@ -130,11 +130,6 @@ def bucket_bins(
     return [float(b) for b in bins]
 
 
-def _pairs(bins: Sequence[Any]) -> bool:
-    """Whether ``bins`` are 2D pairs (lists, tuples or array rows), not 1D boundaries."""
-    return len(bins) > 0 and np.ndim(bins[0]) == 1
-
-
 def bucket_shapes(
     ds: DatasetConfig,
     bins: Sequence[float] | Sequence[tuple[float, float]],
@@ -168,7 +163,7 @@ def bucket_shapes(
         raise ConfigError(f"{path}.max_duration: null leaves the longest bucket unbounded; set it to tune")
     top = float(ds.max_duration)
     low0 = float(ds.min_duration or 0.0)
-    if _pairs(bins):
+    if bins_are_2d(bins):
         return _bucket_shapes_2d(ds, [(float(a), float(b)) for a, b in bins], top, low0, prompt_tokens)  # type: ignore[misc]
     tokens = max(int(ds.max_seq_length), 2)
     if ds.use_multimodal_sampling:  # the bins bound an example's tokens (text + audio tokens)
@@ -711,7 +706,7 @@ def tuned_values(
     values: dict[str, Any] = {
         "bucket_duration_bins": (
             [[float(a), float(b)] for a, b in bins]  # type: ignore[misc]
-            if _pairs(bins)
+            if bins_are_2d(bins)
             else [float(b) for b in bins]  # type: ignore[arg-type]
         ),
         "bucketing_batch_size": [int(r.batch_size) for r in results],
@@ -793,7 +788,7 @@ def prepare(cfg: DictConfig, *, tokenizer: Any = None) -> TunePlan:
     ds = setup.train_ds
     bins = bucket_bins(ds, path, estimate)
     prompt = None
-    if _pairs(bins) and not ds.use_multimodal_sampling and ds.manifests:
+    if bins_are_2d(bins) and not ds.use_multimodal_sampling and ds.manifests:
         prompt = loader_prompt_tokens(loader())
     shapes = bucket_shapes(ds, bins, path, prompt)
     return TunePlan(cfg, setup, path, bins, shapes, precision, shape_note(ds, shapes, prompt))
