@@ -210,7 +210,9 @@ def schedule_steps(loader: Any, epochs: int, accumulate: int) -> int:
     dynamic = cfg is not None and (cfg.batch_duration is not None or cfg.batch_tokens is not None)
     length = getattr(loader, "epoch_length", None)
     if dynamic and length is not None and epochs <= EXACT_SCHEDULE_EPOCHS:
-        lengths = [length(e) for e in range(epochs)]
+        lengths = [
+            length(e) for e in reversed(range(epochs))
+        ]  # epoch 0 last: its plan stays cached for the run
         if all(n is not None for n in lengths):
             return sum(math.ceil(n / accumulate) for n in lengths)  # type: ignore[operator]
     return epochs * math.ceil(len(loader) / accumulate)
