@@ -43,6 +43,7 @@ from speechdata.text.tokenizer import (
     cut_tokens,
     training_inputs,
 )
+from speechdata.text.wordcache import word_cache
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -210,6 +211,8 @@ class HFTokenizer:
         except Exception as e:  # the tokenizers package raises its own exception type
             raise ConfigError(f"{self.source}: not a Hugging Face tokenizer.json ({e})") from None
         self._same_at_start = _start_is_continuation(spec)  # continuations need no atom in front
+        # ASCII text by cached pre-tokens, where that gives the same ids (None: always tokenizers)
+        self._words = word_cache(spec, self._enc) if self._same_at_start else None
 
         where = self.config_source
         self.special_tokens: dict[str, str] = {}
@@ -311,6 +314,10 @@ class HFTokenizer:
         after a special token of speechdata's own, which is then left out. For a byte-level BPE
         without ``add_prefix_space`` (GPT-2, Llama-3, Qwen) both are the same.
         """
+        if self._words is not None:
+            ids = self._words.encode(text)
+            if ids is not None:
+                return ids
         e, skip = self._encoding(text, continuation)
         return e.ids[skip:] if skip else e.ids
 
@@ -324,6 +331,10 @@ class HFTokenizer:
         contract of :meth:`speechdata.text.tokenizer.TextTokenizer.encode_with_offsets`, from
         the ``tokenizers`` character offsets (the tokens of one multi-byte character all end
         where it ends; a token that covers no character takes the end of the token after it)."""
+        if self._words is not None:
+            found = self._words.encode_with_ends(text)
+            if found is not None:
+                return found
         e, skip = self._encoding(text, continuation)
         offsets = e.offsets[skip:] if skip else e.offsets
         return (e.ids[skip:] if skip else e.ids), _ends(offsets, len(_ATOM) if skip else 0)
@@ -335,6 +346,10 @@ class HFTokenizer:
         (``tokenizers``' own ``char_to_token``), which is the rule of :func:`cut_tokens` when the
         token before it ends at or before the cut; otherwise (a character no token holds, a
         token of no character in front) the cut comes from every token's offsets."""
+        if self._words is not None:
+            found = self._words.encode_cut(text, cuts)
+            if found is not None:
+                return found
         e, skip = self._encoding(text, continuation)
         shift = len(_ATOM) if skip else 0
         at: list[int] = []

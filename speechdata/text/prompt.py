@@ -361,10 +361,12 @@ class PromptBuilder:
         spans: list[tuple[int, int]] = []  # where the tokens of each text are in input_ids
         ends: dict[int, list[int]] = {}  # the token ends of the texts encoded with offsets
         positions = []
+        answer_start = -1  # found while encoding when the answer starts inside a text
         for k, text in enumerate(texts):
             start = len(input_ids)
             if k == part[0] and 0 < part[1] < len(text):
-                ids, ends[k] = tok.encode_with_offsets(text, continuation=k > 0)
+                ids, (at,) = tok.encode_cut(text, [part[1]], continuation=k > 0)
+                answer_start = start + at
                 input_ids += ids
             else:
                 input_ids += tok.encode(text, continuation=k > 0)
@@ -378,7 +380,8 @@ class PromptBuilder:
         if num_audios and not count:
             positions = [0]  # one audio and no locator: the audio goes first
 
-        answer_start = self._index(part, texts, spans, ends)
+        if answer_start < 0:
+            answer_start = self._index(part, texts, spans, ends)
         removed = 0
         if len(input_ids) > self._max:
             cut, removed = self._truncate(input_ids, marks, texts, spans, ends, where)
