@@ -362,11 +362,17 @@ class PromptBuilder:
         ends: dict[int, list[int]] = {}  # the token ends of the texts encoded with offsets
         positions = []
         answer_start = -1  # found while encoding when the answer starts inside a text
+        # a text of c characters has at most 4c tokens (one per UTF-8 byte) and a prefix token:
+        # when truncation cannot happen, the answer's cut is all that is needed of the offsets
+        keep_ends = 4 * sum(map(len, texts)) + len(texts) + 3 > self._max
         for k, text in enumerate(texts):
             start = len(input_ids)
             if k == part[0] and 0 < part[1] < len(text):
-                ids, (at,) = tok.encode_cut(text, [part[1]], continuation=k > 0)
-                answer_start = start + at
+                if keep_ends:
+                    ids, ends[k] = tok.encode_with_offsets(text, continuation=k > 0)
+                else:
+                    ids, (at,) = tok.encode_cut(text, [part[1]], continuation=k > 0)
+                    answer_start = start + at
                 input_ids += ids
             else:
                 input_ids += tok.encode(text, continuation=k > 0)

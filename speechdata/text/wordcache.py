@@ -38,6 +38,9 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 
 #: At most this many pre-tokens are kept; the cache starts again empty when it is full.
 CACHE_WORDS = 1 << 16
+#: Text between added tokens up to this many characters is also kept whole (a chat format's
+#: ``"user\n"`` or ``"\n"``): one lookup instead of a regex run.
+SHORT_PIECE = 24
 
 #: Texts the cache must encode as ``tokenizers`` does before it is used: every ASCII character,
 #: alone and between letters, digits and spaces, contractions, runs of whitespace.
@@ -160,11 +163,26 @@ class WordCache:
         self.added_ids = added_ids
         self._ids: dict[str, list[int]] = {}  # pre-token -> its ids
         self._ends: dict[str, list[int]] = {}  # pre-token -> where each of its tokens ends in it
+        self._short: dict[str, list[int]] = {}  # short text between added tokens -> its ids
 
     def clear(self) -> None:
-        """Forget every pre-token seen."""
+        """Forget every pre-token and short text seen."""
         self._ids.clear()
         self._ends.clear()
+        self._short.clear()
+
+    def _short_ids(self, piece: str) -> list[int]:
+        """The ids of a short text between added tokens, kept whole."""
+        ids = self._short.get(piece)
+        if ids is None:
+            get = self._ids.get
+            ids = []
+            for w in self._split(piece):
+                ids += get(w) or self._fill(w)
+            if len(self._short) >= CACHE_WORDS:
+                self._short.clear()
+            self._short[piece] = ids
+        return ids
 
     def _fill(self, word: str) -> list[int]:
         """The ids of ``word``, from ``tokenizers``, kept with its token ends."""
@@ -195,9 +213,11 @@ class WordCache:
         for k, piece in enumerate(self._pieces(text)):
             if k & 1:
                 out.append(self.added_ids[piece])
-                continue
-            for w in self._split(piece):
-                out += get(w) or self._fill(w)
+            elif len(piece) <= SHORT_PIECE:
+                out += self._short_ids(piece)
+            else:
+                for w in self._split(piece):
+                    out += get(w) or self._fill(w)
         return out
 
     def encode_with_ends(self, text: str) -> tuple[list[int], list[int]] | None:
@@ -240,20 +260,24 @@ class WordCache:
                     at[order[nxt]] = len(ids)
                     nxt += 1
                 ids.append(self.added_ids[piece])
-            elif piece:
+            elif nxt < len(order) and cuts[order[nxt]] < end:  # a cut inside: word by word
                 words = self._split(piece)
+                starts = list(accumulate(map(len, words), initial=pos))
                 done = 0  # the words already encoded
-                if nxt < len(order) and cuts[order[nxt]] < end:
-                    starts = list(accumulate(map(len, words), initial=pos))
-                    while nxt < len(order) and cuts[order[nxt]] < end:
-                        c = cuts[order[nxt]]
-                        w = bisect_right(starts, c) - 1  # the word that holds the cut
-                        for word in words[done:w]:
-                            ids += get(word) or fill(word)
-                        done = w
-                        at[order[nxt]] = len(ids) + bisect_right(self._word_ends(words[w]), c - starts[w])
-                        nxt += 1
-                for word in words[done:] if done else words:
+                while nxt < len(order) and cuts[order[nxt]] < end:
+                    c = cuts[order[nxt]]
+                    w = bisect_right(starts, c) - 1  # the word that holds the cut
+                    for word in words[done:w]:
+                        ids += get(word) or fill(word)
+                    done = w
+                    at[order[nxt]] = len(ids) + bisect_right(self._word_ends(words[w]), c - starts[w])
+                    nxt += 1
+                for word in words[done:]:
+                    ids += get(word) or fill(word)
+            elif len(piece) <= SHORT_PIECE:
+                ids += self._short_ids(piece)
+            else:
+                for word in self._split(piece):
                     ids += get(word) or fill(word)
             pos = end
         for j in order[nxt:]:
