@@ -225,14 +225,95 @@ def test_reading_ahead_reads_each_line_once(
     assert sorted(reads) == list(range(N)) and set(reads.values()) == {1}
 
 
-def test_shard_names_url_clips_it_cannot_read(corpus: Corpus, via_proxy: FaultProxy, tmp_path: Path) -> None:
-    """``speechdata shard`` reads local files: a manifest whose clips are URLs is one clear error
-    naming the line and the URL (not "audio file not found")."""
-    from speechdata.errors import ConfigError
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file a shard job wrote (its resume markers aside), by path within ``folder``."""
+    return {
+        str(f.relative_to(folder)): f.read_bytes()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and ".speechdata" not in f.parts
+    }
+
+
+@pytest.mark.parametrize(
+    ("codec", "sliced", "workers"), [("keep", False, 2), ("flac", True, 1)], ids=["keep", "flac-sliced"]
+)
+def test_shard_from_object_storage_writes_what_local_files_give(
+    corpus: Corpus, via_proxy: FaultProxy, tmp_path: Path, codec: str, sliced: bool, workers: int
+) -> None:
+    """``speechdata shard`` of the manifest on S3 (relative clip paths, read through the fault
+    proxy) writes the same files, byte for byte, as the same job over the local copy; a rerun
+    reuses every shard."""
     from speechdata.shards.write import ShardOptions, write_shards
 
-    manifest = url_manifest(corpus.entries, f"s3://{BUCKET}/c", tmp_path / "urls.json")
-    with pytest.raises(
-        ConfigError, match=r"urls\.json:1: s3://plain/c/.*: speechdata shard reads local audio files"
-    ):
+    def opts() -> ShardOptions:
+        return ShardOptions(
+            num_shards=3, codec=codec, slice_with_offset=sliced, workers=workers, progress=False
+        )
+
+    write_shards([corpus.manifest], tmp_path / "local", opts())
+    report = write_shards([f"s3://{BUCKET}/c/manifest.json"], tmp_path / "remote", opts())
+    assert report.entries == N and report.shards == 3 and report.reused == 0
+    local, remote = _files(tmp_path / "local"), _files(tmp_path / "remote")
+    assert sorted(local) == sorted(remote) and any(k.endswith(".tar") for k in local)
+    assert local == remote
+    assert faults(via_proxy) > 0
+    again = write_shards([f"s3://{BUCKET}/c/manifest.json"], tmp_path / "remote", opts())
+    assert again.reused == 3 and _files(tmp_path / "remote") == local
+
+
+def test_shard_of_url_clips_names_missing_objects(
+    corpus: Corpus, via_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A local manifest naming clips by URL: each member is named by bucket and key, and the
+    shards hold the objects' bytes; a missing object is one error naming the line and the URL, or
+    with ``on_error: skip`` a counted drop."""
+    from speechdata.shards.tarfmt import scan_members
+    from speechdata.shards.write import ShardOptions, write_shards
+
+    missing = {"audio_filepath": f"s3://{BUCKET}/c/nope.wav", "duration": 0.5, "answer": "gone"}
+    manifest = url_manifest(corpus.entries, f"s3://{BUCKET}/c", tmp_path / "urls.json", [missing])
+    with pytest.raises(DataError, match=rf"urls\.json:{N + 1}: s3://{BUCKET}/c/nope\.wav.*not found"):
         write_shards([manifest], tmp_path / "out", ShardOptions(num_shards=2, progress=False))
+    report = write_shards(
+        [manifest], tmp_path / "out", ShardOptions(num_shards=2, on_error="skip", progress=False)
+    )
+    assert report.entries == N and report.drops.counts == {"missing_audio": 1}
+    stored = {}
+    for tar in sorted((tmp_path / "out").glob("audio_*.tar")):
+        data = tar.read_bytes()
+        for name, m in scan_members(tar).items():
+            stored[name] = data[m.offset : m.offset + m.size]
+    assert all(name.startswith(f"{BUCKET}_c_") for name in stored)
+    for f in _audio_files(corpus):
+        key = f"{BUCKET}_c_" + str(f.relative_to(corpus.root).with_suffix("")).replace("/", "_")
+        assert stored[f"{key}{f.suffix}"] == f.read_bytes()
+
+
+def test_shard_names_a_clip_whose_header_cannot_be_read(
+    corpus: Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP, a clip whose size is known but whose every GET fails: libsndfile reads the header
+    through a callback that cannot raise, and the failure is still the shard job's error, naming
+    the line and the URL (a counted drop with ``on_error: skip``), not a header read from nothing."""
+    from speechdata.shards.write import ShardOptions, write_shards
+
+    for k, v in {**FAST, "SPEECHDATA_REMOTE_RETRIES": "2"}.items():
+        monkeypatch.setenv(k, v)
+    failing = sorted(_audio_files(corpus))[0].relative_to(corpus.root)
+    lines = [i + 1 for i, e in enumerate(corpus.entries) if str(failing) in as_list(e["audio_filepath"])]
+    with (
+        RangeHTTPServer(corpus.root) as server,
+        FaultProxy(server.url, seed=5, always_fail=(failing.name,)) as proxy,
+    ):
+        manifest = url_manifest(corpus.entries, proxy.url, tmp_path / "http.json")
+        with pytest.raises(DataError) as err:
+            write_shards([manifest], tmp_path / "out", ShardOptions(num_shards=2, progress=False))
+        msg = str(err.value)
+        assert f"http.json:{lines[0]}: {proxy.url}/{failing}" in msg and "read_error" in repr(
+            err.value.reason
+        )
+        assert "\n" not in msg
+        skipped = ShardOptions(num_shards=2, progress=False, on_error="skip")
+        report = write_shards([manifest], tmp_path / "out", skipped)
+    assert report.drops.counts == {"read_error": len(lines)}
+    assert report.entries == N - len(lines)

@@ -11,6 +11,7 @@ import torch
 
 from speechdata import build_dataloader
 from speechdata.config import make_dataset_config
+from speechdata.errors import ConfigError
 from speechdata.shards.plan import ShardOptions
 from speechdata.shards.upload import LAST, _order
 from speechdata.shards.write import MARKER_DIR, write_shards
@@ -90,6 +91,10 @@ def test_shard_to_object_storage(tmp_path: Path, s3: str) -> None:
     again = write_shards([corpus.manifest], "s3://shard-upload/ds", opts)
     assert again.reused == 3
     assert client.head_object(Bucket=BUCKET, Key="ds/audio_1.tar")["ContentLength"] == files["audio_1.tar"]
+    # the staging folder is on this machine: Ray tasks elsewhere could not write into it
+    on_ray = ShardOptions(num_shards=3, progress=False, executor="ray")
+    with pytest.raises(ConfigError, match=r"s3://shard-upload/other with --executor ray is not supported"):
+        write_shards([corpus.manifest], "s3://shard-upload/other", on_ray)
 
 
 def test_manifest_and_metadata_go_last(tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ Example::
     speechdata shard: 12000 entries, 20.12 h in 8 shards (0 reused), 1.21 GB -> train_tarred; none dropped
     $ speechdata shard qa.jsonl --answer-key output --context-key input --out qa_tarred/
     $ speechdata shard train.jsonl --out /shared/train_tarred --executor ray://head:10001
+    $ speechdata shard s3://corpus/train.jsonl --num-shards 64   # -> s3://corpus/train_tarred
+
+Manifests and clips may be on object storage: each clip's header is read by range requests when
+the job is planned, and its bytes once when its shard is written (docs/object-storage.md).
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``speechdata shard``."""
     from speechdata.shards.codec import CODECS
 
-    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="NeMo JSONL manifest(s)")
+    parser.add_argument(
+        "manifests",
+        nargs="+",
+        metavar="MANIFEST",
+        help="NeMo JSONL manifest(s): paths or object-storage URLs (s3://, gs://, https://, ...); the "
+        "clips they name may be URLs too",
+    )
     parser.add_argument(
         "--out",
-        help="output folder (default: <manifest stem>_tarred beside the first manifest), or an "
+        help="output folder (default: <manifest stem>_tarred beside the first manifest, a URL when "
+        "the manifest is one), or an "
         "object-storage URL (s3://bucket/path, ...): written to a local staging folder in the cache "
         "folder, then uploaded object by object, the manifests and metadata last",
     )

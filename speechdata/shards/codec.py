@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -65,7 +66,7 @@ def _target_subtype(codec: str, source_subtype: str, resampled: bool) -> str:
 
 
 def encode_audio(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | BinaryIO,
     codec: str,
     *,
     sample_rate: int | None = None,
@@ -77,14 +78,15 @@ def encode_audio(
 
     Frame arithmetic matches :func:`speechdata.audio.load_audio` (``round(seconds * rate)``), so the
     encoded span decodes to the same samples that ``load_audio`` returns for that span. Channels
-    are kept as they are. Errors are :class:`DataError` naming ``where``.
+    are kept as they are. ``source`` is a path, or an open binary file (a clip read from object
+    storage). Errors are :class:`DataError` naming ``where``.
     """
     if codec not in EXTENSIONS:
         raise ValueError(f"cannot encode to {codec!r}; choose one of {', '.join(EXTENSIONS)}")
-    path = os.fspath(source)
-    label = where or path
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<bytes>")
+    label = where or str(path)
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(source if not isinstance(source, os.PathLike) else path) as f:
             sr = int(f.samplerate)
             subtype = str(f.subtype)
             start = round(offset * sr)

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import re
@@ -37,7 +38,8 @@ from speechdata.sampling.buckets import estimate_bins
 from speechdata.sampling.filters import duration_mask
 from speechdata.shards.codec import CODECS, EXTENSIONS
 from speechdata.shards.executors import LocalExecutor, check_executor
-from speechdata.storage import is_remote
+from speechdata.storage import RangeFile, RemoteOptions, is_remote, object_version
+from speechdata.storage.presign import scrub
 
 #: Default shard size: about this many entries ...
 DEFAULT_SHARD_ENTRIES = 1000
@@ -150,9 +152,12 @@ def member_stem(path_as_given: str) -> str:
     ``-`` becomes ``_``: dots too, since webdataset keys end at the first dot. No ``/``, ``..`` or
     leading ``-`` or dot survives. At most :data:`_MAX_STEM` bytes of UTF-8 are kept, whole
     characters taken from the end, so a member extracted by ``tar x`` fits any file system's name
-    limit. ``naïve_日本.wav`` keeps its stem ``naïve_日本``.
+    limit. ``naïve_日本.wav`` keeps its stem ``naïve_日本``; ``s3://bucket/a/b.wav`` has the stem
+    ``bucket_a_b``.
     """
     path_as_given = unicodedata.normalize("NFC", path_as_given)
+    if is_remote(path_as_given):  # a URL: its bucket and key, not its scheme
+        path_as_given = path_as_given.split("://", 1)[1]
     parts = [p for p in path_as_given.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     joined = "_".join(parts)
     stem = os.path.splitext(joined)[0] if "." in (parts[-1] if parts else "") else joined
@@ -299,7 +304,7 @@ def _read_rows(index: Index, rows: np.ndarray, progress: Callable[[int], None]) 
     """Read ``rows`` of ``index``, resolve each clip's real path and check its span against its
     file's header (read once per file); a bad row is its :class:`DataError`. The per-row work of
     :func:`read_entries`, done by several processes when ``--workers`` is more than one."""
-    files: dict[str, tuple[os.stat_result, AudioInfo]] = {}
+    files: dict[str, tuple[os.stat_result | _Remote, AudioInfo]] = {}
     real = RealPaths()
     out: list[_Row | DataError] = []
     for i in rows:
@@ -330,7 +335,9 @@ class RealPaths:
         self._dirs: dict[str, str] = {}
 
     def __call__(self, path: str) -> str:
-        """The canonical path of ``path`` (links resolved, absolute)."""
+        """The canonical path of ``path`` (links resolved, absolute); a URL is itself."""
+        if is_remote(path):
+            return path
         folder, base = os.path.split(os.path.abspath(path))
         rdir = self._dirs.get(folder)
         if rdir is None:
@@ -340,23 +347,63 @@ class RealPaths:
 
 
 def _header(
-    path: str, real: str, where: str, files: dict[str, tuple[os.stat_result, AudioInfo]]
-) -> tuple[os.stat_result, AudioInfo]:
+    path: str, real: str, where: str, files: dict[str, tuple[os.stat_result | _Remote, AudioInfo]]
+) -> tuple[os.stat_result | _Remote, AudioInfo]:
     """The stat and audio header of file ``path`` (``real``: its real path), read once per file
-    (``files`` caches them by real path)."""
+    (``files`` caches them by real path). A clip named by URL gets its object's version and the
+    header read by range (:func:`_remote_header`)."""
     found = files.get(real)
     if found is None:
         if is_remote(path):
-            raise ConfigError(
-                f"{where}: {path}: speechdata shard reads local audio files; the loader reads clips on "
-                "object storage directly (or download them and shard the copy)"
-            )
+            found = files[real] = _remote_header(path, f"{where}: {path}")
+            return found
         try:
             st = os.stat(real)
         except OSError:
             raise DataError("missing_audio", where, f"audio file not found: {path}") from None
         found = files[real] = (st, audio_info(real, where=f"{where}: {path}"))
     return found
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """What a plan records of a clip on object storage, in place of a file's stat: its size, and
+    its version tag as an integer (in the plan's digest where a file has its mtime)."""
+
+    st_size: int
+    st_mtime_ns: int
+
+
+def _remote_header(url: str, where: str) -> tuple[_Remote, AudioInfo]:
+    """The version and audio header of the clip at ``url``: one metadata request, then the
+    header read through a :class:`~speechdata.storage.RangeFile` (64 KiB per range request;
+    libsndfile reads what it needs). A missing object is ``missing_audio``, a store that keeps
+    failing ``read_error`` (even where libsndfile's callback had to swallow the error), an
+    unreadable header ``decode_error``: each names ``where``."""
+    options = RemoteOptions.from_env()
+    try:
+        version = object_version(url, options)
+    except FileNotFoundError:
+        raise DataError("missing_audio", where, "object not found") from None
+    except Exception as e:  # any library's error, as one line naming the clip
+        raise DataError(
+            "read_error", where, f"{type(e).__name__}: {scrub(' '.join(str(e).split()))}"
+        ) from None
+    raw = RangeFile(url, version.size, options, where)
+    try:
+        info = audio_info(io.BufferedReader(raw, _HEADER_BLOCK), where=where)
+    except DataError:
+        if raw.error is not None:
+            raise raw.error from None
+        raise
+    if raw.error is not None:  # a read failed and libsndfile read on regardless
+        raise raw.error
+    tag = int.from_bytes(hashlib.sha1(version.tag.encode()).digest()[:7], "big")
+    return _Remote(version.size, tag), info
+
+
+#: Bytes per range request when a remote clip's header is read.
+_HEADER_BLOCK = 64 << 10
 
 
 def _lists(raw: dict[str, Any]) -> bool:

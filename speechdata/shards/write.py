@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -51,7 +52,7 @@ import orjson
 import yaml
 from tqdm import tqdm
 
-from speechdata.errors import ConfigError, DropCounter
+from speechdata.errors import ConfigError, DataError, DropCounter
 from speechdata.manifest import AUDIO_KEYS, ManifestKeys
 from speechdata.shards.codec import encode_audio
 from speechdata.shards.executors import open_executor
@@ -60,6 +61,7 @@ from speechdata.shards.plan import (
     Entry,
     ShardJob,
     ShardOptions,
+    Source,
     equal_duration_bins,
     member_codec,
     plan_dataset,
@@ -67,6 +69,7 @@ from speechdata.shards.plan import (
 )
 from speechdata.shards.tarfmt import TarWriter, atomic_write_bytes, fsync_dir
 from speechdata.shards.upload import staging_folder, upload_dataset
+from speechdata.storage import read_object
 from speechdata.storage.fs import is_remote
 
 MARKER_DIR = ".speechdata"
@@ -194,12 +197,16 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
                         continue
                     src = job.sources[s]
                     codec = member_codec(job, src)
+                    remote = _remote_clip(src, e.where) if is_remote(src.path) else None
                     if codec is None:
-                        m = tw.add_file(src.name, src.path, where=e.where)
+                        if remote is None:
+                            m = tw.add_file(src.name, src.path, where=e.where)
+                        else:
+                            m = tw.add_bytes(src.name, remote)
                     else:
                         off, dur = src.span if src.span else (0.0, None)
                         data = encode_audio(
-                            src.path,
+                            src.path if remote is None else _named(remote, src.path),
                             codec,
                             sample_rate=job.sample_rate,
                             offset=off,
@@ -230,6 +237,26 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
     atomic_write_bytes(_marker(job.folder, job.shard_id), orjson.dumps(stats), fsync=False)
     stats["reused"] = False
     return stats
+
+
+def _remote_clip(src: Source, where: str) -> bytes:
+    """The bytes of a clip on object storage (:func:`~speechdata.storage.read_object`), checked
+    against the size the plan recorded: an object that changed since is ``decode_error``."""
+    data = read_object(src.path, where=f"{where}: {src.path}")
+    if len(data) != src.size:
+        raise DataError(
+            "decode_error",
+            where,
+            f"{src.path} changed since the plan was made ({src.size} bytes then, {len(data)} now)",
+        )
+    return data
+
+
+def _named(data: bytes, name: str) -> io.BytesIO:
+    """``data`` as an open file named ``name`` (for messages)."""
+    f = io.BytesIO(data)
+    f.name = name
+    return f
 
 
 def _write_task(shared: None, job: ShardJob, progress: Callable[[int], None]) -> dict[str, Any]:
@@ -303,7 +330,10 @@ def write_shards(
     *,
     keys: ManifestKeys | None = None,
 ) -> ShardReport:
-    """Shard ``manifests`` into ``out_dir`` (default: ``<first manifest's stem>_tarred`` beside it).
+    """Shard ``manifests`` into ``out_dir`` (default: ``<first manifest's stem>_tarred`` beside it,
+    on object storage when the manifest is a URL). Manifests and the clips they name may be local
+    files or object-storage URLs (each clip's header is read by range when the plan is made, and
+    its bytes once when its shard is written).
 
     ``keys``: how the lines are read (default: the loader's default keys; build them from a
     config or the command-line flags with :func:`speechdata.manifest.manifest_keys`). See the
@@ -315,7 +345,16 @@ def write_shards(
     if not manifests:
         raise ConfigError("speechdata shard: give at least one manifest")
     first = Path(manifests[0])
+    if out_dir is None and is_remote(str(manifests[0])):  # beside a manifest on object storage
+        folder, name = str(manifests[0]).rstrip("/").rsplit("/", 1)
+        out_dir = f"{folder}/{name.split('.')[0]}_tarred"
     url = str(out_dir) if out_dir is not None and is_remote(str(out_dir)) else None
+    if url is not None and opts.executor != "local":
+        raise ConfigError(
+            f"speechdata shard: output {url} with --executor {opts.executor} is not supported yet (the "
+            "staging folder is on this machine and the tasks may run on others); give --out a folder "
+            "every node mounts, or shard with the local executor (--workers)"
+        )
     if url is not None:  # written here, then uploaded (speechdata.shards.upload)
         out = staging_folder(url)
     else:

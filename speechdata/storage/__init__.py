@@ -27,6 +27,7 @@ from speechdata.storage.fs import filesystem, is_remote, reset_filesystems
 from speechdata.storage.localcache import ReadCache
 from speechdata.storage.objects import (
     ObjectVersion,
+    RangeFile,
     checked_version,
     first_request,
     list_folder,
@@ -43,6 +44,7 @@ __all__ = [
     "HEAD",
     "WHOLE",
     "ObjectVersion",
+    "RangeFile",
     "RangeReader",
     "ReadCache",
     "RemoteOptions",

@@ -6,7 +6,8 @@
   downloaded again, and the copy's older versions are removed. Indexing then reads the copy like
   any local manifest (and caches its Index as usual); a record is read back from the copy by byte
   offset, so examples never wait on the store for their text.
-* :func:`open_object` opens an object for sequential reading (streamed shards, member table scans).
+* :func:`open_object` opens an object for sequential reading (streamed shards, member table scans);
+  :class:`RangeFile` opens one for random reading by retried range requests (audio headers).
 * :func:`object_version` names the version of an object (size and ETag or equivalent), retried
   like a range read; :func:`list_folder` names what a folder URL holds.
 * :func:`read_object` reads a whole object of unknown size (an audio file named by URL): one
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -35,6 +37,7 @@ from speechdata.storage.retry import call_with_retries, read_range
 
 __all__ = [
     "ObjectVersion",
+    "RangeFile",
     "checked_version",
     "first_request",
     "list_folder",
@@ -149,6 +152,49 @@ def local_copy(
             with contextlib.suppress(OSError):
                 old.unlink()
     return path
+
+
+class RangeFile(io.RawIOBase):
+    """The object at ``url`` (of ``size`` bytes) as a seekable binary file whose reads are range
+    requests (:func:`~speechdata.storage.retry.read_range`, retried). For a reader that cannot
+    pass an error on, as libsndfile's callbacks cannot: a read that fails after its retries is
+    kept in :attr:`error` (a :class:`DataError` naming ``where``) and reads as the end of the
+    object, and the caller must raise :attr:`error` when it is set. Wrap it in
+    ``io.BufferedReader(f, block)`` to read ``block`` bytes per request."""
+
+    def __init__(self, url: str, size: int, options: RemoteOptions | None = None, where: str = "") -> None:
+        super().__init__()
+        self.url, self.size, self.where = url, size, where or url
+        self.options = options or RemoteOptions.from_env()
+        self.error: DataError | None = None
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self._pos)
+        if n <= 0:
+            return 0
+        try:
+            data = read_range(self.url, self._pos, n, self.options, where=self.where)
+        except DataError as e:
+            self.error = e
+            return 0  # the end, for a reader that cannot take the error: the caller raises it
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def open_object(url: str, options: RemoteOptions | None = None, block_size: int = 8 << 20) -> IO[Any]:
