@@ -92,6 +92,22 @@ def test_ray_rerun_writes_only_the_missing_shards(ray_instance, corpus, tmp_path
     assert "(5 reused)" in capsys.readouterr().out
 
 
+def test_ray_tasks_read_clips_named_by_url(ray_instance, corpus, tmp_path):
+    """Clips on an HTTP server (no shared folder): each Ray task reads its clips by URL, and the
+    shards are those the local executor writes from the same manifest."""
+    from helpers_remote import url_manifest
+    from servers import RangeHTTPServer
+
+    opts = {"num_shards": 3, "codec": "flac", "progress": False}
+    with RangeHTTPServer(corpus.root) as server:
+        manifest = url_manifest(corpus.entries, server.url, tmp_path / "urls.json")
+        local = write_shards([manifest], tmp_path / "local", ShardOptions(**opts))
+        ray = write_shards([manifest], tmp_path / "ray", ShardOptions(executor="ray", **opts))
+    assert ray.entries == local.entries == len(corpus.entries)
+    a, b = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    assert sum(k.endswith(".tar") for k in a) == 3 and a == b
+
+
 def test_ray_task_error_is_one_line(ray_instance, corpus, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(corpus.root, src)
