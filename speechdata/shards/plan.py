@@ -38,8 +38,7 @@ from speechdata.sampling.buckets import estimate_bins
 from speechdata.sampling.filters import duration_mask
 from speechdata.shards.codec import CODECS, EXTENSIONS
 from speechdata.shards.executors import LocalExecutor, check_executor
-from speechdata.storage import RangeFile, RemoteOptions, is_remote, object_version
-from speechdata.storage.presign import scrub
+from speechdata.storage import RangeFile, RemoteOptions, clip_version, is_remote
 
 #: Default shard size: about this many entries ...
 DEFAULT_SHARD_ENTRIES = 1000
@@ -381,14 +380,7 @@ def _remote_header(url: str, where: str) -> tuple[_Remote, AudioInfo]:
     failing ``read_error`` (even where libsndfile's callback had to swallow the error), an
     unreadable header ``decode_error``: each names ``where``."""
     options = RemoteOptions.from_env()
-    try:
-        version = object_version(url, options)
-    except FileNotFoundError:
-        raise DataError("missing_audio", where, "object not found") from None
-    except Exception as e:  # any library's error, as one line naming the clip
-        raise DataError(
-            "read_error", where, f"{type(e).__name__}: {scrub(' '.join(str(e).split()))}"
-        ) from None
+    version = clip_version(url, options, where)
     raw = RangeFile(url, version.size, options, where)
     try:
         info = audio_info(io.BufferedReader(raw, _HEADER_BLOCK), where=where)

@@ -26,6 +26,7 @@ from speechdata.storage import (
     WHOLE,
     RangeReader,
     RemoteOptions,
+    SeekableRaw,
     Span,
     first_request,
     is_remote,
@@ -53,33 +54,18 @@ class _WavLayout:
         return Span(url, len(self.header) + start * align, want * align)
 
 
-class _ClipOfWav(io.RawIOBase):
+class _ClipOfWav(SeekableRaw):
     """A read-only view of a WAV object of which only the header and one clip's samples were
     fetched: reads there give those bytes, other sample positions read as silence (the decoder,
     seeking to the clip by the same span rule, reads none), and the file ends with its samples."""
 
     def __init__(self, layout: _WavLayout, clip: Span, data: bytes) -> None:
+        super().__init__(len(layout.header) + layout.frames * 2 * layout.channels)
         self._header, self._start, self._data = layout.header, clip.offset, data
-        self._size = len(layout.header) + layout.frames * 2 * layout.channels
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         out = memoryview(buffer).cast("B")
-        n = max(0, min(len(out), self._size - self._pos))
+        n = max(0, min(len(out), self.size - self._pos))
         done = 0
         while done < n:
             pos = self._pos + done
@@ -88,7 +74,7 @@ class _ClipOfWav(io.RawIOBase):
             elif self._start <= pos < self._start + len(self._data):
                 part = self._data[pos - self._start : pos - self._start + n - done]
             else:  # samples outside the clip: silence up to the clip (or the end)
-                stop = self._start if pos < self._start else self._size
+                stop = self._start if pos < self._start else self.size
                 part = bytes(min(n - done, stop - pos))
             out[done : done + len(part)] = part
             done += len(part)

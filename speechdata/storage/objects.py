@@ -33,12 +33,15 @@ from speechdata.cache import cache_folder, touch
 from speechdata.errors import DataError, SpeechDataError
 from speechdata.storage.fs import filesystem
 from speechdata.storage.options import RemoteOptions
+from speechdata.storage.presign import scrub
 from speechdata.storage.retry import call_with_retries, read_range
 
 __all__ = [
     "ObjectVersion",
     "RangeFile",
+    "SeekableRaw",
     "checked_version",
+    "clip_version",
     "first_request",
     "list_folder",
     "local_copy",
@@ -92,6 +95,19 @@ def checked_version(url: str, what: str = "object", options: RemoteOptions | Non
     except Exception as e:  # any library's error, as one line naming the URL
         raise SpeechDataError(
             f"{url}: cannot read {what} ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
+
+
+def clip_version(url: str, options: RemoteOptions, where: str, *, seed: int = 0) -> ObjectVersion:
+    """:func:`object_version` of an audio object, failures as the example's :class:`DataError`
+    naming ``where``: a missing object is ``missing_audio``, any other ``read_error``."""
+    try:
+        return object_version(url, options, seed=seed)
+    except FileNotFoundError:
+        raise DataError("missing_audio", where, "object not found") from None
+    except Exception as e:  # any library's error, as one line naming the place
+        raise DataError(
+            "read_error", where, f"size not read ({type(e).__name__}: {scrub(' '.join(str(e).split()))})"
         ) from None
 
 
@@ -154,19 +170,13 @@ def local_copy(
     return path
 
 
-class RangeFile(io.RawIOBase):
-    """The object at ``url`` (of ``size`` bytes) as a seekable binary file whose reads are range
-    requests (:func:`~speechdata.storage.retry.read_range`, retried). For a reader that cannot
-    pass an error on, as libsndfile's callbacks cannot: a read that fails after its retries is
-    kept in :attr:`error` (a :class:`DataError` naming ``where``) and reads as the end of the
-    object, and the caller must raise :attr:`error` when it is set. Wrap it in
-    ``io.BufferedReader(f, block)`` to read ``block`` bytes per request."""
+class SeekableRaw(io.RawIOBase):
+    """A read-only, seekable raw file of ``size`` bytes: the position arithmetic of
+    :class:`RangeFile` and the loader's views of partly fetched objects; subclasses read."""
 
-    def __init__(self, url: str, size: int, options: RemoteOptions | None = None, where: str = "") -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self.url, self.size, self.where = url, size, where or url
-        self.options = options or RemoteOptions.from_env()
-        self.error: DataError | None = None
+        self.size = size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -182,6 +192,21 @@ class RangeFile(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+
+class RangeFile(SeekableRaw):
+    """The object at ``url`` (of ``size`` bytes) as a seekable binary file whose reads are range
+    requests (:func:`~speechdata.storage.retry.read_range`, retried). For a reader that cannot
+    pass an error on, as libsndfile's callbacks cannot: a read that fails after its retries is
+    kept in :attr:`error` (a :class:`DataError` naming ``where``) and reads as the end of the
+    object, and the caller must raise :attr:`error` when it is set. Wrap it in
+    ``io.BufferedReader(f, block)`` to read ``block`` bytes per request."""
+
+    def __init__(self, url: str, size: int, options: RemoteOptions | None = None, where: str = "") -> None:
+        super().__init__(size)
+        self.url, self.where = url, where or url
+        self.options = options or RemoteOptions.from_env()
+        self.error: DataError | None = None
 
     def readinto(self, buffer: Any) -> int:
         n = min(len(buffer), self.size - self._pos)
@@ -236,14 +261,7 @@ def read_object(
     head = read_range(url, 0, first, options, seed=seed, where=where, on_attempt=on_attempt, upto=True)
     if len(head) < first:
         return head
-    try:
-        size = object_version(url, options, seed=seed).size
-    except FileNotFoundError:
-        raise DataError("missing_audio", where, "object not found") from None
-    except Exception as e:  # any library's error, as one line naming the place
-        raise DataError(
-            "read_error", where, f"size not read ({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
+    size = clip_version(url, options, where, seed=seed).size
     parts = [head]
     chunk = max(options.max_request, MIN_FIRST)
     for start in range(first, size, chunk):
